@@ -1,0 +1,137 @@
+"""Manywell: a product of independent 2-D double wells."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import integrate
+from scipy.special import logsumexp as np_logsumexp
+from torch import Tensor
+
+from .target import BoltzmannTarget
+
+# Rejection proposal for the double-well coordinate:
+# q = 0.2 N(-1.7, 0.5²) + 0.8 N(1.7, 0.5²).
+_PROP_WEIGHTS: tuple[float, float] = (0.2, 0.8)
+_PROP_MEANS: tuple[float, float] = (-1.7, 1.7)
+_PROP_STD: float = 0.5
+# Multiplicative safety margin on the numerically found envelope constant.
+_ENVELOPE_MARGIN: float = 1.2
+
+
+def double_well_log_density(x1: Tensor | np.ndarray | float) -> Tensor | np.ndarray | float:
+    """Unnormalized log density ``-x⁴ + 6x² + 0.5x`` of the double-well coordinate.
+
+    Works elementwise on tensors or numpy arrays of any shape.
+    """
+    x2 = x1 * x1
+    return -x2 * x2 + 6.0 * x2 + 0.5 * x1
+
+
+def proposal_log_density(x1: np.ndarray | float) -> np.ndarray:
+    """Normalized log density of the rejection proposal, elementwise (numpy)."""
+    x1 = np.asarray(x1, dtype=np.float64)
+    comps = [
+        math.log(w) - 0.5 * ((x1 - m) / _PROP_STD) ** 2 - math.log(_PROP_STD * math.sqrt(2 * math.pi))
+        for w, m in zip(_PROP_WEIGHTS, _PROP_MEANS)
+    ]
+    return np_logsumexp(np.stack(comps), axis=0)
+
+
+def double_well_log_z1() -> float:
+    """``log ∫ exp(-x⁴ + 6x² + 0.5x) dx`` by adaptive quadrature in float64."""
+    # Shift by the maximum of the integrand for numerical stability.
+    grid = np.linspace(-4.0, 4.0, 8001)
+    shift = float(double_well_log_density(grid).max())
+    val, _ = integrate.quad(
+        lambda t: math.exp(double_well_log_density(t) - shift),
+        -8.0,  # integrand < exp(-3700) of its peak beyond |x| = 8
+        8.0,
+        points=_PROP_MEANS,
+        epsabs=0.0,
+        epsrel=1e-13,
+        limit=200,
+    )
+    return math.log(val) + shift
+
+
+def envelope_log_m() -> float:
+    """``log M`` with ``exp(f(x)) <= M q(x)`` for all x (grid max times a safety margin)."""
+    grid = np.linspace(-8.0, 8.0, 160_001)
+    log_ratio = double_well_log_density(grid) - proposal_log_density(grid)
+    return float(log_ratio.max()) + math.log(_ENVELOPE_MARGIN)
+
+
+class Manywell(BoltzmannTarget):
+    """Product of ``dim/2`` double wells on interleaved coordinate pairs.
+
+    For each pair ``(x[2i], x[2i+1]) = (x1, x2)``:
+    ``log p(x1, x2) = -x1⁴ + 6x1² + 0.5x1 - 0.5x2²`` (unnormalized).
+    ``log_z = (dim/2) (log Z_1 + 0.5 log 2π)`` with ``Z_1`` from quadrature.
+
+    Args:
+        dim: Even dimension ``>= 2``.
+    """
+
+    def __init__(self, dim: int = 32) -> None:
+        if not isinstance(dim, int) or dim < 2 or dim % 2 != 0:
+            raise ValueError(f"Manywell dim must be an even integer >= 2, got {dim!r}")
+        self.log_z1 = double_well_log_z1()
+        self.n_wells = dim // 2
+        log_z = self.n_wells * (self.log_z1 + 0.5 * math.log(2 * math.pi))
+        super().__init__(dim=dim, name="manywell", reference_variance=1.0, log_z=log_z)
+        self.log_envelope = envelope_log_m()
+
+    def log_reward(self, x: Tensor) -> Tensor:
+        """(B, dim) -> (B,) unnormalized log density."""
+        self.check_input(x)
+        x1, x2 = x[:, 0::2], x[:, 1::2]
+        return (double_well_log_density(x1) - 0.5 * x2.square()).sum(-1)
+
+    def grad_log_reward(self, x: Tensor) -> Tensor:
+        """(B, dim) -> (B, dim) analytic gradient."""
+        self.check_input(x)
+        x1, x2 = x[:, 0::2], x[:, 1::2]
+        g1 = -4.0 * x1**3 + 12.0 * x1 + 0.5
+        return torch.stack([g1, -x2], dim=-1).reshape(x.shape)
+
+    @property
+    def has_exact_samples(self) -> bool:
+        return True
+
+    def _proposal_log_prob(self, x: Tensor) -> Tensor:
+        """Elementwise log q(x) for a tensor of any shape."""
+        comps = torch.stack(
+            [
+                math.log(w) - 0.5 * ((x - m) / _PROP_STD).square() - math.log(_PROP_STD * math.sqrt(2 * math.pi))
+                for w, m in zip(_PROP_WEIGHTS, _PROP_MEANS)
+            ]
+        )
+        return torch.logsumexp(comps, dim=0)
+
+    def sample_double_well(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n,) exact samples of the 1-D density ``∝ exp(-x⁴ + 6x² + 0.5x)`` by rejection."""
+        kw = {"device": self.device, "dtype": self.dtype}
+        accept_rate = math.exp(self.log_z1 - self.log_envelope)
+        chunks: list[Tensor] = []
+        n_acc = 0
+        while n_acc < n:
+            m = max(int(1.2 * (n - n_acc) / accept_rate) + 16, 64)
+            left = torch.rand(m, generator=generator, **kw) < _PROP_WEIGHTS[0]
+            eps = torch.randn(m, generator=generator, **kw)
+            loc = torch.where(left, eps.new_full((), _PROP_MEANS[0]), eps.new_full((), _PROP_MEANS[1]))
+            prop = loc + _PROP_STD * eps
+            log_u = torch.log(torch.rand(m, generator=generator, **kw))
+            log_acc = double_well_log_density(prop) - self._proposal_log_prob(prop) - self.log_envelope
+            acc = prop[log_u < log_acc]
+            chunks.append(acc)
+            n_acc += acc.shape[0]
+        return torch.cat(chunks)[:n]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n, dim) exact samples."""
+        x1 = self.sample_double_well(n * self.n_wells, generator).reshape(n, self.n_wells)
+        x2 = torch.randn(n, self.n_wells, generator=generator, device=self.device, dtype=self.dtype)
+        return torch.stack([x1, x2], dim=-1).reshape(n, self.dim)

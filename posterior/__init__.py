@@ -1,0 +1,16 @@
+"""posterior: amortized samplers of p(x | y) ∝ p(x) r(x, y) with diffusion-structured policies."""
+
+from .grids import random_grid, uniform_grid
+from .networks import PISFlow, PISPolicy
+from .objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
+from .path_target import BoltzmannPath
+from .reference import BrownianBridge
+from .sampler import DiffusionSampler
+from .training import Trainer, TrainingConfig
+from .trajectories import Trajectories
+
+__all__ = [
+    "BoltzmannPath", "BrownianBridge", "DiffusionSampler", "PISFlow", "PISPolicy", "PathIntegral",
+    "SubTrajectoryBalance", "Trainer", "TrainingConfig", "Trajectories", "TrajectoryBalance", "VarGrad",
+    "random_grid", "uniform_grid",
+]

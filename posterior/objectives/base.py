@@ -1,0 +1,51 @@
+"""Common interface of the training objectives."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..trajectories import Trajectories
+
+
+class Objective(nn.Module):
+    """A loss on a batch of trajectories, with its own learned parameters (log Z, flows).
+
+    Attributes:
+        differentiable: True if the loss needs gradients through the simulated states
+            (simulation-based objectives such as PIS); False for off-policy objectives,
+            which accept trajectories from any behaviour policy (exploration, replay).
+        min_log_reward: terminal log-rewards below this (including -inf, a legal zero
+            density) are raised to it inside the loss, so a trajectory that ends where the
+            target vanishes gets a large but finite residual. Metrics keep the true value.
+    """
+
+    differentiable: bool = False
+
+    def __init__(self, min_log_reward: float = -1e4) -> None:
+        super().__init__()
+        self.min_log_reward = float(min_log_reward)
+
+    def log_q(self, traj: Trajectories) -> Tensor:
+        """(B,) log Q with the terminal log-reward floored at ``min_log_reward``."""
+        return traj.log_q_steps.sum(0) + traj.log_reward.clamp(min=self.min_log_reward)
+
+    def residual(self, traj: Trajectories) -> Tensor:
+        """(B,) log p_F - log Q (floored)."""
+        return traj.log_pf - self.log_q(traj)
+
+    def loss(self, traj: Trajectories) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def log_z(self) -> float | None:
+        """The objective's own estimate of log Z (learned), if it has one."""
+        return None
+
+    def flow_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained with the flow / log Z learning rate."""
+        return list(self.parameters())
+
+
+def scalar_log_z(initial: float = 0.0) -> nn.Parameter:
+    """A learned scalar log Z."""
+    return nn.Parameter(torch.tensor(float(initial)))

@@ -1,0 +1,187 @@
+"""Training loop for a diffusion sampler on a target path measure."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .exploration import LinearDecay
+from .grids import uniform_grid
+from .objectives.base import Objective
+from .path_target import BoltzmannPath
+from .sampler import DiffusionSampler
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters (defaults: the diffusion-sampler paper's).
+
+    Attributes:
+        iterations: optimizer steps.
+        batch_size: trajectories per step.
+        steps: N, time steps per trajectory (uniform grid).
+        lr_policy: Adam learning rate of the policy.
+        lr_flow: Adam learning rate of log Z / state flows (1e-1 for TB, 1e-2 for SubTB).
+        explore: extra sampling variance per unit time at iteration 0, decayed linearly.
+        explore_horizon: iterations over which exploration decays (None: all of training).
+        grad_clip: clip the global gradient norm (None: off).
+        seed: seeds the noise generator (the same seed gives the same run).
+        checkpoint_every: write a checkpoint every this many iterations (0: never).
+    """
+
+    iterations: int = 25_000
+    batch_size: int = 300
+    steps: int = 100
+    lr_policy: float = 1e-3
+    lr_flow: float = 1e-1
+    explore: float = 0.0
+    explore_horizon: int | None = None
+    grad_clip: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainingHistory:
+    """Per-iteration records: loss, batch ELBO of log Z, the objective's log Z, seconds."""
+
+    iteration: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    log_z_batch: list[float] = field(default_factory=list)
+    log_z_learned: list[float | None] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def median_seconds(self, skip: int = 5) -> float:
+        times = self.seconds[skip:] if len(self.seconds) > skip else self.seconds
+        return statistics.median(times) if times else float("nan")
+
+
+class Trainer:
+    """Runs the optimization, with progress, exact resume and atomic checkpoints.
+
+    Args:
+        sampler: the diffusion sampler to train.
+        objective: loss (carries log Z / flow parameters).
+        path: target path measure.
+        config: hyperparameters.
+        checkpoint_path: file for checkpoints (None: no checkpoints).
+    """
+
+    def __init__(self, sampler: DiffusionSampler, objective: Objective, path: BoltzmannPath,
+                 config: TrainingConfig, checkpoint_path: str | Path | None = None) -> None:
+        self.sampler, self.objective, self.path, self.config = sampler, objective, path, config
+        param = next(sampler.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        groups = [{"params": list(sampler.parameters()), "lr": config.lr_policy}]
+        flow_params = objective.flow_parameters()
+        if flow_params:
+            groups.append({"params": flow_params, "lr": config.lr_flow})
+        self.optimizer = torch.optim.Adam(groups)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.exploration = LinearDecay(config.explore, config.explore_horizon or config.iterations)
+        self.times = uniform_grid(config.steps, device=self.device, dtype=self.dtype)
+        self.history = TrainingHistory()
+        self.iteration = 0
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> tuple[float, float]:
+        """One optimizer step on fresh on-policy (possibly exploratory) trajectories.
+
+        Returns:
+            (loss, batch ELBO of log Z).
+        """
+        traj = self.sampler.forward_trajectories(
+            self.config.batch_size, self.times, self.path,
+            explore=0.0 if self.objective.differentiable else self.exploration(self.iteration),
+            generator=self.generator, differentiable=self.objective.differentiable)
+        loss = self.objective.loss(traj)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {float(loss)} at iteration {self.iteration}: log_reward range "
+                f"[{float(traj.log_reward.min())}, {float(traj.log_reward.max())}], "
+                f"log_pf range [{float(traj.log_pf.min())}, {float(traj.log_pf.max())}]")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._check_gradients()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self._all_parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        log_z_batch = float(traj.log_weight.detach().mean())
+        return float(loss.detach()), log_z_batch
+
+    def _all_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _check_gradients(self) -> None:
+        named = list(self.sampler.named_parameters()) + [
+            ("objective." + n, p) for n, p in self.objective.named_parameters()]
+        for name, p in named:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                raise FloatingPointError(f"non-finite gradient in parameter {name!r} at iteration "
+                                         f"{self.iteration}; check the target's log_reward and its gradient")
+
+    # ------------------------------------------------------------------ loop
+    def run(self, progress: bool = True,
+            callback: Callable[["Trainer"], None] | None = None, callback_every: int = 0) -> TrainingHistory:
+        """Train until ``config.iterations``; resumes from ``self.iteration``."""
+        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress,
+                   dynamic_ncols=True, mininterval=1.0)
+        while self.iteration < self.config.iterations:
+            start = time.perf_counter()
+            loss, log_z_batch = self.step()
+            elapsed = time.perf_counter() - start
+            h = self.history
+            h.iteration.append(self.iteration)
+            h.loss.append(loss)
+            h.log_z_batch.append(log_z_batch)
+            h.log_z_learned.append(self.objective.log_z())
+            h.seconds.append(elapsed)
+            self.iteration += 1
+            bar.update(1)
+            if self.iteration % 20 == 0 or self.iteration == self.config.iterations:
+                bar.set_postfix(loss=f"{loss:.3g}", log_z=f"{log_z_batch:.3f}")
+            if callback is not None and callback_every and self.iteration % callback_every == 0:
+                callback(self)
+            every = self.config.checkpoint_every
+            if self.checkpoint_path and every and self.iteration % every == 0:
+                self.save(self.checkpoint_path)
+        bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "sampler": self.sampler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "iteration": self.iteration,
+            "history": asdict(self.history),
+            "config": asdict(self.config),
+        }
+
+    def save(self, path: str | Path) -> None:
+        checkpoint.save_atomic(self.state_dict(), path)
+
+    def load(self, path: str | Path) -> None:
+        """Restore everything needed to continue the same run bit for bit."""
+        state = checkpoint.load(path, map_location=self.device)
+        self.sampler.load_state_dict(state["sampler"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.iteration = int(state["iteration"])
+        self.history = TrainingHistory(**state["history"])
