@@ -32,6 +32,7 @@ def check_shape(value: Tensor, expected: tuple[int | None, ...], name: str) -> T
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     ok = value.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, value.shape))
     if not ok:
-        shown = tuple("B" if e is None else e for e in expected)
+        shown = ", ".join("B" if e is None else str(e) for e in expected)
+        shown = f"({shown},)" if len(expected) == 1 else f"({shown})"
         raise ValueError(f"{name} must have shape {shown}, got {tuple(value.shape)}")
     return value

@@ -51,6 +51,8 @@ class TrainingConfig:
         for name in ("iterations", "batch_size", "steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.explore < 0:
+            raise ValueError(f"explore must be >= 0, got {self.explore}")
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""Time training iterations of a diffusion sampler against the network's compute floor.
+
+    python recipes/speed.py --target manywell --objective tb [--langevin] [--iters 50] --json FILE
+
+seconds_per_iter: median training iteration (batch 300, 100 steps by default).
+floor_seconds: one forward + backward of the policy network over all B*T states as a
+single batch (what an iteration costs if the simulation loop were free).
+floor_ratio: seconds_per_iter / floor_seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
+from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
+from posterior.grids import uniform_grid  # noqa: E402
+from posterior.path_target import BoltzmannPath  # noqa: E402
+from posterior.training import Trainer, TrainingConfig  # noqa: E402
+
+
+def floor_seconds(sampler, batch: int, steps: int, repeats: int, generator: torch.Generator) -> float:
+    """Median time of one batched forward + backward of the policy over (steps, batch) states."""
+    param = next(sampler.parameters())
+    times = uniform_grid(steps, device=param.device, dtype=param.dtype)
+    states = torch.randn((steps, batch, sampler.dim), generator=generator, device=param.device, dtype=param.dtype)
+    scores = states.clone() if sampler.policy.langevin else None
+    result = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        features = sampler.policy.time_features(times[:-1])
+        drift, _ = sampler.evaluate_policy(states, features, scores)
+        sampler.zero_grad(set_to_none=True)
+        drift.square().sum().backward()
+        if param.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            result.append(time.perf_counter() - start)
+    return statistics.median(result)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", choices=TARGET_NAMES, default="manywell")
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--objective", choices=OBJECTIVES, default="tb")
+    p.add_argument("--langevin", action="store_true")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=int, default=300)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results to this file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    target = make_target(args.target, dim=args.dim).to(device)
+    sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin).to(device)
+    path = BoltzmannPath(target, sampler.reference)
+    objective = make_objective(args.objective, path).to(device)
+    config = TrainingConfig(iterations=args.warmup + args.iters, batch_size=args.batch, steps=args.steps,
+                            lr_flow=default_flow_lr(args.objective), seed=args.seed)
+    trainer = Trainer(sampler, objective, path, config)
+    trainer.run(progress=False)
+    seconds = trainer.history.median_seconds(skip=args.warmup)
+    floor = floor_seconds(sampler, args.batch, args.steps, repeats=max(5, args.iters // 5),
+                          generator=torch.Generator(device=device).manual_seed(args.seed))
+    result = {"target": args.target, "dim": target.dim, "objective": args.objective, "langevin": args.langevin,
+              "batch": args.batch, "steps": args.steps, "iters": args.iters,
+              "seconds_per_iter": seconds, "floor_seconds": floor, "floor_ratio": seconds / floor,
+              "device": str(device), "threads": torch.get_num_threads()}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from posterior import metrics
+
+
+def _log_weights(k, log_z, shift, generator):
+    """Proposal N(0, 1), target Z N(shift, 1): log w = log Z + shift x - shift^2 / 2; KL = shift^2 / 2."""
+    x = torch.randn(k, generator=generator, dtype=torch.float64)
+    return log_z + shift * x - 0.5 * shift ** 2
+
+
+def test_elbo_below_rw_below_log_z():
+    g = torch.Generator().manual_seed(0)
+    log_z, shift, k = 1.7, 0.5, 2000
+    log_w = _log_weights(k, log_z, shift, g)
+    elbo, rw = float(metrics.log_z_elbo(log_w)), float(metrics.log_z_importance(log_w))
+    se = float(log_w.std()) / math.sqrt(k)
+    assert abs(elbo - (log_z - 0.5 * shift ** 2)) < 4 * se  # exact expectation of the ELBO
+    assert elbo <= rw <= log_z + 0.02
+    assert abs(rw - log_z) < 0.02
+    # per condition: a batch of conditions gives one estimate each, never pooled
+    batch = torch.stack([_log_weights(k, z, shift, g) for z in (0.0, 5.0)])
+    est = metrics.log_z_importance(batch)
+    assert est.shape == (2,) and abs(float(est[1] - est[0]) - 5.0) < 0.05
+
+
+def test_ess_extremes_and_minus_inf():
+    assert float(metrics.effective_sample_size(torch.zeros(10))) == pytest.approx(1.0)
+    one_hot = torch.full((10,), -math.inf)
+    one_hot[3] = 0.0
+    assert float(metrics.effective_sample_size(one_hot)) == pytest.approx(0.1)
+    assert float(metrics.log_z_importance(one_hot)) == pytest.approx(-math.log(10))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.log_z_elbo(torch.tensor([0.0, float("nan")]))
+
+
+def test_eubo_is_upper_bound():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4000, generator=g, dtype=torch.float64) + 0.5  # exact target samples
+    log_w = 1.0 + 0.5 * x - 0.125  # log Q - log p_F at target samples
+    assert float(metrics.eubo(log_w)) == pytest.approx(1.0 + 0.125, abs=0.03)
+
+
+def test_wasserstein2_exact_values():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 2, generator=g)
+    assert metrics.wasserstein2(x, x) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.tensor([3.0, -4.0])
+    assert metrics.wasserstein2(x, x + shift) == pytest.approx(5.0, rel=1e-5)
+    # unequal sizes: two points against their four-fold copy
+    a = torch.tensor([[0.0], [2.0]])
+    assert metrics.wasserstein2(a, a.repeat(2, 1)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="samples and reference"):
+        metrics.wasserstein2(x, torch.randn(5, 3))

@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from constraints import GaussianTarget
+from posterior.evaluation import evaluate
+from posterior.factory import make_objective, make_sampler
+from posterior.path_target import BoltzmannPath
+from posterior.training import Trainer, TrainingConfig
+
+
+def _trainer(objective="tb", iterations=8, checkpoint=None, target=None, langevin=False):
+    torch.manual_seed(0)
+    sampler = make_sampler(2, 1.0, langevin=langevin)
+    target = target or GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]))
+    path = BoltzmannPath(target, sampler.reference)
+    obj = make_objective(objective, path)
+    config = TrainingConfig(iterations=iterations, batch_size=32, steps=10, explore=0.5, checkpoint_every=4, seed=3)
+    return Trainer(sampler, obj, path, config, checkpoint_path=checkpoint)
+
+
+@pytest.mark.parametrize("objective", ["tb", "subtb", "pis"])
+def test_resume_continues_the_same_run(tmp_path, objective):
+    full = _trainer(objective)
+    full.run(progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    first = _trainer(objective, checkpoint=ckpt)
+    first.config.iterations = 4
+    first.run(progress=False)
+    assert ckpt.exists() and not list(tmp_path.glob("*.tmp"))
+    resumed = _trainer(objective, checkpoint=ckpt)
+    resumed.load(ckpt)
+    assert resumed.iteration == 4
+    resumed.run(progress=False)
+    for (name, a), b in zip(full.sampler.state_dict().items(), resumed.sampler.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed.history.loss == full.history.loss
+
+
+class HalfPlane(torch.nn.Module):
+    """N(0, I) restricted to x_0 > 0: log-reward -inf on half the space (a legal zero density)."""
+
+    dim = 2
+
+    def log_reward(self, x):
+        value = -0.5 * (x ** 2).sum(-1)
+        return torch.where(x[:, 0] > 0, value, torch.full_like(value, -math.inf))
+
+    def grad_log_reward(self, x):
+        return -x
+
+
+def test_minus_inf_reward_is_legal():
+    trainer = _trainer(target=HalfPlane(), iterations=5)
+    trainer.run(progress=False)
+    result = evaluate(trainer.sampler, trainer.path, num_samples=200, steps=10, log_z=math.log(math.pi))
+    assert 0.2 < result["zero_density_share"] < 0.8
+    assert result["log_z_elbo"] == -math.inf
+    assert math.isfinite(result["log_z_rw"])
+
+
+class NanTarget(HalfPlane):
+    def log_reward(self, x):
+        value = -0.5 * (x ** 2).sum(-1)
+        value[3] = float("nan")
+        return value
+
+
+class BadShapeTarget(HalfPlane):
+    def log_reward(self, x):
+        return -0.5 * (x ** 2).sum(-1, keepdim=True)
+
+
+class NanScoreTarget(HalfPlane):
+    def log_reward(self, x):
+        return -0.5 * (x ** 2).sum(-1)
+
+    def grad_log_reward(self, x):
+        return torch.full_like(x, float("nan"))
+
+
+def test_bad_user_models_give_clear_errors():
+    with pytest.raises(ValueError, match=r"target.log_reward returned NaN for 1 of 32 inputs"):
+        _trainer(target=NanTarget()).step()
+    with pytest.raises(ValueError, match=r"target.log_reward\(x\) must have shape \(32,\), got \(32, 1\)"):
+        _trainer(target=BadShapeTarget()).step()
+    with pytest.raises(ValueError, match="target.grad_log_reward returned NaN"):
+        _trainer(target=NanScoreTarget(), langevin=True).step()
+    trainer = _trainer()
+    with pytest.raises(ValueError, match=r"samples must have shape \(B, 2\)"):
+        trainer.sampler.backward_trajectories(torch.zeros(4, 3), trainer.times, trainer.path)
+    with pytest.raises(ValueError, match="explore must be >= 0"):
+        TrainingConfig(explore=-1.0)
+    with pytest.raises(ValueError, match="iterations must be >= 1"):
+        TrainingConfig(iterations=0)
+
+
+def test_non_finite_gradient_names_the_parameter():
+    trainer = _trainer()
+    weight = trainer.sampler.policy.state_embed.weight
+    weight.register_hook(lambda g: torch.full_like(g, math.inf))
+    with pytest.raises(FloatingPointError, match="policy.state_embed.weight"):
+        trainer.step()
