@@ -71,6 +71,16 @@ class TimeFeatures:
                             tuple((w.detach(), None if b is None else b.detach()) for w, b in self.weights))
 
 
+@dataclass
+class StepSlots:
+    """Views of one step's slots in the recording buffers: pre-activations p_0..p_L,
+    activations gelu(p_0)..gelu(p_L), each (B, hidden), and the output (B, out_dim)."""
+
+    pre: tuple[Tensor, ...]
+    post: tuple[Tensor, ...]
+    output: Tensor
+
+
 class PISPolicy(nn.Module):
     """Drift (and optional log-variance) network u(x, t[, condition]).
 
@@ -129,35 +139,45 @@ class PISPolicy(nn.Module):
         return TimeFeatures(hidden_bias=bias, langevin_scale=scale, weights=weights)
 
     def step(self, x: Tensor, k: int, features: TimeFeatures, context: Tensor | None = None,
-             record: Tensor | None = None) -> Tensor:
+             slots: "StepSlots | None" = None) -> Tensor:
         """One step of the loop. x: (B, d); context: (B, hidden) or None -> (B, out_dim).
 
         Written with functional ops on the layers' weights: this runs N times per batch
-        and is overhead-bound on small networks. If ``record`` is a buffer from
-        :meth:`record_shape`, the step's pre-activations and activations are written into it
-        (no grad mode only), for :meth:`replay`.
+        and is overhead-bound on small networks. With ``slots`` (no-grad mode only, see
+        :meth:`step_slots`), the step's pre-activations, activations and output are written
+        into the recording buffers for :meth:`replay`, and the output is the slot itself.
         """
         (w_in, _), *layers = features.weights
         bias = features.hidden_bias[k]
-        if record is None:
+        if slots is None:
             h = torch.addmm(bias, x, w_in)
             if context is not None:
                 h = h + context
             for w, b in layers:
                 h = torch.addmm(b, F.gelu(h), w)
             return h
-        pre, post = record[0], record[1]
-        h = pre[0, k]
+        h = slots.pre[0]
         if context is None:
             torch.addmm(bias, x, w_in, out=h)
         else:
             torch.add(torch.addmm(bias, x, w_in), context, out=h)
+        last = len(layers) - 1
         for i, (w, b) in enumerate(layers):
-            a = torch._C._nn.gelu(h, out=post[i, k])
-            if i + 1 == len(layers):
-                return torch.addmm(b, a, w)
-            h = torch.addmm(b, a, w, out=pre[i + 1, k])
-        raise AssertionError("unreachable")
+            a = torch._C._nn.gelu(h, out=slots.post[i])
+            h = torch.addmm(b, a, w, out=slots.output if i == last else slots.pre[i + 1])
+        return h
+
+    def step_slots(self, record: Tensor, outputs: Tensor) -> list["StepSlots"]:
+        """Per-step views into the recording buffers, built once per batch.
+
+        Args:
+            record: (2, L + 1, N, B, hidden) buffer of shape :meth:`record_shape`.
+            outputs: (N, B, out_dim) buffer for the step outputs.
+        """
+        pre = [layer.unbind(0) for layer in record[0].unbind(0)]
+        post = [layer.unbind(0) for layer in record[1].unbind(0)]
+        return [StepSlots(tuple(p[k] for p in pre), tuple(q[k] for q in post), out)
+                for k, out in enumerate(outputs.unbind(0))]
 
     def _linears(self) -> list[nn.Linear]:
         return [m for m in self.joint if isinstance(m, nn.Linear)]

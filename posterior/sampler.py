@@ -163,30 +163,31 @@ class DiffusionSampler(nn.Module):
         noise = torch.randn((n, batch_size, d), generator=generator, device=device, dtype=dtype)
         langevin, learned = self.policy.langevin, self.policy.learn_variance
         if not learned:  # the sampling noise of every step, scaled in one op
-            noise = noise * ((self.sigma2 + explore) * dt).sqrt()[:, None, None]
+            noise.mul_(((self.sigma2 + explore) * dt).sqrt()[:, None, None])
         replay = track_gradients and not differentiable
         record = outputs = None
+        slots = [None] * n
         if replay:
             record = self._reusable("record", self.policy.record_shape(n, batch_size), noise)
             outputs = self._reusable("outputs", (n, batch_size, self.policy.out_dim), noise)
+            slots = self.policy.step_slots(record, outputs)
+        noise_steps = noise.unbind(0)
+        scales = [None] * n if loop_features.langevin_scale is None else loop_features.langevin_scale.unbind(0)
         with torch.set_grad_enabled(differentiable and track_gradients):
             x = noise.new_zeros(batch_size, d)
             states, drifts, log_vars, scores = [x], [], [], []
             for k in range(n):
-                out = self.policy.step(x, k, loop_features, context, record)
-                if replay:
-                    outputs[k] = out
+                out = self.policy.step(x, k, loop_features, context, slots[k])
                 score = None
                 if langevin:
                     score = self._clipped_score(path, x.detach())
                     scores.append(score)
-                scale = None if loop_features.langevin_scale is None else loop_features.langevin_scale[k]
-                drift, log_var = self._drift_and_log_var(out, score, scale)
+                drift, log_var = self._drift_and_log_var(out, score, scales[k])
                 if learned:
                     std = ((log_var.exp() + explore) * dt[k]).sqrt()
-                    x = x + drift * dt[k] + std * noise[k]
+                    x = x + drift * dt[k] + std * noise_steps[k]
                 else:
-                    x = torch.add(x + noise[k], drift, alpha=dt_values[k])
+                    x = torch.add(x + noise_steps[k], drift, alpha=dt_values[k])
                 if not replay:
                     drifts.append(drift)
                     log_vars.append(log_var)
