@@ -4,17 +4,26 @@ from .funnel import Funnel
 from .gaussian import GaussianTarget
 from .gmm25 import GaussianMixture25
 from .lgcp import LogGaussianCoxProcess
+from .likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
+                          LatentPosteriorReward, Mask, ObservationOperator)
 from .manywell import Manywell
 from .registry import TARGET_NAMES, make_target
 from .target import BoltzmannTarget
 
 __all__ = [
+    "BernoulliImageLikelihood",
     "BoltzmannTarget",
+    "Downsample",
     "Funnel",
     "GaussianMixture25",
+    "GaussianObservation",
     "GaussianTarget",
+    "Identity",
+    "LatentPosteriorReward",
     "LogGaussianCoxProcess",
     "Manywell",
+    "Mask",
+    "ObservationOperator",
     "TARGET_NAMES",
     "make_target",
 ]

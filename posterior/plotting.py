@@ -33,9 +33,10 @@ def plot_samples(samples: torch.Tensor, exact: torch.Tensor | None, path: str | 
         pad = 0.1 * (hi - lo + 1e-9)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-    axes[0, 0].legend(loc="upper right", markerscale=4)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, markerscale=4, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

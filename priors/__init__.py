@@ -1,3 +1,5 @@
 """Generative priors behind one small protocol (VAE decoders, diffusion models, generators)."""
 
-__all__: list[str] = []
+from .vae import MLPVAE, VAEDecoderPrior, train_vae
+
+__all__: list[str] = ["MLPVAE", "VAEDecoderPrior", "train_vae"]

@@ -1,0 +1,219 @@
+"""Offline MNIST loading for the VAE posterior task (never downloads anything).
+
+Files (default directory: ``$POSTERIOR_DATA_DIR``, else ``<repo>/../shared/data``):
+
+- ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``: the standard MNIST
+  test set (10,000 images, gzip idx format).
+- ``mnist_evaluation_subset.npy``: the paper's 100 evaluation images, stored as
+  float32 of shape (100, 1, 28, 28) with values k/255 in [0, 1]. They are exactly
+  the first 100 MNIST test images scaled by 1/255 (``mnist_to_unit`` of
+  ``load_mnist_test()[0][:100]`` reproduces them bit for bit).
+
+Pixel convention everywhere: float32 in [0, 1] = uint8 / 255, flattened to (N, 784).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+NUM_EVALUATION_IMAGES = 100
+
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+EVALUATION_SUBSET = "mnist_evaluation_subset.npy"
+
+
+def default_data_dir() -> Path:
+    """``$POSTERIOR_DATA_DIR`` if set, else ``<repo root>/../shared/data``."""
+    env = os.environ.get("POSTERIOR_DATA_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def _resolve(data_dir: str | Path | None) -> Path:
+    return default_data_dir() if data_dir is None else Path(data_dir)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    """``directory/stem`` or ``directory/stem.gz``, whichever exists (plain first)."""
+    for name in (stem, stem + ".gz"):
+        p = directory / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """File contents, gunzipped when the file starts with the gzip magic bytes."""
+    if not path.is_file():
+        raise FileNotFoundError(f"idx file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    try:
+        if head == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable (gzip) idx file: {exc}") from None
+
+
+def _parse_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
+    raw = _read_bytes(path)
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is not an idx file: {len(raw)} bytes is shorter than its header")
+    got = int.from_bytes(raw[:4], "big")
+    if got != magic:
+        raise ValueError(f"{path} has magic number {got}, expected {magic} "
+                         f"(idx{'3' if ndim == 3 else '1'}-ubyte {'images' if ndim == 3 else 'labels'})")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims)) + header
+    if len(raw) != expected:
+        raise ValueError(f"{path} holds {len(raw)} bytes but its header {dims} implies {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def load_mnist_idx(images_path: str | Path, labels_path: str | Path | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read MNIST images (and labels) in the idx format, gzip-compressed or plain.
+
+    Args:
+        images_path: idx3-ubyte image file (magic 2051).
+        labels_path: Optional idx1-ubyte label file (magic 2049).
+
+    Returns:
+        ``(images, labels)``: uint8 (N, H, W) and uint8 (N,) or ``None``.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: wrong magic number, truncated file, or label count != image count.
+    """
+    images = _parse_idx(Path(images_path), IDX_IMAGES_MAGIC, 3)
+    labels = None
+    if labels_path is not None:
+        labels = _parse_idx(Path(labels_path), IDX_LABELS_MAGIC, 1)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{labels_path} holds {labels.shape[0]} labels but {images_path} "
+                             f"holds {images.shape[0]} images")
+    return images, labels
+
+
+def mnist_to_unit(images: np.ndarray | Tensor) -> Tensor:
+    """uint8 images (N, 28, 28) or (N, 784) -> float32 tensor (N, 784) = images / 255."""
+    t = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    if t.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0..255), got {t.dtype}")
+    return t.reshape(t.shape[0], -1).to(torch.float32) / 255.0
+
+
+def load_mnist_test(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST test set from ``data_dir``: uint8 images (10000, 28, 28), uint8 labels (10000,)."""
+    d = _resolve(data_dir)
+    images, labels = _find_idx(d, TEST_IMAGES), _find_idx(d, TEST_LABELS)
+    if images is None or labels is None:
+        raise FileNotFoundError(f"MNIST test set not found in {d}: expected {TEST_IMAGES}[.gz] "
+                                f"and {TEST_LABELS}[.gz]")
+    imgs, labs = load_mnist_idx(images, labels)
+    assert labs is not None
+    return imgs, labs
+
+
+def load_evaluation_subset(data_dir: str | Path | None = None) -> Tensor:
+    """The paper's 100 evaluation images as a float32 tensor (100, 784) in [0, 1].
+
+    The shared ``.npy`` stores float32 (100, 1, 28, 28) already in [0, 1] (k/255);
+    it is only flattened. A uint8 file (0..255) would be divided by 255.
+    """
+    path = _resolve(data_dir) / EVALUATION_SUBSET
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation subset not found: {path}")
+    arr = np.load(path, allow_pickle=False)
+    if arr.dtype == np.uint8:
+        return mnist_to_unit(arr.reshape(arr.shape[0], -1))
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{path} has dtype {arr.dtype}; expected float32 in [0, 1] or uint8")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(arr.shape[0], -1)
+    if x.shape[1] != 784:
+        raise ValueError(f"{path} has shape {arr.shape}; expected (N, 1, 28, 28) or (N, 784)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{path} has values in [{lo}, {hi}]; expected [0, 1]")
+    return x
+
+
+def _torchvision_mnist(root: Path) -> np.ndarray | None:
+    """MNIST training images from an existing torchvision root (download=False), or None."""
+    if not (root / "MNIST" / "raw").is_dir():
+        return None  # avoids importing torchvision when nothing is there
+    try:
+        from torchvision.datasets import MNIST
+
+        ds = MNIST(str(root), train=True, download=False)
+    except (ImportError, RuntimeError, OSError, ValueError):
+        return None
+    return ds.data.numpy()
+
+
+def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | Path | None = None,
+                          torchvision_root: str | Path | None = None, with_source: bool = False
+                          ) -> Tensor | tuple[Tensor, str]:
+    """Images to train the VAE on, float32 (N, 784) in [0, 1], from the first source found.
+
+    Sources, in order:
+
+    1. ``mnist_dir`` holding ``train-images-idx3-ubyte[.gz]`` (the 60,000 training images);
+    2. torchvision's MNIST already present under a local root (``download=False``,
+       never downloads; torchvision wants ``<root>/MNIST/raw`` with all four raw
+       files): ``torchvision_root`` if given, else ``data_dir`` and ``<repo>/data``;
+    3. the MNIST test set in ``data_dir`` **without its first 100 images**: those are
+       the evaluation images (``mnist_evaluation_subset.npy``), so training on the
+       remaining 9,900 keeps the evaluation set held out.
+
+    Args:
+        data_dir: Directory of the shared data (default :func:`default_data_dir`).
+        mnist_dir: Directory with the standard MNIST training files.
+        torchvision_root: Root passed to ``torchvision.datasets.MNIST``.
+        with_source: Also return a string describing the source used.
+
+    Raises:
+        FileNotFoundError: no source found (the message lists what was tried).
+    """
+    d = _resolve(data_dir)
+    tried: list[str] = []
+    if mnist_dir is not None:
+        found = _find_idx(Path(mnist_dir), TRAIN_IMAGES)
+        if found is not None:
+            images, _ = load_mnist_idx(found)
+            return _out(mnist_to_unit(images), f"MNIST training set from {found}", with_source)
+        tried.append(f"{Path(mnist_dir) / TRAIN_IMAGES}[.gz]")
+    roots = [Path(torchvision_root)] if torchvision_root is not None else [d, REPO_ROOT / "data"]
+    for root in roots:
+        images = _torchvision_mnist(root)
+        if images is not None:
+            return _out(mnist_to_unit(images), f"torchvision MNIST (train) under {root}", with_source)
+        tried.append(f"torchvision MNIST(root={str(root)!r}, train=True, download=False)")
+    test_images = _find_idx(d, TEST_IMAGES)
+    if test_images is not None:
+        images, _ = load_mnist_idx(test_images)
+        kept = images[NUM_EVALUATION_IMAGES:]
+        return _out(mnist_to_unit(kept),
+                    f"MNIST test set {test_images} minus its first {NUM_EVALUATION_IMAGES} (evaluation) images",
+                    with_source)
+    tried.append(f"{d / TEST_IMAGES}[.gz]")
+    raise FileNotFoundError("no MNIST training images found; tried: " + "; ".join(tried))
+
+
+def _out(images: Tensor, source: str, with_source: bool) -> Tensor | tuple[Tensor, str]:
+    return (images, source) if with_source else images
