@@ -19,15 +19,21 @@ def make_sampler(dim: int, sigma2: float, *, langevin: bool = False, learn_varia
     return DiffusionSampler(policy, sigma2)
 
 
-def make_objective(name: str, path: BoltzmannPath, *, subtb_lambda: float = 2.0,
-                   hidden: int = 64, group_size: int | None = None) -> Objective:
-    """Objective by name: one of :data:`OBJECTIVES`."""
+def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float = 2.0,
+                   hidden: int = 64, group_size: int | None = None, dim: int | None = None) -> Objective:
+    """Objective by name: one of :data:`OBJECTIVES`.
+
+    ``path`` is needed by FL-SubTB only (log R at intermediate states); ``dim`` defaults to ``path.dim``.
+    """
+    dim = dim if dim is not None else (path.dim if path is not None else None)
     if name == "tb":
         return TrajectoryBalance()
     if name == "vargrad":
         return VarGrad(group_size=group_size)
     if name in ("subtb", "fl-subtb"):
-        return SubTrajectoryBalance(PISFlow(path.dim, hidden=hidden), path, lam=subtb_lambda,
+        if dim is None or (name == "fl-subtb" and path is None):
+            raise ValueError(f"objective {name!r} needs the target path measure")
+        return SubTrajectoryBalance(PISFlow(dim, hidden=hidden), path, lam=subtb_lambda,
                                     forward_looking=name == "fl-subtb")
     if name == "pis":
         return PathIntegral()

@@ -81,7 +81,7 @@ class Trainer:
         checkpoint_path: file for checkpoints (None: no checkpoints).
     """
 
-    def __init__(self, sampler: DiffusionSampler, objective: Objective, path: BoltzmannPath,
+    def __init__(self, sampler: DiffusionSampler, objective: Objective, path: BoltzmannPath | None,
                  config: TrainingConfig, checkpoint_path: str | Path | None = None) -> None:
         self.sampler, self.objective, self.path, self.config = sampler, objective, path, config
         param = next(sampler.parameters())
@@ -105,10 +105,8 @@ class Trainer:
         Returns:
             (loss, batch ELBO of log Z).
         """
-        traj = self.sampler.forward_trajectories(
-            self.config.batch_size, self.times, self.path,
-            explore=0.0 if self.objective.differentiable else self.exploration(self.iteration),
-            generator=self.generator, differentiable=self.objective.differentiable)
+        explore = 0.0 if self.objective.differentiable else self.exploration(self.iteration)
+        traj = self.trajectories(explore)
         loss = self.objective.loss(traj)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -123,6 +121,12 @@ class Trainer:
         self.optimizer.step()
         log_z_batch = float(traj.log_weight.detach().mean())
         return float(loss.detach()), log_z_batch
+
+    def trajectories(self, explore: float):
+        """The batch of trajectories for one step (override for conditional batches)."""
+        return self.sampler.forward_trajectories(
+            self.config.batch_size, self.times, self.path, explore=explore,
+            generator=self.generator, differentiable=self.objective.differentiable)
 
     def _all_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..trajectories import Trajectories
@@ -45,7 +44,3 @@ class Objective(nn.Module):
         """Parameters trained with the flow / log Z learning rate."""
         return list(self.parameters())
 
-
-def scalar_log_z(initial: float = 0.0) -> nn.Parameter:
-    """A learned scalar log Z."""
-    return nn.Parameter(torch.tensor(float(initial)))

@@ -35,17 +35,19 @@ class SubTrajectoryBalance(Objective):
 
     Args:
         flow: state-flow network log F(x, t) (see :class:`PISFlow`).
-        path: target path measure; used for log R at intermediate states (forward-looking)
-            and for the reference marginal.
+        path: target path measure; used for log R at intermediate states and the reference
+            marginal (forward-looking only; may be None otherwise).
         lam: weight base lambda (> 0); > 1 favours long sub-trajectories.
         forward_looking: add (1 - t) log p_ref,t(x) + t log R(x) to the learned flow.
     """
 
-    def __init__(self, flow: PISFlow, path: BoltzmannPath, lam: float = 2.0,
+    def __init__(self, flow: PISFlow, path: BoltzmannPath | None, lam: float = 2.0,
                  forward_looking: bool = False, min_log_reward: float = -1e4) -> None:
         super().__init__(min_log_reward)
         if lam <= 0:
             raise ValueError(f"lam must be positive, got {lam}")
+        if forward_looking and path is None:
+            raise ValueError("forward_looking needs the target path measure")
         self.flow = flow
         self.path = path
         self.lam = float(lam)

@@ -5,23 +5,36 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..trajectories import Trajectories
-from .base import Objective, scalar_log_z
+from .base import Objective
+from .log_partition import ConditionalLogZ, scalar_log_z
 
 
 class TrajectoryBalance(Objective):
     """TB loss 0.5 * mean_b (log Z + log p_F - log Q)^2.
 
     At the optimum p_F(tau) = Q(tau) / Z for every tau, so the residual vanishes
-    identically and log Z equals the true log-partition function.
+    identically and log Z equals the true log-partition function. With
+    ``conditional_log_z`` (conditional TB), log Z(y) is a function of the trajectory's
+    condition context (``Trajectories.context``).
     """
 
-    def __init__(self, log_z_init: float = 0.0, min_log_reward: float = -1e4) -> None:
+    def __init__(self, log_z_init: float = 0.0, min_log_reward: float = -1e4,
+                 conditional_log_z: ConditionalLogZ | None = None) -> None:
         super().__init__(min_log_reward)
         self.log_z_param = scalar_log_z(log_z_init)
+        self.conditional_log_z = conditional_log_z
+
+    def log_z_of(self, traj: Trajectories) -> Tensor:
+        """(B,) or scalar learned log Z of each trajectory's condition."""
+        if self.conditional_log_z is not None:
+            if traj.context is None:
+                raise ValueError("conditional TB needs trajectories with a condition context")
+            return self.conditional_log_z(traj.context) + self.log_z_param
+        return self.log_z_param
 
     def loss(self, traj: Trajectories) -> Tensor:
-        residual = self.log_z_param + self.residual(traj)
+        residual = self.log_z_of(traj) + self.residual(traj)
         return 0.5 * (residual * residual).mean()
 
-    def log_z(self) -> float:
-        return float(self.log_z_param.detach())
+    def log_z(self) -> float | None:
+        return None if self.conditional_log_z is not None else float(self.log_z_param.detach())

@@ -1,0 +1,159 @@
+"""`posterior.fit`: train an amortized sampler of p(x | y) ∝ p(x) r(x, y) in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_no_nan, check_shape
+from .conditional_sampler import ConditionalSampler, build_conditional_sampler
+from .factory import OBJECTIVES, default_flow_lr, make_objective
+from .objectives import TrajectoryBalance, VarGrad
+from .objectives.log_partition import ConditionalLogZ
+from .objectives.base import Objective
+from .path_target import BoltzmannPath
+from .training import Trainer, TrainingConfig
+from .trajectories import Trajectories
+
+
+class ConditionalTrainer(Trainer):
+    """Trainer whose every step draws ``config.batch_size`` conditions from a fixed set,
+    with ``samples_per_condition`` trajectories each (VarGrad groups, conditional log Z)."""
+
+    def __init__(self, model: ConditionalSampler, objective: Objective, conditions: Tensor | None,
+                 config: TrainingConfig, samples_per_condition: int,
+                 checkpoint_path: str | Path | None = None) -> None:
+        super().__init__(model, objective, None, config, checkpoint_path)
+        self.conditions = conditions
+        self.samples_per_condition = int(samples_per_condition)
+
+    def trajectories(self, explore: float) -> Trajectories:
+        y = None
+        if self.conditions is not None:
+            idx = torch.randint(self.conditions.shape[0], (self.config.batch_size,), generator=self.generator,
+                                device=self.generator.device)
+            y = self.conditions[idx.to(self.conditions.device)]
+        k = self.samples_per_condition if y is not None else self.config.batch_size * self.samples_per_condition
+        return self.sampler.trajectories(y, k, self.times, explore=explore, generator=self.generator,
+                                         differentiable=self.objective.differentiable)
+
+
+class _CallableLikelihood:
+    """Wrap a plain callable (x, y) -> (B,) as a likelihood."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.fn = fn
+
+    def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.fn(x, y)
+
+
+def _posterior_reward(prior: Any, reward: Any, latent_dim: int | None) -> Any:
+    """log p(z) + log r(decode(z), y) for a decoder prior; the reward itself otherwise."""
+    from constraints.likelihoods import LatentPosteriorReward
+    from priors.vae import VAEDecoderPrior
+
+    if prior is None:
+        if not hasattr(reward, "dim") or not hasattr(reward, "log_reward"):
+            raise ValueError("without a prior, reward must have `dim` and `log_reward(x, y)` (the full log-density)")
+        return reward
+    if not isinstance(prior, VAEDecoderPrior):
+        if not isinstance(prior, nn.Module) and not callable(prior):
+            raise TypeError(f"prior must be a VAEDecoderPrior, an nn.Module decoder or a callable, got {type(prior).__name__}")
+        if latent_dim is None:
+            raise ValueError("latent_dim is required when prior is a plain decoder")
+        prior = VAEDecoderPrior(prior, latent_dim)
+    likelihood = reward if hasattr(reward, "log_likelihood") else _CallableLikelihood(reward)
+    if not callable(getattr(likelihood, "log_likelihood", None)):
+        raise TypeError("reward must be a likelihood with log_likelihood(x, y) or a callable (x, y) -> (B,)")
+    return LatentPosteriorReward(prior, likelihood)
+
+
+def _validate(reward: Any, conditions: Tensor | None, device: torch.device) -> None:
+    """Evaluate the reward once on two points so that shape and NaN problems surface before training."""
+    dim = int(reward.dim)
+    x = torch.zeros(2, dim, device=device)
+    if conditions is None:
+        value = reward.log_reward(x)
+    else:
+        value = reward.log_reward(x, conditions[:1].expand(2, *conditions.shape[1:]))
+    check_shape(value, (2,), "reward log-density (log_reward(x, y))")
+    check_no_nan(value, "reward")
+
+
+def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, objective: str = "vargrad",
+        iterations: int = 5000, batch_size: int = 32, samples_per_condition: int = 10, steps: int = 100,
+        sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, explore: float = 0.0,
+        encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
+        lr_policy: float = 1e-3, lr_flow: float | None = None, seed: int = 0,
+        device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 0, resume: bool = False, progress: bool = True) -> ConditionalSampler:
+    """Train an amortized sampler of p(x | y) ∝ p(x) r(x, y) for every condition y.
+
+    Args:
+        reward: with a ``prior``: a likelihood (``log_likelihood(x, y) -> (B,)``) or a callable
+            (x, y) -> (B,); without: the full conditional log-density (``dim``, ``log_reward(x, y)``).
+        prior: a :class:`priors.VAEDecoderPrior`, or a decoder ``nn.Module`` z -> x (then pass
+            ``latent_dim``); the sampler runs in its latent space with prior N(0, I).
+        conditions: (N, *cond_shape) training conditions, or None for an unconditional target.
+        objective: one of "tb" (conditional TB with a learned log Z(y)), "vargrad", "subtb",
+            "fl-subtb", "pis".
+        batch_size: conditions per iteration; ``samples_per_condition`` trajectories each.
+        encoder: "mlp", "cnn" or "auto" (cnn for image-shaped conditions).
+        checkpoint_dir: folder for ``checkpoint.pt`` every ``checkpoint_every`` iterations;
+            ``resume=True`` continues the same run from it.
+    Returns:
+        the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if conditions is not None:
+        if not isinstance(conditions, Tensor) or conditions.ndim < 2 or conditions.shape[0] < 1:
+            raise ValueError(f"conditions must be a tensor of shape (N, *cond_shape), got "
+                             f"{getattr(conditions, 'shape', type(conditions).__name__)}")
+        check_no_nan(conditions.reshape(conditions.shape[0], -1), "conditions")
+        conditions = conditions.to(device)
+    target = _posterior_reward(prior, reward, latent_dim)
+    _validate(target, conditions, device)
+    cond_shape = None if conditions is None else tuple(conditions.shape[1:])
+    if encoder == "auto":
+        encoder = "cnn" if cond_shape is not None and (len(cond_shape) == 3 or _is_square(cond_shape)) else "mlp"
+    torch.manual_seed(seed)  # network initialization; sampling noise uses the trainer's generator
+    model = build_conditional_sampler(dim=int(target.dim), reward=target, sigma2=sigma2, cond_shape=cond_shape,
+                                      encoder=encoder, langevin=langevin, learn_variance=learn_variance,
+                                      hidden=hidden).to(device)
+    group = samples_per_condition if conditions is not None else None
+    if objective == "tb":
+        obj: Objective = TrajectoryBalance(conditional_log_z=ConditionalLogZ(hidden) if conditions is not None else None)
+    elif objective == "vargrad":
+        obj = VarGrad(group_size=group)
+    elif objective == "fl-subtb" and conditions is not None:
+        raise ValueError("objective 'fl-subtb' is not supported with conditions yet (its flow needs log R(x, y) "
+                         "at every state of the batch); use 'subtb', 'tb', 'vargrad' or 'pis'")
+    else:
+        path = BoltzmannPath(target, model.sampler.reference) if conditions is None else None
+        obj = make_objective(objective, path, hidden=hidden, dim=int(target.dim))
+    obj = obj.to(device)
+    config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
+                            lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
+                            explore=explore, seed=seed, checkpoint_every=checkpoint_every)
+    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    trainer = ConditionalTrainer(model, obj, conditions, config, samples_per_condition, checkpoint_path=ckpt)
+    if resume and ckpt is not None and ckpt.exists():
+        trainer.load(ckpt)
+    trainer.run(progress=progress)
+    if ckpt is not None:
+        trainer.save(ckpt)
+    model.training_history = trainer.history
+    return model
+
+
+def _is_square(shape: tuple[int, ...]) -> bool:
+    if len(shape) != 1:
+        return False
+    side = int(round(shape[0] ** 0.5))
+    return side * side == shape[0] and side >= 8

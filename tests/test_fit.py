@@ -1,0 +1,160 @@
+"""posterior.fit on a linear-Gaussian decoder, where the posterior and log p(y) are exact."""
+
+import math
+
+import pytest
+import torch
+
+import posterior
+from constraints.likelihoods import GaussianObservation, Identity
+from posterior.conditional_sampler import ConditionalSampler
+from priors.vae import VAEDecoderPrior
+
+NOISE = 0.5
+
+
+def _linear_problem(num_conditions=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    decoder = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        decoder.weight.copy_(torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.6, -1.0]]))
+        decoder.bias.copy_(torch.tensor([0.2, -0.1, 0.3]))
+    decoder.requires_grad_(False)
+    z = torch.randn(num_conditions, 2, generator=g)
+    y = decoder(z) + NOISE * torch.randn(num_conditions, 3, generator=g)
+    return decoder, y
+
+
+def _exact(decoder, y):
+    w, b = decoder.weight.double(), decoder.bias.double()
+    precision = torch.eye(2, dtype=torch.float64) + w.t() @ w / NOISE ** 2
+    cov = torch.linalg.inv(precision)
+    mean = (cov @ w.t() @ (y.double() - b).t() / NOISE ** 2).t()
+    marginal = torch.distributions.MultivariateNormal(b, w @ w.t() + NOISE ** 2 * torch.eye(3, dtype=torch.float64))
+    return mean, cov, marginal.log_prob(y.double())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    decoder, y = _linear_problem()
+    model = posterior.fit(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE),
+                          conditions=y, objective="vargrad", iterations=600, batch_size=6, samples_per_condition=16,
+                          steps=20, encoder="mlp", seed=0, progress=False, learn_variance=True)
+    return model, decoder, y
+
+
+def test_fit_recovers_linear_gaussian_posteriors(trained):
+    model, decoder, y = trained
+    mean, cov, log_py = _exact(decoder, y)
+    samples = model.sample(y, 4000, steps=20, generator=torch.Generator().manual_seed(1)).double()
+    assert samples.shape == (6, 4000, 2)
+    # fixed-variance policies carry an O(dt) bias on 20 steps; the learned variance removes it
+    for i in range(6):
+        torch.testing.assert_close(samples[i].mean(0), mean[i], atol=0.1, rtol=0)
+        torch.testing.assert_close(torch.cov(samples[i].t()), cov, atol=0.03, rtol=0)
+    est = model.log_z(y, num_samples=2000, steps=20, generator=torch.Generator().manual_seed(2))
+    assert est["elbo"].shape == (6,)
+    assert (est["elbo"] <= est["rw"] + 1e-6).all()
+    torch.testing.assert_close(est["rw"].double(), log_py, atol=0.03, rtol=0)
+    torch.testing.assert_close(est["elbo"].double(), log_py, atol=0.06, rtol=0)
+
+
+def test_save_and_load_give_identical_samples(trained, tmp_path):
+    model, decoder, y = trained
+    model.save_pretrained(tmp_path / "sampler")
+    loaded = ConditionalSampler.from_pretrained(tmp_path / "sampler", reward=model.reward)
+    a = model.sample(y[:2], 5, steps=20, generator=torch.Generator().manual_seed(3))
+    b = loaded.sample(y[:2], 5, steps=20, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        ConditionalSampler.from_pretrained(tmp_path / "missing", reward=model.reward)
+
+
+def test_conditional_tb_resume_continues_the_same_run(tmp_path):
+    decoder, y = _linear_problem(seed=1)
+    kwargs = dict(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                  objective="tb", batch_size=3, samples_per_condition=4, steps=8, seed=5, progress=False,
+                  explore=0.3)
+    full = posterior.fit(iterations=8, **kwargs)
+
+    class Crash(GaussianObservation):  # the process dies in the 6th iteration
+        calls = 0
+
+        def log_likelihood(self, x, obs):
+            Crash.calls += 1
+            if Crash.calls == 7:  # one validation call, then one per iteration
+                raise KeyboardInterrupt
+            return super().log_likelihood(x, obs)
+
+    crashing = dict(kwargs, reward=Crash(Identity(), NOISE))
+    with pytest.raises(KeyboardInterrupt):
+        posterior.fit(iterations=8, checkpoint_dir=tmp_path, checkpoint_every=2, **crashing)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"] == 4
+    resumed = posterior.fit(iterations=8, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed.training_history.loss == full.training_history.loss
+
+
+def test_fit_rejects_bad_input():
+    decoder, y = _linear_problem()
+    prior = VAEDecoderPrior(decoder, 2)
+    with pytest.raises(ValueError, match=r"must return shape \(B,\) = \(2,\), got \(2, 1\)"):
+        posterior.fit(prior=prior, reward=lambda x, obs: -((x - obs) ** 2).sum(-1, keepdim=True),
+                      conditions=y, iterations=1, progress=False)
+    with pytest.raises(ValueError, match="log_likelihood returned NaN for 2 of 2 inputs"):
+        posterior.fit(prior=prior, reward=lambda x, obs: torch.full(x.shape[:1], float("nan")),
+                      conditions=y, iterations=1, progress=False)
+    with pytest.raises(ValueError, match="conditions must be a tensor of shape"):
+        posterior.fit(prior=prior, reward=GaussianObservation(Identity(), NOISE), conditions=torch.zeros(5),
+                      iterations=1, progress=False)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        posterior.fit(prior=prior, reward=GaussianObservation(Identity(), NOISE), conditions=y, objective="dpo")
+    with pytest.raises(ValueError, match="latent_dim is required"):
+        posterior.fit(prior=decoder, reward=GaussianObservation(Identity(), NOISE), conditions=y, iterations=1)
+    model = posterior.fit(prior=prior, reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                          iterations=1, batch_size=2, samples_per_condition=2, steps=4, progress=False)
+    with pytest.raises(ValueError, match=r"y must have shape \(B, 3\)"):
+        model.sample(torch.zeros(2, 4), 3, steps=4)
+
+
+def test_conditional_losses_vanish_at_exact_posterior_sampler():
+    """VarGrad groups and conditional TB: residuals are -log p(y) when p_F is exactly the posterior.
+
+    With an identity decoder and noise variance equal to the prior's, the posterior of z given y is
+    N(y / 2, I / 2); its Föllmer drift is linear, and the residual is ~ constant per condition.
+    """
+    from gaussian_cases import optimal_drift
+    from posterior.conditional_path import bind_conditions
+    from posterior.grids import uniform_grid
+    from posterior.objectives import VarGrad
+    from posterior.sampler import DiffusionSampler
+    from posterior.networks import PISPolicy
+    from constraints.likelihoods import LatentPosteriorReward
+
+    reward = LatentPosteriorReward(VAEDecoderPrior(torch.nn.Identity(), 2), GaussianObservation(Identity(), 1.0))
+    y = torch.tensor([[1.0, -1.0], [3.0, 0.5]], dtype=torch.float64).repeat_interleave(500, 0)
+    sampler = DiffusionSampler(PISPolicy(2), sigma2=1.0).double()
+    path = bind_conditions(reward, y, sampler.reference)
+    n = 200
+    times = uniform_grid(n, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros_like(y)
+    states, drifts = [x], []
+    for k in range(n):
+        dt = float(times[k + 1] - times[k])
+        u = optimal_drift(x, float(times[k]), y / 2, torch.full_like(y, 0.5), 1.0)
+        x = x + u * dt + math.sqrt(dt) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        states.append(x)
+        drifts.append(u)
+    states = torch.stack(states)
+    from posterior.trajectories import Trajectories
+    traj = Trajectories(times=times, states=states,
+                        log_pf_steps=sampler.log_pf_steps(states, times, torch.stack(drifts), None),
+                        log_q_steps=path.log_q_steps(states, times), log_reward=path.log_reward(states[-1]))
+    log_py = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                                    2 * torch.eye(2, dtype=torch.float64)).log_prob(y[::500])
+    residual = (traj.log_pf - traj.log_q).reshape(2, 500)
+    torch.testing.assert_close(residual.mean(1), -log_py, atol=0.03, rtol=0)
+    assert float(VarGrad(group_size=500).loss(traj)) < 0.01
+    assert float(VarGrad().loss(traj)) > 0.3  # pooling the two conditions would be wrong: 0.5 * 0.905^2
