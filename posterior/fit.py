@@ -25,8 +25,9 @@ class ConditionalTrainer(Trainer):
 
     def __init__(self, model: ConditionalSampler, objective: Objective, conditions: Tensor | None,
                  config: TrainingConfig, samples_per_condition: int,
-                 checkpoint_path: str | Path | None = None) -> None:
-        super().__init__(model, objective, None, config, checkpoint_path)
+                 checkpoint_path: str | Path | None = None,
+                 gradient_sync: Callable[[list[nn.Parameter]], None] | None = None) -> None:
+        super().__init__(model, objective, None, config, checkpoint_path, gradient_sync)
         self.conditions = conditions
         self.samples_per_condition = int(samples_per_condition)
 
@@ -90,7 +91,9 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
         lr_policy: float = 1e-3, lr_flow: float | None = None, seed: int = 0,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int = 0, resume: bool = False, progress: bool = True) -> ConditionalSampler:
+        checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
+        process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None
+        ) -> ConditionalSampler:
     """Train an amortized sampler of p(x | y) ∝ p(x) r(x, y) for every condition y.
 
     Args:
@@ -105,6 +108,11 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         encoder: "mlp", "cnn" or "auto" (cnn for image-shaped conditions).
         checkpoint_dir: folder for ``checkpoint.pt`` every ``checkpoint_every`` iterations;
             ``resume=True`` continues the same run from it.
+        process_index, gradient_sync: for data-parallel training (one call per process): every
+            process builds the same initial networks from ``seed``, draws its own conditions and
+            noise (generator seeded with ``seed`` and ``process_index``), and ``gradient_sync``
+            averages gradients so that all processes take the same steps. Process k > 0 writes
+            ``checkpoint-k.pt`` and shows no progress bar.
     Returns:
         the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
     """
@@ -140,12 +148,15 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     obj = obj.to(device)
     config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
                             lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
-                            explore=explore, seed=seed, checkpoint_every=checkpoint_every)
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    trainer = ConditionalTrainer(model, obj, conditions, config, samples_per_condition, checkpoint_path=ckpt)
+                            explore=explore, seed=seed + 1_000_003 * process_index,
+                            checkpoint_every=checkpoint_every)
+    name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"
+    ckpt = Path(checkpoint_dir) / name if checkpoint_dir is not None else None
+    trainer = ConditionalTrainer(model, obj, conditions, config, samples_per_condition, checkpoint_path=ckpt,
+                                 gradient_sync=gradient_sync)
     if resume and ckpt is not None and ckpt.exists():
         trainer.load(ckpt)
-    trainer.run(progress=progress)
+    trainer.run(progress=progress and process_index == 0)
     if ckpt is not None:
         trainer.save(ckpt)
     model.training_history = trainer.history

@@ -79,10 +79,13 @@ class Trainer:
         path: target path measure.
         config: hyperparameters.
         checkpoint_path: file for checkpoints (None: no checkpoints).
+        gradient_sync: called with all trained parameters after every backward pass, to
+            average gradients across data-parallel processes (e.g. with accelerate).
     """
 
     def __init__(self, sampler: DiffusionSampler, objective: Objective, path: BoltzmannPath | None,
-                 config: TrainingConfig, checkpoint_path: str | Path | None = None) -> None:
+                 config: TrainingConfig, checkpoint_path: str | Path | None = None,
+                 gradient_sync: Callable[[list[torch.nn.Parameter]], None] | None = None) -> None:
         self.sampler, self.objective, self.path, self.config = sampler, objective, path, config
         param = next(sampler.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -97,6 +100,7 @@ class Trainer:
         self.history = TrainingHistory()
         self.iteration = 0
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.gradient_sync = gradient_sync
 
     # ------------------------------------------------------------------ one step
     def step(self) -> tuple[float, float]:
@@ -115,6 +119,8 @@ class Trainer:
                 f"log_pf range [{float(traj.log_pf.min())}, {float(traj.log_pf.max())}]")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.gradient_sync is not None:
+            self.gradient_sync(self._all_parameters())
         self._check_gradients()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._all_parameters(), self.config.grad_clip)

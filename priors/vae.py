@@ -97,6 +97,16 @@ class MLPVAE(nn.Module):
         return (bce + kl).mean()
 
     # ---------------------------------------------------------------- loading
+    def save_safetensors(self, path: str | Path) -> None:
+        """Write the weights (keys fc1, fc21, fc22, fc3, fc4) atomically to ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
     @classmethod
     def from_safetensors(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "MLPVAE":
         """Build a VAE from a safetensors checkpoint (keys fc1, fc21, fc22, fc3, fc4).

@@ -1,0 +1,175 @@
+"""Amortized posterior p(z | x) under an MNIST VAE decoder, trained on images as conditions.
+
+    accelerate launch recipes/mnist_vae_posterior.py            # defaults, offline
+    accelerate launch --multi_gpu --num_processes 2 recipes/mnist_vae_posterior.py --iters 500   # 2 CPU processes
+    (accelerate 1.x starts several CPU processes only through torchrun, i.e. --multi_gpu, or with
+    --cpu --mpirun_hostfile FILE; plain --cpu --num_processes 2 runs a single process.)
+    python recipes/mnist_vae_posterior.py --vae ../shared/data/reference_mnist_vae.safetensors --out DIR
+
+The posterior is N(z; 0, I) * prod_pixels p^x (1 - p)^(1 - x) of the non-binarized pixels
+(p clamped to [1e-5, 1 - 1e-5]). The sampler is evaluated on the paper's 100 evaluation images
+(the first 100 MNIST test images) against the VAE's own encoder (ELBO and IWAE with the same K)
+and a large-K IWAE, the best available estimate of log p(x). Estimates are per image, then averaged.
+
+VAE: --vae PATH (safetensors with keys fc1, fc21, fc22, fc3, fc4), else the paper's weights in the
+shared data folder, else an MLP VAE trained here and cached in --cache. Training images: --mnist-dir
+with the standard files, else torchvision's MNIST if present locally, else the MNIST test set minus
+the 100 evaluation images. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import gather_object  # noqa: E402
+
+import posterior  # noqa: E402
+from constraints.likelihoods import BernoulliImageLikelihood  # noqa: E402
+from posterior.data import default_data_dir, load_evaluation_subset, mnist_training_images  # noqa: E402
+from posterior.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
+from priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae", default=None, help="VAE weights (safetensors); default: the shared reference weights")
+    p.add_argument("--data-dir", default=None, help="shared data folder (default $POSTERIOR_DATA_DIR or ../shared/data)")
+    p.add_argument("--mnist-dir", default=None, help="folder with the standard MNIST training files")
+    p.add_argument("--cache", default="runs/cache/mnist_vae.safetensors", help="where a VAE trained here is cached")
+    p.add_argument("--vae-epochs", type=int, default=20)
+    p.add_argument("--objective", default="vargrad", choices=["vargrad", "tb", "subtb", "pis"])
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64, help="conditions (images) per iteration and process")
+    p.add_argument("--samples-per-condition", type=int, default=10)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--langevin", action="store_true")
+    p.add_argument("--explore", type=float, default=0.0)
+    p.add_argument("--learn-variance", action="store_true")
+    p.add_argument("--encoder", default="cnn", choices=["cnn", "mlp"])
+    p.add_argument("--eval-images", type=int, default=100)
+    p.add_argument("--eval-k", type=int, default=2000, help="K for log Ẑ, log Ẑ_RW and the encoder baselines")
+    p.add_argument("--reference-k", type=int, default=10_000, help="K of the large-K IWAE reference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="runs/mnist_vae_posterior")
+    return p.parse_args(argv)
+
+
+def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE, str]:
+    """The VAE from --vae, the shared reference weights, the cache, or trained here (process 0)."""
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    candidates = [Path(args.vae)] if args.vae else [data_dir / "reference_mnist_vae.safetensors", Path(args.cache)]
+    if args.vae and not candidates[0].exists():
+        raise FileNotFoundError(f"--vae {args.vae} does not exist")
+    for path in candidates:
+        if path.exists():
+            return MLPVAE.from_safetensors(path), str(path)
+    cache = Path(args.cache)
+    if accelerator.is_main_process:
+        images = mnist_training_images(args.data_dir, args.mnist_dir)
+        accelerator.print(f"no VAE weights found: training an MLP VAE on {len(images)} images for {args.vae_epochs} epochs")
+        vae = train_vae(images, epochs=args.vae_epochs, seed=args.seed)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        vae.save_safetensors(cache)
+    accelerator.wait_for_everyone()
+    return MLPVAE.from_safetensors(cache), f"trained here, cached at {cache}"
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    # without CUDA, several processes need cpu=True for accelerate to set up gloo (MULTI_CPU)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    out = Path(args.out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    vae, vae_source = load_vae(args, accelerator)
+    vae = vae.to(device).eval().requires_grad_(False)
+    likelihood = BernoulliImageLikelihood()
+    conditions, data_source = mnist_training_images(args.data_dir, args.mnist_dir, with_source=True)
+    accelerator.print(f"VAE: {vae_source}\nconditions: {len(conditions)} images ({data_source})")
+
+    def sync(params: list[torch.nn.Parameter]) -> None:
+        if accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+
+    start = time.perf_counter()
+    model = posterior.fit(prior=VAEDecoderPrior(vae.decode_probs, vae.latent_dim), reward=likelihood,
+                          conditions=conditions.to(device), objective=args.objective, iterations=args.iters,
+                          batch_size=args.batch, samples_per_condition=args.samples_per_condition, steps=args.steps,
+                          langevin=args.langevin, learn_variance=args.learn_variance, explore=args.explore,
+                          encoder=args.encoder, seed=args.seed, device=device, checkpoint_dir=out,
+                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          progress=not args.no_progress, process_index=accelerator.process_index,
+                          gradient_sync=sync)
+    train_seconds = time.perf_counter() - start
+    history = model.training_history
+    if accelerator.is_main_process:
+        model.save_pretrained(out / "sampler")
+
+    # ---------------------------------------------------------------- evaluation, split over processes
+    images = load_evaluation_subset(args.data_dir)[: args.eval_images].to(device)
+    mine = list(range(accelerator.process_index, len(images), accelerator.num_processes))
+    y = images[mine]
+    gen = torch.Generator(device=device).manual_seed(10_000 + args.seed + accelerator.process_index)
+    est = model.log_z(y, num_samples=args.eval_k, steps=args.steps, generator=gen, max_trajectories=20_000)
+    rows = []
+    if len(mine):
+        elbo = encoder_elbo(vae, likelihood, y, num_samples=args.eval_k, generator=gen)
+        iwae = encoder_iwae(vae, likelihood, y, num_samples=args.eval_k, generator=gen)
+        reference = encoder_iwae(vae, likelihood, y, num_samples=args.reference_k, generator=gen)
+        for j, i in enumerate(mine):
+            rows.append({"image": i, "sampler_log_z_elbo": float(est["elbo"][j]), "sampler_log_z_rw": float(est["rw"][j]),
+                         "sampler_ess": float(est["ess"][j]), "encoder_elbo": float(elbo[j]),
+                         "encoder_iwae": float(iwae[j]), "reference_log_px": float(reference[j])})
+    rows = sorted(gather_object(rows), key=lambda r: r["image"])
+    if not accelerator.is_main_process:
+        return None
+    keys = ["sampler_log_z_elbo", "sampler_log_z_rw", "encoder_elbo", "encoder_iwae", "reference_log_px"]
+    metrics = {k: statistics.fmean(r[k] for r in rows) for k in keys}
+    metrics.update({
+        "images": len(rows), "eval_k": args.eval_k, "reference_k": args.reference_k,
+        "sampler_beats_encoder_elbo": metrics["sampler_log_z_elbo"] > metrics["encoder_elbo"],
+        "sampler_beats_encoder_iwae": metrics["sampler_log_z_rw"] > metrics["encoder_iwae"],
+        "seconds_per_iter": history.median_seconds(), "train_wall_seconds": train_seconds,
+        "iters": len(history.loss), "objective": args.objective, "langevin": args.langevin,
+        "explore": args.explore, "learn_variance": args.learn_variance,
+        "conditions_per_iter": args.batch * accelerator.num_processes,
+        "trajectories_per_iter": args.batch * accelerator.num_processes * args.samples_per_condition,
+        "processes": accelerator.num_processes, "device": str(device), "vae": vae_source, "conditions": data_source,
+        "per_image": rows,
+    })
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    save_grid(model, vae, images[:10], out / "posterior_samples.png", steps=args.steps, seed=args.seed)
+    accelerator.print(json.dumps({k: metrics[k] for k in keys + ["seconds_per_iter", "iters"]}, indent=2))
+    return metrics
+
+
+@torch.no_grad()
+def save_grid(model, vae: MLPVAE, images: torch.Tensor, path: Path, steps: int, seed: int, per_image: int = 8) -> None:
+    """Each row: an input image, then decoded posterior samples z ~ q(z | image)."""
+    from torchvision.utils import save_image
+
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    z = model.sample(images, per_image, steps=steps, generator=gen)  # (n, per_image, latent)
+    decoded = vae.decode_probs(z.reshape(-1, z.shape[-1])).reshape(len(images), per_image, -1)
+    grid = torch.cat([images[:, None], decoded], dim=1).reshape(-1, 1, 28, 28)
+    save_image(grid.cpu(), str(path), nrow=per_image + 1, padding=2, pad_value=1.0)
+
+
+if __name__ == "__main__":
+    main()
