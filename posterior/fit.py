@@ -92,7 +92,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         lr_policy: float = 1e-3, lr_flow: float | None = None, seed: int = 0,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
-        process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None
+        process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
+        log: Callable[[dict[str, float], int], None] | None = None, log_every: int = 50
         ) -> ConditionalSampler:
     """Train an amortized sampler of p(x | y) ∝ p(x) r(x, y) for every condition y.
 
@@ -113,6 +114,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             noise (generator seeded with ``seed`` and ``process_index``), and ``gradient_sync``
             averages gradients so that all processes take the same steps. Process k > 0 writes
             ``checkpoint-k.pt`` and shows no progress bar.
+        log: called every ``log_every`` iterations with ({"loss", "log_z_batch", "seconds_per_iter"},
+            iteration), e.g. ``accelerator.log`` for TensorBoard or other trackers.
     Returns:
         the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
     """
@@ -156,7 +159,15 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                                  gradient_sync=gradient_sync)
     if resume and ckpt is not None and ckpt.exists():
         trainer.load(ckpt)
-    trainer.run(progress=progress and process_index == 0)
+    def report(t: Trainer) -> None:
+        h = t.history
+        recent = slice(-log_every, None)
+        log({"loss": sum(h.loss[recent]) / len(h.loss[recent]),
+             "log_z_batch": sum(h.log_z_batch[recent]) / len(h.log_z_batch[recent]),
+             "seconds_per_iter": sum(h.seconds[recent]) / len(h.seconds[recent])}, t.iteration)
+
+    trainer.run(progress=progress and process_index == 0, callback=report if log is not None else None,
+                callback_every=log_every)
     if ckpt is not None:
         trainer.save(ckpt)
     model.training_history = trainer.history

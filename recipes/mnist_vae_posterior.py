@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import gather_object  # noqa: E402
+from accelerate.utils import gather_object, is_tensorboard_available  # noqa: E402
 
 import posterior  # noqa: E402
 from constraints.likelihoods import BernoulliImageLikelihood  # noqa: E402
@@ -91,7 +91,11 @@ def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     # without CUDA, several processes need cpu=True for accelerate to set up gloo (MULTI_CPU)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    trackers = "tensorboard" if is_tensorboard_available() else None
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=args.out)
+    if trackers:
+        accelerator.init_trackers("mnist_vae_posterior", config={k: v for k, v in vars(args).items()
+                                                                  if isinstance(v, (int, float, str, bool))})
     device = accelerator.device
     out = Path(args.out)
     if accelerator.is_main_process:
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                           encoder=args.encoder, seed=args.seed, device=device, checkpoint_dir=out,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           progress=not args.no_progress, process_index=accelerator.process_index,
-                          gradient_sync=sync)
+                          gradient_sync=sync, log=accelerator.log if trackers else None)
     train_seconds = time.perf_counter() - start
     history = model.training_history
     if accelerator.is_main_process:
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                          "sampler_ess": float(est["ess"][j]), "encoder_elbo": float(elbo[j]),
                          "encoder_iwae": float(iwae[j]), "reference_log_px": float(reference[j])})
     rows = sorted(gather_object(rows), key=lambda r: r["image"])
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return None
     keys = ["sampler_log_z_elbo", "sampler_log_z_rw", "encoder_elbo", "encoder_iwae", "reference_log_px"]

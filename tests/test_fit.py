@@ -158,3 +158,13 @@ def test_conditional_losses_vanish_at_exact_posterior_sampler():
     torch.testing.assert_close(residual.mean(1), -log_py, atol=0.03, rtol=0)
     assert float(VarGrad(group_size=500).loss(traj)) < 0.01
     assert float(VarGrad().loss(traj)) > 0.3  # pooling the two conditions would be wrong: 0.5 * 0.905^2
+
+
+def test_fit_reports_to_a_logger():
+    decoder, y = _linear_problem()
+    seen = []
+    posterior.fit(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                  iterations=6, batch_size=2, samples_per_condition=2, steps=4, progress=False,
+                  log=lambda values, step: seen.append((step, values)), log_every=3)
+    assert [step for step, _ in seen] == [3, 6]
+    assert set(seen[0][1]) == {"loss", "log_z_batch", "seconds_per_iter"}
