@@ -152,55 +152,19 @@ class DiffusionSampler(nn.Module):
         if differentiable and explore > 0:
             raise ValueError("exploration noise is not defined for simulation-based (PIS) training")
         param = next(self.parameters())
-        device, dtype = param.device, param.dtype
-        times = times.to(device=device, dtype=dtype)
-        n, d = times.numel() - 1, self.dim
-        dt = times[1:] - times[:-1]
-        dt_values = dt.tolist()
+        times = times.to(device=param.device, dtype=param.dtype)
         with torch.set_grad_enabled(track_gradients):
             features = self.policy.time_features(times[:-1])
-        loop_features = features if differentiable else features.detached()
-        noise = torch.randn((n, batch_size, d), generator=generator, device=device, dtype=dtype)
-        langevin, learned = self.policy.langevin, self.policy.learn_variance
-        if not learned:  # the sampling noise of every step, scaled in one op
-            noise.mul_(((self.sigma2 + explore) * dt).sqrt()[:, None, None])
         replay = track_gradients and not differentiable
-        record = outputs = None
-        slots = [None] * n
-        if replay:
-            record = self._reusable("record", self.policy.record_shape(n, batch_size), noise)
-            outputs = self._reusable("outputs", (n, batch_size, self.policy.out_dim), noise)
-            slots = self.policy.step_slots(record, outputs)
-        noise_steps = noise.unbind(0)
-        scales = [None] * n if loop_features.langevin_scale is None else loop_features.langevin_scale.unbind(0)
         with torch.set_grad_enabled(differentiable and track_gradients):
-            x = noise.new_zeros(batch_size, d)
-            states, drifts, log_vars, scores = [x], [], [], []
-            for k in range(n):
-                out = self.policy.step(x, k, loop_features, context, slots[k])
-                score = None
-                if langevin:
-                    score = self._clipped_score(path, x.detach())
-                    scores.append(score)
-                drift, log_var = self._drift_and_log_var(out, score, scales[k])
-                if learned:
-                    std = ((log_var.exp() + explore) * dt[k]).sqrt()
-                    x = x + drift * dt[k] + std * noise_steps[k]
-                else:
-                    x = torch.add(x + noise_steps[k], drift, alpha=dt_values[k])
-                if not replay:
-                    drifts.append(drift)
-                    log_vars.append(log_var)
-                states.append(x)
-            state_tensor = torch.stack(states)
-            score_tensor = torch.stack(scores) if langevin else None
+            state_tensor, score_tensor, drift_tensor, log_var_tensor = self._simulate(
+                batch_size, times, path, features if differentiable else features.detached(),
+                explore, generator, context, replay)
         if replay:
-            out = self.policy.replay(outputs, state_tensor[:-1], record, features, context)
+            out = self.policy.replay(self._workspace["outputs"], state_tensor[:-1], self._workspace["record"],
+                                     features, context)
             scale = None if features.langevin_scale is None else features.langevin_scale[:, None, :]
             drift_tensor, log_var_tensor = self._drift_and_log_var(out, score_tensor, scale)
-        else:
-            drift_tensor = torch.stack(drifts)
-            log_var_tensor = torch.stack(log_vars) if learned else None
         with torch.set_grad_enabled(track_gradients):
             log_pf = self.log_pf_steps(state_tensor, times, drift_tensor, log_var_tensor)
             log_q_steps = path.log_q_steps(state_tensor, times)
@@ -208,6 +172,56 @@ class DiffusionSampler(nn.Module):
         return Trajectories(times=times, states=state_tensor, log_pf_steps=log_pf,
                             log_q_steps=log_q_steps, log_reward=log_reward,
                             scores=score_tensor, context=context)
+
+    def _simulate(self, batch_size: int, times: Tensor, path: BoltzmannPath, features: TimeFeatures,
+                  explore: float, generator: torch.Generator | None, context: Tensor | None,
+                  replay: bool) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """The Euler-Maruyama loop.
+
+        With ``replay`` the policy writes its activations into the reusable workspace (for
+        :meth:`PISPolicy.replay`) and no drifts are returned; otherwise the drifts (and
+        log-variances) of every step are returned as computed (with their graph, if any).
+
+        Returns:
+            states (N + 1, B, d), scores (N, B, d) or None, drifts (N, B, d) or None,
+            log-variances (N, B, d) or None.
+        """
+        n, d = times.numel() - 1, self.dim
+        dt = times[1:] - times[:-1]
+        dt_values = dt.tolist()
+        noise = torch.randn((n, batch_size, d), generator=generator, device=times.device, dtype=times.dtype)
+        langevin, learned = self.policy.langevin, self.policy.learn_variance
+        if not learned:  # the sampling noise of every step, scaled in one op
+            noise.mul_(((self.sigma2 + explore) * dt).sqrt()[:, None, None])
+        slots: list = [None] * n
+        if replay:
+            record = self._reusable("record", self.policy.record_shape(n, batch_size), noise)
+            outputs = self._reusable("outputs", (n, batch_size, self.policy.out_dim), noise)
+            slots = self.policy.step_slots(record, outputs)
+        noise_steps = noise.unbind(0)
+        scales = [None] * n if features.langevin_scale is None else features.langevin_scale.unbind(0)
+        x = noise.new_zeros(batch_size, d)
+        states, drifts, log_vars, scores = [x], [], [], []
+        for k in range(n):
+            out = self.policy.step(x, k, features, context, slots[k])
+            score = None
+            if langevin:
+                score = self._clipped_score(path, x.detach())
+                scores.append(score)
+            drift, log_var = self._drift_and_log_var(out, score, scales[k])
+            if learned:
+                x = x + drift * dt[k] + ((log_var.exp() + explore) * dt[k]).sqrt() * noise_steps[k]
+            else:
+                x = torch.add(x + noise_steps[k], drift, alpha=dt_values[k])
+            if not replay:
+                drifts.append(drift)
+                log_vars.append(log_var)
+            states.append(x)
+        score_tensor = torch.stack(scores) if langevin else None
+        if replay:
+            return torch.stack(states), score_tensor, None, None
+        return (torch.stack(states), score_tensor, torch.stack(drifts),
+                torch.stack(log_vars) if learned else None)
 
     # ------------------------------------------------------------------ backward
     def backward_trajectories(self, samples: Tensor, times: Tensor, path: BoltzmannPath, *,
