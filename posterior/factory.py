@@ -23,7 +23,8 @@ def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float
                    hidden: int = 64, group_size: int | None = None, dim: int | None = None) -> Objective:
     """Objective by name: one of :data:`OBJECTIVES`.
 
-    ``path`` is needed by FL-SubTB only (log R at intermediate states); ``dim`` defaults to ``path.dim``.
+    ``path`` is used by FL-SubTB only (log R at intermediate states; None: each batch's own
+    ``Trajectories.path``); ``dim`` defaults to ``path.dim``.
     """
     dim = dim if dim is not None else (path.dim if path is not None else None)
     if name == "tb":
@@ -31,8 +32,8 @@ def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float
     if name == "vargrad":
         return VarGrad(group_size=group_size)
     if name in ("subtb", "fl-subtb"):
-        if dim is None or (name == "fl-subtb" and path is None):
-            raise ValueError(f"objective {name!r} needs the target path measure")
+        if dim is None:
+            raise ValueError(f"objective {name!r} needs dim (or a path measure)")
         return SubTrajectoryBalance(PISFlow(dim, hidden=hidden), path, lam=subtb_lambda,
                                     forward_looking=name == "fl-subtb")
     if name == "pis":

@@ -142,9 +142,6 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         obj: Objective = TrajectoryBalance(conditional_log_z=ConditionalLogZ(hidden) if conditions is not None else None)
     elif objective == "vargrad":
         obj = VarGrad(group_size=group)
-    elif objective == "fl-subtb" and conditions is not None:
-        raise ValueError("objective 'fl-subtb' is not supported with conditions yet (its flow needs log R(x, y) "
-                         "at every state of the batch); use 'subtb', 'tb', 'vargrad' or 'pis'")
     else:
         path = BoltzmannPath(target, model.sampler.reference) if conditions is None else None
         obj = make_objective(objective, path, hidden=hidden, dim=int(target.dim))

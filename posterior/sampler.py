@@ -171,7 +171,7 @@ class DiffusionSampler(nn.Module):
             log_reward = path.log_reward(state_tensor[-1] if differentiable else state_tensor[-1].detach())
         return Trajectories(times=times, states=state_tensor, log_pf_steps=log_pf,
                             log_q_steps=log_q_steps, log_reward=log_reward,
-                            scores=score_tensor, context=context)
+                            scores=score_tensor, context=context, path=path)
 
     def _simulate(self, batch_size: int, times: Tensor, path: BoltzmannPath, features: TimeFeatures,
                   explore: float, generator: torch.Generator | None, context: Tensor | None,
@@ -257,4 +257,4 @@ class DiffusionSampler(nn.Module):
             log_reward = path.log_reward(samples)
         return Trajectories(times=times, states=states, log_pf_steps=log_pf,
                             log_q_steps=log_q_steps, log_reward=log_reward,
-                            scores=scores, context=context)
+                            scores=scores, context=context, path=path)

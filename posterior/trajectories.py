@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -20,6 +21,8 @@ class Trajectories:
         log_reward: (B,) terminal log-density log R(x_1 | y) of the target (may be -inf).
         scores: (N, B, d) clipped target scores used by a Langevin policy, else None.
         context: (B, hidden) condition features used by the policy, else None.
+        path: the target path measure the trajectories were scored under (with the batch's
+            conditions bound), for objectives that need log R at intermediate states.
     """
 
     times: Tensor
@@ -29,6 +32,7 @@ class Trajectories:
     log_reward: Tensor
     scores: Tensor | None = None
     context: Tensor | None = None
+    path: Any = None
 
     @property
     def samples(self) -> Tensor:

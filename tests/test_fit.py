@@ -168,3 +168,15 @@ def test_fit_reports_to_a_logger():
                   log=lambda values, step: seen.append((step, values)), log_every=3)
     assert [step for step, _ in seen] == [3, 6]
     assert set(seen[0][1]) == {"loss", "log_z_batch", "seconds_per_iter"}
+
+
+@pytest.mark.parametrize("objective", ["subtb", "fl-subtb", "pis"])
+def test_fit_trains_with_every_objective(objective):
+    decoder, y = _linear_problem()
+    model = posterior.fit(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE),
+                          conditions=y, objective=objective, iterations=30, batch_size=3, samples_per_condition=4,
+                          steps=8, progress=False, langevin=objective == "fl-subtb")
+    losses = model.training_history.loss
+    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
+    est = model.log_z(y[:2], num_samples=64, steps=8)
+    assert torch.isfinite(est["rw"]).all()

@@ -36,7 +36,8 @@ class SubTrajectoryBalance(Objective):
     Args:
         flow: state-flow network log F(x, t) (see :class:`PISFlow`).
         path: target path measure; used for log R at intermediate states and the reference
-            marginal (forward-looking only; may be None otherwise).
+            marginal (forward-looking only). None: use each batch's own ``Trajectories.path``
+            (conditional problems, where the path binds the batch's conditions).
         lam: weight base lambda (> 0); > 1 favours long sub-trajectories.
         forward_looking: add (1 - t) log p_ref,t(x) + t log R(x) to the learned flow.
     """
@@ -46,8 +47,6 @@ class SubTrajectoryBalance(Objective):
         super().__init__(min_log_reward)
         if lam <= 0:
             raise ValueError(f"lam must be positive, got {lam}")
-        if forward_looking and path is None:
-            raise ValueError("forward_looking needs the target path measure")
         self.flow = flow
         self.path = path
         self.lam = float(lam)
@@ -69,9 +68,12 @@ class SubTrajectoryBalance(Objective):
         if self.forward_looking:
             ref_t = times[:-1].clone()
             ref_t[0] = times[1]
+            path = self.path if self.path is not None else traj.path
+            if path is None:
+                raise ValueError("forward-looking SubTB needs a path measure (none given, none on the trajectories)")
             with torch.no_grad():
-                log_r = self.path.log_reward_all(states[:-1]).clamp(min=self.min_log_reward)
-                log_ref = self.path.reference.log_marginal(states[:-1], ref_t[:, None])
+                log_r = path.log_reward_all(states[:-1]).clamp(min=self.min_log_reward)
+                log_ref = path.reference.log_marginal(states[:-1], ref_t[:, None])
             t = times[:-1, None]
             inner = inner + (1 - t) * log_ref + t * log_r
         terminal = traj.log_reward.detach().clamp(min=self.min_log_reward)
