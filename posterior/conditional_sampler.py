@@ -17,6 +17,7 @@ from .factory import make_sampler
 from .grids import uniform_grid
 from .path_target import BoltzmannPath
 from .sampler import DiffusionSampler
+from .training import TrainingHistory
 from .trajectories import Trajectories
 
 
@@ -41,6 +42,7 @@ class ConditionalSampler(nn.Module):
         self.encoder = encoder
         self.config = dict(config or {})
         self._reward = (reward,)  # a tuple keeps a user's nn.Module out of our parameters
+        self.training_history: TrainingHistory | None = None  # set by `fit`
 
     @property
     def reward(self) -> Any:

@@ -137,15 +137,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     model = build_conditional_sampler(dim=int(target.dim), reward=target, sigma2=sigma2, cond_shape=cond_shape,
                                       encoder=encoder, langevin=langevin, learn_variance=learn_variance,
                                       hidden=hidden).to(device)
-    group = samples_per_condition if conditions is not None else None
-    if objective == "tb":
-        obj: Objective = TrajectoryBalance(conditional_log_z=ConditionalLogZ(hidden) if conditions is not None else None)
-    elif objective == "vargrad":
-        obj = VarGrad(group_size=group)
-    else:
-        path = BoltzmannPath(target, model.sampler.reference) if conditions is None else None
-        obj = make_objective(objective, path, hidden=hidden, dim=int(target.dim))
-    obj = obj.to(device)
+    obj = _make_objective(objective, model, target, conditional=conditions is not None,
+                          samples_per_condition=samples_per_condition, hidden=hidden).to(device)
     config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
                             lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
                             explore=explore, seed=seed + 1_000_003 * process_index,
@@ -156,6 +149,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                                  gradient_sync=gradient_sync)
     if resume and ckpt is not None and ckpt.exists():
         trainer.load(ckpt)
+
     def report(t: Trainer) -> None:
         h = t.history
         recent = slice(-log_every, None)
@@ -169,6 +163,19 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         trainer.save(ckpt)
     model.training_history = trainer.history
     return model
+
+
+def _make_objective(name: str, model: ConditionalSampler, target: Any, *, conditional: bool,
+                    samples_per_condition: int, hidden: int) -> Objective:
+    """Conditional variants: TB learns log Z(y) from the condition context, VarGrad groups the
+    trajectories of each condition; SubTB flows see the context; FL-SubTB reads each batch's
+    bound path measure from its trajectories."""
+    if name == "tb":
+        return TrajectoryBalance(conditional_log_z=ConditionalLogZ(hidden) if conditional else None)
+    if name == "vargrad":
+        return VarGrad(group_size=samples_per_condition if conditional else None)
+    path = None if conditional else BoltzmannPath(target, model.sampler.reference)
+    return make_objective(name, path, hidden=hidden, dim=int(target.dim))
 
 
 def _is_square(shape: tuple[int, ...]) -> bool:
