@@ -123,8 +123,8 @@ def test_pis_loss_equals_kl_minus_log_z():
     # zero drift: P_F is the reference, so the path KL equals the terminal-marginal KL
     kl = kl_gaussians(torch.zeros(2, dtype=torch.float64), torch.full((2,), sigma2, dtype=torch.float64),
                       mean, std ** 2)
-    se = float((traj.log_pf - traj.log_q).std()) / math.sqrt(20_000)
-    assert abs(float(loss) - (kl - log_z)) < 4 * se
+    se = float((traj.log_pf - traj.log_q).detach().std()) / math.sqrt(20_000)
+    assert abs(float(loss.detach()) - (kl - log_z)) < 4 * se
     loss.backward()  # gradients flow through the simulation
     grads = [p.grad for p in sampler.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
