@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posterior.checks import check_no_nan
+from posterior.checks import check_no_nan, format_shape
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -29,11 +29,6 @@ def _require_tensor(value: object, name: str, expected: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}")
     return value
-
-
-def _shape_str(shape: Sequence[int]) -> str:
-    inner = ", ".join(str(s) for s in shape)
-    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 # ====================================================================== Bernoulli
@@ -62,7 +57,7 @@ class BernoulliImageLikelihood(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"{x_name} must have shape (B, P), got {tuple(x.shape)}")
         if y.shape != x.shape:
-            raise ValueError(f"y must have the shape of {x_name}, {_shape_str(x.shape)} (B, P), "
+            raise ValueError(f"y must have the shape of {x_name}, {format_shape(x.shape)} (B, P), "
                              f"got {tuple(y.shape)}")
 
     def log_likelihood(self, probs: Tensor, y: Tensor) -> Tensor:
@@ -241,7 +236,7 @@ class GaussianObservation(nn.Module):
     def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:
         """x: (B, *event_shape), y: (B, *obs_shape) with obs_shape that of A(x) -> (B,)."""
         ax = self.operator(x)
-        _require_tensor(y, "y", f"{_shape_str(ax.shape)} (the shape of A(x))")
+        _require_tensor(y, "y", f"{format_shape(ax.shape)} (the shape of A(x))")
         if y.shape != ax.shape:
             raise ValueError(f"y must have the shape of A(x), (B, {', '.join(map(str, ax.shape[1:]))}) "
                              f"with B = {ax.shape[0]}, got {tuple(y.shape)}")

@@ -26,13 +26,17 @@ def check_finite(value: Tensor, name: str) -> Tensor:
     return value
 
 
+def format_shape(shape) -> str:
+    """``(3,)``, ``(B, 2)``: a shape as written in error messages (None prints as B)."""
+    inner = ", ".join("B" if e is None else str(e) for e in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
 def check_shape(value: Tensor, expected: tuple[int | None, ...], name: str) -> Tensor:
     """Raise ValueError unless ``value.shape`` matches ``expected`` (None matches any size)."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     ok = value.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, value.shape))
     if not ok:
-        shown = ", ".join("B" if e is None else str(e) for e in expected)
-        shown = f"({shown},)" if len(expected) == 1 else f"({shown})"
-        raise ValueError(f"{name} must have shape {shown}, got {tuple(value.shape)}")
+        raise ValueError(f"{name} must have shape {format_shape(expected)}, got {tuple(value.shape)}")
     return value

@@ -157,12 +157,12 @@ class DiffusionSampler(nn.Module):
             features = self.policy.time_features(times[:-1])
         replay = track_gradients and not differentiable
         with torch.set_grad_enabled(differentiable and track_gradients):
-            state_tensor, score_tensor, drift_tensor, log_var_tensor = self._simulate(
+            state_tensor, score_tensor, drift_tensor, log_var_tensor, recording = self._simulate(
                 batch_size, times, path, features if differentiable else features.detached(),
                 explore, generator, context, replay)
-        if replay:
-            out = self.policy.replay(self._workspace["outputs"], state_tensor[:-1], self._workspace["record"],
-                                     features, context)
+        if recording is not None:
+            outputs, record = recording
+            out = self.policy.replay(outputs, state_tensor[:-1], record, features, context)
             scale = None if features.langevin_scale is None else features.langevin_scale[:, None, :]
             drift_tensor, log_var_tensor = self._drift_and_log_var(out, score_tensor, scale)
         with torch.set_grad_enabled(track_gradients):
@@ -175,16 +175,18 @@ class DiffusionSampler(nn.Module):
 
     def _simulate(self, batch_size: int, times: Tensor, path: BoltzmannPath, features: TimeFeatures,
                   explore: float, generator: torch.Generator | None, context: Tensor | None,
-                  replay: bool) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+                  replay: bool) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None,
+                                         tuple[Tensor, Tensor] | None]:
         """The Euler-Maruyama loop.
 
-        With ``replay`` the policy writes its activations into the reusable workspace (for
-        :meth:`PISPolicy.replay`) and no drifts are returned; otherwise the drifts (and
-        log-variances) of every step are returned as computed (with their graph, if any).
+        With ``replay`` the policy writes its outputs and activations into the reusable workspace,
+        returned as ``recording`` for :meth:`PISPolicy.replay`, and no drifts are returned;
+        otherwise the drifts (and log-variances) of every step are returned as computed (with
+        their graph, if any) and ``recording`` is None.
 
         Returns:
             states (N + 1, B, d), scores (N, B, d) or None, drifts (N, B, d) or None,
-            log-variances (N, B, d) or None.
+            log-variances (N, B, d) or None, recording (outputs (N, B, out_dim), record) or None.
         """
         n, d = times.numel() - 1, self.dim
         dt = times[1:] - times[:-1]
@@ -194,10 +196,12 @@ class DiffusionSampler(nn.Module):
         if not learned:  # the sampling noise of every step, scaled in one op
             noise.mul_(((self.sigma2 + explore) * dt).sqrt()[:, None, None])
         slots: list = [None] * n
+        recording = None
         if replay:
             record = self._reusable("record", self.policy.record_shape(n, batch_size), noise)
             outputs = self._reusable("outputs", (n, batch_size, self.policy.out_dim), noise)
             slots = self.policy.step_slots(record, outputs)
+            recording = (outputs, record)
         noise_steps = noise.unbind(0)
         scales = [None] * n if features.langevin_scale is None else features.langevin_scale.unbind(0)
         x = noise.new_zeros(batch_size, d)
@@ -210,7 +214,7 @@ class DiffusionSampler(nn.Module):
                 scores.append(score)
             drift, log_var = self._drift_and_log_var(out, score, scales[k])
             if learned:
-                x = x + drift * dt[k] + ((log_var.exp() + explore) * dt[k]).sqrt() * noise_steps[k]
+                x = x + drift * dt_values[k] + ((log_var.exp() + explore) * dt_values[k]).sqrt() * noise_steps[k]
             else:
                 x = torch.add(x + noise_steps[k], drift, alpha=dt_values[k])
             if not replay:
@@ -219,9 +223,9 @@ class DiffusionSampler(nn.Module):
             states.append(x)
         score_tensor = torch.stack(scores) if langevin else None
         if replay:
-            return torch.stack(states), score_tensor, None, None
+            return torch.stack(states), score_tensor, None, None, recording
         return (torch.stack(states), score_tensor, torch.stack(drifts),
-                torch.stack(log_vars) if learned else None)
+                torch.stack(log_vars) if learned else None, None)
 
     # ------------------------------------------------------------------ backward
     def backward_trajectories(self, samples: Tensor, times: Tensor, path: BoltzmannPath, *,
