@@ -38,7 +38,7 @@ class ConditionalTrainer(Trainer):
                                 device=self.generator.device)
             y = self.conditions[idx.to(self.conditions.device)]
         k = self.samples_per_condition if y is not None else self.config.batch_size * self.samples_per_condition
-        return self.sampler.trajectories(y, k, self.times, explore=explore, generator=self.generator,
+        return self.sampler.trajectories(y, k, self.train_times(), explore=explore, generator=self.generator,
                                          differentiable=self.objective.differentiable)
 
 

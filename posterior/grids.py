@@ -31,7 +31,8 @@ def random_grid(steps: int, *, low: float = 1.0, high: float = 10.0,
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not 0.0 < low <= high:
         raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
-    increments = torch.rand(steps, generator=generator, dtype=torch.float64, device="cpu")
+    draw_device = generator.device if generator is not None else "cpu"
+    increments = torch.rand(steps, generator=generator, dtype=torch.float64, device=draw_device)
     increments = low + (high - low) * increments
     times = torch.cat([increments.new_zeros(1), increments.cumsum(0) / increments.sum()])
     times[-1] = 1.0

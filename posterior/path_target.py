@@ -34,21 +34,28 @@ class BoltzmannPath:
     Args:
         target: object with ``dim``, ``log_reward`` (B, d) -> (B,) and ``grad_log_reward``.
         reference: the backward (noising) process.
+
+    Attributes:
+        evaluations: points at which the target's log-reward ("log_reward") and its gradient
+            ("grad") were evaluated through this path (the cost measure of the benchmarks).
     """
 
     def __init__(self, target: TerminalDensity, reference: BrownianBridge) -> None:
         self.target = target
         self.reference = reference
         self.dim = int(target.dim)
+        self.evaluations = {"log_reward": 0, "grad": 0}
 
     def log_reward(self, x: Tensor) -> Tensor:
         """x: (B, d) -> (B,), validated: NaN raises, -inf is a legal zero density."""
+        self.evaluations["log_reward"] += int(x.shape[0])
         value = self.target.log_reward(x)
         check_shape(value, (x.shape[0],), "target.log_reward(x)")
         return check_no_nan(value, "target.log_reward")
 
     def score(self, x: Tensor) -> Tensor:
         """Gradient of log R. x: (B, d) -> (B, d); NaN raises."""
+        self.evaluations["grad"] += int(x.shape[0])
         value = self.target.grad_log_reward(x)
         check_shape(value, tuple(x.shape), "target.grad_log_reward(x)")
         return check_no_nan(value, "target.grad_log_reward")

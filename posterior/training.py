@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .exploration import LinearDecay
-from .grids import uniform_grid
+from .grids import random_grid, uniform_grid
+from .local_search import ReplayTraining
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
 from .sampler import DiffusionSampler
@@ -26,7 +27,9 @@ class TrainingConfig:
     Attributes:
         iterations: optimizer steps.
         batch_size: trajectories per step.
-        steps: N, time steps per trajectory (uniform grid).
+        steps: N, time steps per training trajectory.
+        train_grid: "uniform", or "random" (a fresh coarse grid every iteration whose
+            increments are drawn from U[grid_low, grid_high] and normalized).
         lr_policy: Adam learning rate of the policy.
         lr_flow: Adam learning rate of log Z / state flows (1e-1 for TB, 1e-2 for SubTB).
         explore: extra sampling variance per unit time at iteration 0, decayed linearly.
@@ -39,6 +42,9 @@ class TrainingConfig:
     iterations: int = 25_000
     batch_size: int = 300
     steps: int = 100
+    train_grid: str = "uniform"
+    grid_low: float = 1.0
+    grid_high: float = 10.0
     lr_policy: float = 1e-3
     lr_flow: float = 1e-1
     explore: float = 0.0
@@ -53,6 +59,8 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.explore < 0:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
+        if self.train_grid not in ("uniform", "random"):
+            raise ValueError(f"train_grid must be 'uniform' or 'random', got {self.train_grid!r}")
 
 
 @dataclass
@@ -81,12 +89,19 @@ class Trainer:
         checkpoint_path: file for checkpoints (None: no checkpoints).
         gradient_sync: called with all trained parameters after every backward pass, to
             average gradients across data-parallel processes (e.g. with accelerate).
+        replay: replay buffer (and local search) for alternating forward / backward updates;
+            None trains on forward trajectories only.
     """
 
     def __init__(self, sampler: DiffusionSampler, objective: Objective, path: BoltzmannPath | None,
                  config: TrainingConfig, checkpoint_path: str | Path | None = None,
-                 gradient_sync: Callable[[list[torch.nn.Parameter]], None] | None = None) -> None:
+                 gradient_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
+                 replay: ReplayTraining | None = None) -> None:
+        if replay is not None and objective.differentiable:
+            raise ValueError("a replay buffer needs an off-policy objective (tb, vargrad, subtb, fl-subtb), "
+                             "not a simulation-based one")
         self.sampler, self.objective, self.path, self.config = sampler, objective, path, config
+        self.replay = replay
         param = next(sampler.parameters())
         self.device, self.dtype = param.device, param.dtype
         groups = [{"params": list(sampler.parameters()), "lr": config.lr_policy}]
@@ -104,13 +119,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> tuple[float, float]:
-        """One optimizer step on fresh on-policy (possibly exploratory) trajectories.
+        """One optimizer step on fresh on-policy (possibly exploratory) trajectories, or with a
+        replay buffer on odd iterations, on backward trajectories from buffer states.
 
         Returns:
             (loss, batch ELBO of log Z).
         """
-        explore = 0.0 if self.objective.differentiable else self.exploration(self.iteration)
-        traj = self.trajectories(explore)
+        if self.replay is not None and self.replay.is_backward_step(self.iteration):
+            samples = self.replay.backward_samples(self.iteration, self.path, self.config.batch_size,
+                                                   self.generator)
+            traj = self.sampler.backward_trajectories(samples, self.train_times(), self.path,
+                                                      generator=self.generator)
+        else:
+            explore = 0.0 if self.objective.differentiable else self.exploration(self.iteration)
+            traj = self.trajectories(explore)
+            if self.replay is not None:
+                self.replay.observe(traj)
         loss = self.objective.loss(traj)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -131,8 +155,15 @@ class Trainer:
     def trajectories(self, explore: float):
         """The batch of trajectories for one step (override for conditional batches)."""
         return self.sampler.forward_trajectories(
-            self.config.batch_size, self.times, self.path, explore=explore,
+            self.config.batch_size, self.train_times(), self.path, explore=explore,
             generator=self.generator, differentiable=self.objective.differentiable)
+
+    def train_times(self) -> torch.Tensor:
+        """(N + 1,) grid of this iteration: the fixed uniform grid, or a fresh random one."""
+        if self.config.train_grid == "uniform":
+            return self.times
+        return random_grid(self.config.steps, low=self.config.grid_low, high=self.config.grid_high,
+                           generator=self.generator, device=self.device, dtype=self.dtype)
 
     def _all_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -183,6 +214,8 @@ class Trainer:
             "iteration": self.iteration,
             "history": asdict(self.history),
             "config": asdict(self.config),
+            "replay": None if self.replay is None else self.replay.state_dict(),
+            "path_evaluations": None if self.path is None else dict(self.path.evaluations),
         }
 
     def save(self, path: str | Path) -> None:
@@ -197,3 +230,9 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
         self.iteration = int(state["iteration"])
         self.history = TrainingHistory(**state["history"])
+        if self.path is not None and state.get("path_evaluations") is not None:
+            self.path.evaluations.update(state["path_evaluations"])
+        if self.replay is not None:
+            if state.get("replay") is None:
+                raise ValueError(f"checkpoint {path} has no replay buffer but this run uses one")
+            self.replay.load_state_dict(state["replay"])

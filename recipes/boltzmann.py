@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.evaluation import evaluate  # noqa: E402
 from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
+from posterior.local_search import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.plotting import plot_curves, plot_samples  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
@@ -40,7 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--iters", type=int, default=25_000)
     p.add_argument("--batch", type=int, default=300)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=100, help="time steps of training trajectories")
+    p.add_argument("--train-grid", choices=("uniform", "random"), default="uniform",
+                   help="random: a fresh coarse grid every iteration (increments ~ U[1, 10], normalized)")
+    p.add_argument("--eval-steps", type=int, default=None,
+                   help="steps of the uniform evaluation grid (default: --steps, or 100 with --train-grid random)")
+    p.add_argument("--buffer", choices=("none", "uniform", "rank"), default="none",
+                   help="replay buffer: alternate forward updates and backward updates from buffer states")
+    p.add_argument("--buffer-size", type=int, default=600_000)
+    p.add_argument("--rank-k", type=float, default=0.01, help="k of the rank weights 1 / (k N + rank)")
+    p.add_argument("--local-search", action="store_true",
+                   help="MALA local search from buffer states (implies --buffer rank unless given)")
+    p.add_argument("--ls-every", type=int, default=100)
+    p.add_argument("--ls-steps", type=int, default=200)
+    p.add_argument("--ls-burn-in", type=int, default=100)
+    p.add_argument("--ls-beta", type=float, default=1.0, help="tempering of the MALA target")
+    p.add_argument("--ls-step-size", type=float, default=0.01, help="initial MALA step size (adapted)")
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
     p.add_argument("--subtb-lambda", type=float, default=2.0)
@@ -70,12 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda).to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
-                            lr_policy=args.lr_policy,
+                            train_grid=args.train_grid, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
                             checkpoint_every=args.checkpoint_every)
+    replay = None
+    if args.buffer != "none" or args.local_search:
+        replay_config = ReplayConfig(
+            prioritization="uniform" if args.buffer == "uniform" else "rank", capacity=args.buffer_size,
+            rank_k=args.rank_k, local_search=args.local_search, ls_every=args.ls_every, ls_steps=args.ls_steps,
+            ls_burn_in=args.ls_burn_in, ls_beta=args.ls_beta, ls_step_size=args.ls_step_size)
+        replay = ReplayTraining(replay_config, target.dim, device=device)
     ckpt = out / "checkpoint.pt"
-    trainer = Trainer(sampler, objective, path, config, checkpoint_path=ckpt)
+    trainer = Trainer(sampler, objective, path, config, checkpoint_path=ckpt, replay=replay)
     if args.resume and ckpt.exists():
         trainer.load(ckpt)
         print(f"resumed from {ckpt} at iteration {trainer.iteration}")
@@ -83,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     history = trainer.run(progress=not args.no_progress)
     train_seconds = time.perf_counter() - start
     trainer.save(ckpt)
+    evaluations = dict(path.evaluations)  # training cost, before evaluation adds its own
+    eval_steps = args.eval_steps or (100 if args.train_grid == "random" else args.steps)
 
     gen = torch.Generator(device=device).manual_seed(10_000 + args.seed)
     exact = exact_ref = None
@@ -90,15 +115,24 @@ def main(argv: list[str] | None = None) -> dict:
         exact = target.sample(args.eval_samples, generator=gen)
         exact_ref = target.sample(args.eval_samples, generator=gen)
     eval_start = time.perf_counter()
-    result = evaluate(sampler, path, num_samples=args.eval_samples, steps=args.steps, seed=args.seed + 1,
+    result = evaluate(sampler, path, num_samples=args.eval_samples, steps=eval_steps, seed=args.seed + 1,
                       log_z=target.log_z, exact_samples=exact, exact_reference=exact_ref)
     samples = result.pop("samples")
+    seconds_total = sum(history.seconds)
+    replay_stats = {} if replay is None else replay.stats()
     metrics = {
         "target": args.target, "dim": target.dim, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
+        "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
+        "local_search": args.local_search, "train_grid": args.train_grid, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
         "iters": trainer.iteration, "seconds_per_iter": history.median_seconds(),
-        "seconds_total": sum(history.seconds), "train_wall_seconds_this_run": train_seconds,
+        "seconds_total": seconds_total, "train_wall_seconds_this_run": train_seconds,
+        "energy_evals": evaluations["log_reward"] + evaluations["grad"],
+        "energy_evals_log_reward": evaluations["log_reward"], "energy_evals_grad": evaluations["grad"],
+        "local_search_share": (replay_stats["local_search_seconds"] / seconds_total
+                               if replay_stats and seconds_total > 0 else 0.0),
+        **replay_stats,
         "eval_seconds": time.perf_counter() - eval_start,
         "learned_log_z": objective.log_z(), "config": asdict(config), "seed": args.seed,
         "device": str(device), "threads": torch.get_num_threads(),
@@ -106,11 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "history.json").write_text(json.dumps(asdict(history)))
     title = (f"{args.target} {args.objective}{'+LP' if args.langevin else ''}"
-             f"{'+Expl' if args.explore else ''}: dlogZ={_fmt(result['delta_log_z'])} W2={_fmt(result['w2'])}")
+             f"{'+Expl' if args.explore else ''}{'+LS' if args.local_search else ''}: dlogZ={_fmt(result['delta_log_z'])} W2={_fmt(result['w2'])}")
     plot_samples(samples, exact, out / "samples.png", title=title)
     plot_curves(history.iteration, history.loss, history.log_z_batch, out / "curves.png", target.log_z)
     shown = {k: metrics[k] for k in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "eubo",
-                                     "w2", "w2_floor", "ess", "iters", "seconds_per_iter")}
+                                     "w2", "w2_floor", "ess", "iters", "seconds_per_iter", "seconds_total",
+                                     "energy_evals", "local_search_share")}
     print(json.dumps(shown, indent=2))
     return metrics
 

@@ -1,0 +1,141 @@
+"""Run a grid of methods x targets x seeds with recipes/boltzmann.py and write a markdown table.
+
+    python recipes/boltzmann_table.py --methods tb-expl-ls,tb-expl-lp-ls --targets gmm25,manywell \
+        --seeds 0,1,2 --out runs/table --results runs/table/results.md [--jobs 2] [--iters-scale 1.0]
+
+A method is a named set of boltzmann.py flags (see METHODS; the paper's budget: 25k iterations,
+10k with the Langevin parametrization). Each run lives in OUT/<target>-<method>-s<seed>/, is
+resumed if interrupted, and is skipped when its metrics.json exists. ``--jobs`` runs that many
+single-threaded runs at once. The table holds mean ± std over seeds of Δlog Z, Δlog Z_RW, W2
+(with the exact-sample floor) and seconds per iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LP_ITERS, ITERS = 10_000, 25_000
+METHODS: dict[str, tuple[str, list[str]]] = {
+    # name: (label in the table, flags)
+    "tb": ("TB", ["--objective", "tb"]),
+    "tb-expl": ("TB + Expl", ["--objective", "tb", "--explore", "0.2"]),
+    "tb-expl-lp": ("TB + Expl + LP", ["--objective", "tb", "--explore", "0.2", "--langevin"]),
+    "tb-expl-ls": ("TB + Expl + LS", ["--objective", "tb", "--explore", "0.2", "--local-search"]),
+    "tb-expl-lp-ls": ("TB + Expl + LP + LS", ["--objective", "tb", "--explore", "0.2", "--langevin",
+                                                "--local-search"]),
+    "tb-lp": ("TB + LP", ["--objective", "tb", "--langevin"]),
+    "tb-ls": ("TB + LS", ["--objective", "tb", "--local-search"]),
+    "tb-lp-ls": ("TB + LP + LS", ["--objective", "tb", "--langevin", "--local-search"]),
+    "vargrad-expl": ("VarGrad + Expl", ["--objective", "vargrad", "--explore", "0.2"]),
+    "vargrad-expl-lp-ls": ("VarGrad + Expl + LP + LS", ["--objective", "vargrad", "--explore", "0.2",
+                                                          "--langevin", "--local-search"]),
+    "flsubtb-lp": ("FL-SubTB + LP", ["--objective", "fl-subtb", "--langevin"]),
+    "pis-lp": ("PIS + LP", ["--objective", "pis", "--langevin"]),
+}
+COLUMNS = (("delta_log_z", "Δlog Z"), ("delta_log_z_rw", "Δlog Z_RW"), ("w2", "W2"),
+           ("seconds_per_iter", "s/iter"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="tb-expl,tb-expl-lp,tb-expl-ls,tb-expl-lp-ls",
+                   help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--targets", default="gmm25", help="comma-separated targets")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--iters", type=int, default=None, help="override the paper's budget for every run")
+    p.add_argument("--extra", default="", help="extra flags passed to every run (one string)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each single-threaded)")
+    p.add_argument("--out", default="runs/table")
+    p.add_argument("--results", default=None, help="markdown file (default OUT/results.md)")
+    p.add_argument("--no-run", action="store_true", help="only tabulate existing runs")
+    return p.parse_args(argv)
+
+
+def run_name(target: str, method: str, seed: int, dim: int | None = None) -> str:
+    return f"{target}{'' if dim is None else dim}-{method}-s{seed}"
+
+
+def command(args: argparse.Namespace, target: str, method: str, seed: int, out: Path) -> list[str]:
+    flags = METHODS[method][1]
+    iters = args.iters or (LP_ITERS if "--langevin" in flags else ITERS)
+    cmd = [sys.executable, str(ROOT / "recipes" / "boltzmann.py"), "--target", target, *flags,
+           "--iters", str(iters), "--seed", str(seed), "--threads", "1", "--no-progress", "--resume",
+           "--out", str(out)]
+    if args.dim is not None:
+        cmd += ["--dim", str(args.dim)]
+    return cmd + args.extra.split()
+
+
+def run_one(cmd: list[str], out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".log"), "a") as log:
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def summarize(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "n/a"
+    if len(known) == 1:
+        return f"{known[0]:.3f}"
+    return f"{statistics.mean(known):.3f} ± {statistics.stdev(known):.3f}"
+
+
+def table(out: Path, targets: list[str], methods: list[str], seeds: list[int], dim: int | None = None) -> str:
+    lines = []
+    for target in targets:
+        lines += [f"**{target}{'' if dim is None else f' (d = {dim})'}**", "", "| method | seeds | " + " | ".join(c[1] for c in COLUMNS) + " | W2 floor |",
+                  "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+        for method in methods:
+            found = [json.loads(p.read_text()) for s in seeds
+                     if (p := out / run_name(target, method, s, dim) / "metrics.json").exists()]
+            if not found:
+                continue
+            cells = [summarize([m.get(key) for m in found]) for key, _ in COLUMNS]
+            floor = summarize([m.get("w2_floor") for m in found])
+            lines.append(f"| {METHODS[method][0]} | {len(found)} | " + " | ".join(cells) + f" | {floor} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(METHODS)}")
+    targets = [t for t in args.targets.split(",") if t]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    out = Path(args.out)
+    jobs = []
+    for seed in seeds:
+        for target in targets:
+            for method in methods:
+                run_dir = out / run_name(target, method, seed, args.dim)
+                if not (run_dir / "metrics.json").exists():
+                    jobs.append((command(args, target, method, seed, run_dir), run_dir))
+    if not args.no_run and jobs:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            codes = list(pool.map(lambda job: run_one(*job), jobs))
+        failed = [str(d) for (_, d), c in zip(jobs, codes) if c != 0]
+        if failed:
+            print(f"failed runs (see their .log): {failed}", file=sys.stderr)
+    text = table(out, targets, methods, seeds, args.dim)
+    results = Path(args.results) if args.results else out / "results.md"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
