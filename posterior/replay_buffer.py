@@ -5,9 +5,9 @@ states ranked by log-reward (rank 0 = highest), state of rank r is drawn with pr
 
     w_r / sum_s w_s,   w_r = 1 / (k * N + r).
 
-The buffer keeps its entries in a ring (oldest overwritten first) and, beside it, the
-slot order sorted by log-reward. An add merges the sorted batch into that order and drops
-the evicted slots, which is linear in N with tiny constants (no re-sort of the buffer);
+The buffer keeps its entries in a ring (oldest overwritten first) and, for rank
+prioritization, the slot order sorted by log-reward. An add merges the sorted batch into
+that order and drops the evicted slots, linear in N with small constants (no re-sort);
 a prioritized draw samples ranks by inverting the cumulative weights (cached while N is
 unchanged), so both stay cheap at a full 600k capacity.
 """
@@ -56,6 +56,7 @@ class ReplayBuffer:
         self.size = 0
         self._next = 0  # ring position of the next write
         self._order = torch.empty(0, dtype=torch.long, device=device)  # slots, log-reward descending
+        self._keys = torch.empty(0, device=device, dtype=dtype)  # -log-reward along _order (ascending)
         self._cumulative: Tensor | None = None  # cumulative rank weights, valid while its length == size
 
     def __len__(self) -> int:
@@ -90,36 +91,57 @@ class ReplayBuffer:
             conditions = None if conditions is None else conditions[-self.capacity:]
             b = self.capacity
         slots = (self._next + torch.arange(b, device=self.states.device)) % self.capacity
-        order = self._order
         overwritten = self.size + b - self.capacity
-        if overwritten > 0:  # drop the evicted slots from the sorted order, O(N)
-            evicted = torch.zeros(self.capacity, dtype=torch.bool, device=order.device)
-            evicted[slots[:overwritten]] = True
-            order = order[~evicted[order]]
+        if self.prioritization == "rank" and overwritten > 0:
+            self._evict(slots[b - overwritten:])  # the first capacity - size slots are empty
         self.states[slots] = states.detach().to(self.states)
         self.log_rewards[slots] = log_rewards.detach().to(self.log_rewards)
         if conditions is not None:
             self.conditions[slots] = conditions.detach().to(self.conditions)
-        self._order = self._merge(order, slots)
+        if self.prioritization == "rank":
+            self._merge(slots)
         self._next = int((self._next + b) % self.capacity)
         self.size = min(self.capacity, self.size + b)
 
-    def _merge(self, order: Tensor, new_slots: Tensor) -> Tensor:
-        """Merge ``new_slots`` (sorted here) into ``order`` (sorted by descending log-reward)."""
-        # Ascending keys for searchsorted: -log_reward (with -inf rewards last = +inf keys).
+    def _evict(self, slots: Tensor) -> None:
+        """Remove ``slots`` (about to be overwritten) from the sorted order, O(N) copies.
+
+        Each slot is found by binary search on its key; among equal keys, by its slot id.
+        """
+        keys = self._keys
+        unique = torch.unique(-self.log_rewards[slots])
+        low = torch.searchsorted(keys, unique, right=False).tolist()
+        high = torch.searchsorted(keys, unique, right=True).tolist()
+        remove: list[int] = []
+        for lo, hi in zip(low, high):
+            if hi - lo == 1:
+                remove.append(lo)
+            else:  # ties: match slot ids inside the run of equal keys
+                remove.extend((torch.isin(self._order[lo:hi], slots).nonzero()[:, 0] + lo).tolist())
+        remove.sort()
+        bounds = [-1] + remove + [keys.numel()]
+        spans = [(a + 1, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a + 1]
+        self._order = torch.cat([self._order[a:b] for a, b in spans]) if spans else self._order[:0]
+        self._keys = torch.cat([keys[a:b] for a, b in spans]) if spans else keys[:0]
+
+    def _merge(self, new_slots: Tensor) -> None:
+        """Merge ``new_slots`` into the order sorted by descending log-reward, O(N + B log B) with
+        contiguous copies only."""
+        # Ascending keys -log_reward (a -inf reward is a +inf key, ranked last).
         new_keys, perm = torch.sort(-self.log_rewards[new_slots])
         new_slots = new_slots[perm]
-        old_keys = -self.log_rewards[order]
         # New entries go after equal old ones (older first among ties).
-        positions = torch.searchsorted(old_keys, new_keys, right=True)
-        m, b = order.numel(), new_slots.numel()
-        merged = order.new_empty(m + b)
-        new_positions = positions + torch.arange(b, device=order.device)
-        is_new = torch.zeros(m + b, dtype=torch.bool, device=order.device)
-        is_new[new_positions] = True
-        merged[new_positions] = new_slots
-        merged[~is_new] = order
-        return merged
+        positions = torch.searchsorted(self._keys, new_keys, right=True).tolist()
+        orders, keys, prev, start, count = [], [], 0, 0, len(positions)
+        for j in range(1, count + 1):  # runs of new entries that share an insertion position
+            if j == count or positions[j] != positions[start]:
+                pos = positions[start]
+                orders += [self._order[prev:pos], new_slots[start:j]]
+                keys += [self._keys[prev:pos], new_keys[start:j]]
+                prev, start = pos, j
+        orders.append(self._order[prev:])
+        keys.append(self._keys[prev:])
+        self._order, self._keys = torch.cat(orders), torch.cat(keys)
 
     # ------------------------------------------------------------------ sample
     def rank_weights(self) -> Tensor:
@@ -149,12 +171,14 @@ class ReplayBuffer:
                 self._cumulative = weights.cumsum(0) / weights.sum()
             u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
             ranks = torch.searchsorted(self._cumulative, u, right=True).clamp_(max=self.size - 1)
-        slots = self._order[ranks]
+        slots = ranks if self.prioritization == "uniform" else self._order[ranks]
         conditions = None if self.conditions is None else self.conditions[slots]
         return self.states[slots], self.log_rewards[slots], conditions
 
     def sorted_log_rewards(self) -> Tensor:
         """(N,) stored log-rewards in rank order (descending)."""
+        if self.prioritization == "uniform":
+            return torch.sort(self.log_rewards[: self.size], descending=True).values
         return self.log_rewards[self._order]
 
     # ------------------------------------------------------------------ checkpoints
@@ -163,7 +187,7 @@ class ReplayBuffer:
         n = self.size
         return {"states": self.states[:n].clone(), "log_rewards": self.log_rewards[:n].clone(),
                 "conditions": None if self.conditions is None else self.conditions[:n].clone(),
-                "size": n, "next": self._next, "order": self._order.clone()}
+                "size": n, "next": self._next, "order": self._order.clone(), "keys": self._keys.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         n = int(state["size"])
@@ -177,4 +201,5 @@ class ReplayBuffer:
             self.conditions[:n] = state["conditions"][:n].to(self.conditions)
         self.size, self._next = n, int(state["next"])
         self._order = state["order"].to(device=self.states.device, dtype=torch.long)
+        self._keys = state["keys"].to(self.log_rewards)
         self._cumulative = None

@@ -102,3 +102,21 @@ def test_state_dict_round_trip_gives_identical_draws():
     a = buffer.sample(64, torch.Generator().manual_seed(9))
     c = copy.sample(64, torch.Generator().manual_seed(9))
     torch.testing.assert_close(a[0], c[0], rtol=0, atol=0)
+
+
+def test_order_stays_exact_with_ties_and_wraparound():
+    buffer = ReplayBuffer(1, capacity=20)
+    g = torch.Generator().manual_seed(4)
+    values = torch.tensor([0.0, 1.0, -math.inf])
+    for step in range(40):
+        b = int(torch.randint(1, 9, (1,), generator=g))
+        r = values[torch.randint(3, (b,), generator=g)]
+        buffer.add(torch.full((b, 1), float(step)), r)
+        n = len(buffer)
+        assert sorted(buffer._order.tolist()) == list(range(n))
+        stored = buffer.log_rewards[:n]
+        torch.testing.assert_close(buffer.sorted_log_rewards(), torch.sort(stored, descending=True).values)
+        # among equal log-rewards the older entry ranks first
+        ranked = buffer.states[buffer._order, 0]
+        same = buffer.sorted_log_rewards()[1:] == buffer.sorted_log_rewards()[:-1]
+        assert bool((ranked[1:][same] >= ranked[:-1][same]).all())
