@@ -87,7 +87,8 @@ class AdaptiveMALA:
         return log_r, grad
 
     def run(self, x: Tensor, steps: int, *, burn_in: int = 0, adapt: bool = True,
-            adapt_after_burn_in: bool = True, generator: torch.Generator | None = None) -> MALARun:
+            adapt_after_burn_in: bool = True, keep: bool = True,
+            generator: torch.Generator | None = None) -> MALARun:
         """Run ``steps`` MALA steps on every chain.
 
         Args:
@@ -97,6 +98,7 @@ class AdaptiveMALA:
             adapt: adapt the step size during burn-in.
             adapt_after_burn_in: keep adapting after burn-in (as in local search); set False for
                 a chain whose kept states must be exactly invariant for pi.
+            keep: collect the states accepted after burn-in (False: only the final states).
             generator: source of all randomness.
         """
         if x.ndim != 2:
@@ -129,7 +131,7 @@ class AdaptiveMALA:
             grad = torch.where(accept[:, None], grad_new, grad)
             rate = float(accept.float().mean())
             rates.append(rate)
-            if k >= burn_in:
+            if keep and k >= burn_in:
                 kept_x.append(proposal[accept])
                 kept_r.append(log_r_new[accept])
             if adapt and (k < burn_in or adapt_after_burn_in):

@@ -39,6 +39,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
                                                           "--langevin", "--local-search"]),
     "flsubtb-lp": ("FL-SubTB + LP", ["--objective", "fl-subtb", "--langevin"]),
     "pis-lp": ("PIS + LP", ["--objective", "pis", "--langevin"]),
+    "smc": ("SMC (100 temperatures x 5 MALA steps)", ["--method", "smc"]),
+    "mala": ("MALA (10k steps)", ["--method", "mala"]),
 }
 COLUMNS = (("delta_log_z", "Δlog Z"), ("delta_log_z_rw", "Δlog Z_RW"), ("w2", "W2"),
            ("seconds_per_iter", "s/iter"))

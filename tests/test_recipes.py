@@ -17,13 +17,16 @@ def _run(args, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2"],
-                                   ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin"]])
+                                   ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin"],
+                                   ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
+                                    "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random"]])
 def test_boltzmann_recipe_contract(tmp_path, extra):
     out = tmp_path / "run"
     _run(["recipes/boltzmann.py", *extra, "--iters", "6", "--batch", "16", "--steps", "8",
           "--eval-samples", "64", "--checkpoint-every", "3", "--no-progress", "--out", str(out)], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "w2", "ess", "iters", "seconds_per_iter"):
+    for key in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "w2", "ess", "iters", "seconds_per_iter",
+                "seconds_total", "energy_evals", "local_search_share"):
         assert key in metrics
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
     assert (out / "samples.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
@@ -34,6 +37,31 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
     assert resumed["iters"] == 9
     history = json.loads((out / "history.json").read_text())
     assert history["iteration"] == list(range(9))
+
+
+@pytest.mark.parametrize("method", ["smc", "mala"])
+def test_boltzmann_recipe_baselines(tmp_path, method):
+    out = tmp_path / method
+    _run(["recipes/boltzmann.py", "--target", "gmm25", "--method", method, "--eval-samples", "64",
+          "--smc-temperatures", "5", "--smc-mala-steps", "2", "--mala-steps", "20", "--mala-burn-in", "10",
+          "--out", str(out)], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["w2"] > 0 and metrics["energy_evals"] > 0 and metrics["seconds_total"] > 0
+    assert (metrics["delta_log_z"] is None) == (method == "mala")
+
+
+def test_boltzmann_table_writes_mean_and_std(tmp_path):
+    out = tmp_path / "table"
+    for seed, dlz in ((0, 1.0), (1, 2.0)):
+        run = out / f"gmm25-tb-s{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"delta_log_z": dlz, "delta_log_z_rw": 0.5, "w2": None,
+                                                      "seconds_per_iter": 0.1, "w2_floor": 1.1}))
+    _run(["recipes/boltzmann_table.py", "--no-run", "--methods", "tb,tb-expl", "--seeds", "0,1",
+          "--out", str(out)], tmp_path)
+    text = (out / "results.md").read_text()
+    assert "| TB | 2 | 1.500 ± 0.707 | 0.500 ± 0.000 | n/a | 0.100 ± 0.000 | 1.100 ± 0.000 |" in text
+    assert "TB + Expl" not in text  # no runs, no row
 
 
 def test_speed_recipe_contract(tmp_path):
