@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+from .learned_backward import LearnedBackward
 from .networks import PISFlow, PISPolicy
 from .objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
+from .reference import BrownianBridge, GaussianReference, VPNoising
 from .sampler import DiffusionSampler
 
 OBJECTIVES = ("tb", "vargrad", "subtb", "fl-subtb", "pis")
 
 
+NOISING = ("brownian", "vp")
+
+
+def make_reference(dim: int, sigma2: float, noising: str = "brownian", *, learn_backward: bool = False,
+                   hidden: int = 64) -> GaussianReference:
+    """The noising process by name (:data:`NOISING`), optionally with a learned backward correction."""
+    if noising == "brownian":
+        reference: GaussianReference = BrownianBridge(sigma2)
+    elif noising == "vp":
+        reference = VPNoising(sigma2)
+    else:
+        raise ValueError(f"noising must be one of {NOISING}, got {noising!r}")
+    return LearnedBackward(reference, dim, hidden=hidden) if learn_backward else reference
+
+
 def make_sampler(dim: int, sigma2: float, *, langevin: bool = False, learn_variance: bool = False,
-                 hidden: int = 64, harmonics: int = 64, joint_layers: int = 2) -> DiffusionSampler:
-    """PIS-architecture diffusion sampler for a d-dimensional target."""
+                 hidden: int = 64, harmonics: int = 64, joint_layers: int = 2, noising: str = "brownian",
+                 learn_backward: bool = False) -> DiffusionSampler:
+    """PIS-architecture diffusion sampler for a d-dimensional target, on the named noising process."""
     policy = PISPolicy(dim, hidden=hidden, harmonics=harmonics, joint_layers=joint_layers,
                        learn_variance=learn_variance, langevin=langevin)
-    return DiffusionSampler(policy, sigma2)
+    reference = make_reference(dim, sigma2, noising, learn_backward=learn_backward, hidden=hidden)
+    return DiffusionSampler(policy, sigma2, reference=reference)
 
 
 def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float = 2.0,

@@ -1,9 +1,11 @@
-"""The diffusion sampler: an Euler-Maruyama Gaussian policy started at x_0 = 0.
+"""The diffusion sampler: a Gaussian policy on the reference process's base kernel.
 
-    x_{k+1} = x_k + u(x_k, t_k) dt_k + sqrt(v(x_k, t_k) dt_k) * eps,   eps ~ N(0, I),
+    x_{k+1} = m_k x_k + c_k u(x_k, t_k) + sqrt(v(x_k, t_k) c_k) * eps,   eps ~ N(0, I),
 
-with v = sigma2 (fixed) or sigma2 * exp(range * tanh(NN)) (learned variance), and
-u = NN(x, t) [+ s(t) * clip(grad log R(x))] (Langevin parametrization), clipped.
+where (m_k, c_k) come from the reference (Brownian: m = 1, c = dt, start x_0 = 0, i.e.
+Euler-Maruyama; VP: m = a_k, c = 1 - a_k^2, start x_0 ~ N(0, sigma2 I)), v = sigma2 (fixed) or
+sigma2 * exp(range * tanh(NN)) (learned variance), and u = NN(x, t) [+ s(t) * clip(grad log R(x))]
+(Langevin parametrization), clipped. log p_F includes the start density (first step's entry).
 
 Three ways of producing trajectories, all returning :class:`Trajectories`:
 
@@ -31,7 +33,7 @@ from .checks import check_shape
 from .grids import check_grid
 from .networks import PISPolicy, TimeFeatures
 from .path_target import BoltzmannPath
-from .reference import LOG_2PI, BrownianBridge
+from .reference import LOG_2PI, BrownianBridge, GaussianReference
 from .trajectories import Trajectories
 
 
@@ -45,13 +47,17 @@ class DiffusionSampler(nn.Module):
         output_clip: the drift is clipped to [-output_clip, output_clip].
         score_clip: the target score in the Langevin term is clipped to [-score_clip, score_clip].
         log_var_range: learned log-variance correction lies in [-range, range].
+        reference: the noising process (default: Brownian bridge with rate sigma2).
     """
 
     def __init__(self, policy: PISPolicy, sigma2: float, *, output_clip: float = 1e4,
-                 score_clip: float = 1e2, log_var_range: float = 4.0) -> None:
+                 score_clip: float = 1e2, log_var_range: float = 4.0,
+                 reference: GaussianReference | None = None) -> None:
         super().__init__()
         self.policy = policy
-        self.reference = BrownianBridge(sigma2)
+        if reference is not None and abs(reference.sigma2 - float(sigma2)) > 1e-12:
+            raise ValueError(f"reference.sigma2 ({reference.sigma2}) must equal sigma2 ({sigma2})")
+        self.reference = reference if reference is not None else BrownianBridge(sigma2)
         self.sigma2 = float(sigma2)
         self.output_clip = float(output_clip)
         self.score_clip = float(score_clip)
@@ -93,23 +99,29 @@ class DiffusionSampler(nn.Module):
 
     def log_pf_steps(self, states: Tensor, times: Tensor, drift: Tensor,
                      log_var: Tensor | None) -> Tensor:
-        """Per-step policy log-densities, all steps at once.
+        """Per-step policy log-densities, all steps at once; row 0 includes log p(x_0).
 
         Args:
             states: (N + 1, B, d); times: (N + 1,); drift: (N, B, d);
-            log_var: (N, B, d) learned log-variance per unit time, or None for sigma2.
+            log_var: (N, B, d) learned log-variance (per unit of c), or None for sigma2.
         Returns:
             (N, B)
         """
-        dt = (times[1:] - times[:-1])[:, None, None]
-        residual = states[1:] - states[:-1] - drift * dt
+        mean_scale, c = self.reference.forward_kernel(times)
+        c = c[:, None, None]
+        previous = states[:-1] if mean_scale is None else mean_scale[:, None, None] * states[:-1]
+        residual = states[1:] - previous - drift * c
         d = states.shape[-1]
         if log_var is None:
-            var = self.sigma2 * dt
-            return (-0.5 * (residual * residual).sum(-1) / var[..., 0]
-                    - 0.5 * d * (LOG_2PI + var[..., 0].log()))
-        log_step_var = log_var + dt.log()
-        return -0.5 * ((residual * residual) * torch.exp(-log_step_var) + LOG_2PI + log_step_var).sum(-1)
+            var = self.sigma2 * c[..., 0]
+            steps = -0.5 * (residual * residual).sum(-1) / var - 0.5 * d * (LOG_2PI + var.log())
+        else:
+            log_step_var = log_var + c.log()
+            steps = -0.5 * ((residual * residual) * torch.exp(-log_step_var) + LOG_2PI + log_step_var).sum(-1)
+        initial = self.reference.initial_log_prob(states[0])
+        if initial is None:
+            return steps
+        return torch.cat([steps[:1] + initial, steps[1:]], dim=0)
 
     def evaluate_policy(self, states: Tensor, features: TimeFeatures, scores: Tensor | None,
                         context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -132,13 +144,14 @@ class DiffusionSampler(nn.Module):
                              explore: float = 0.0, generator: torch.Generator | None = None,
                              context: Tensor | None = None, differentiable: bool = False,
                              track_gradients: bool = True) -> Trajectories:
-        """Simulate ``batch_size`` trajectories from x_0 = 0.
+        """Simulate ``batch_size`` trajectories from the reference's start distribution.
 
         Args:
             batch_size: B.
             times: (N + 1,) grid.
             path: target path measure (terminal log-reward, score, backward kernels).
-            explore: extra variance per unit time of the sampling kernel (>= 0).
+            explore: extra variance (per unit of c, i.e. per unit time for Brownian motion) of
+                the sampling kernel (>= 0).
             generator: source of the Gaussian noise.
             context: (B, hidden) condition features, or None.
             differentiable: keep the graph through the states (PIS); else detached states.
@@ -189,12 +202,13 @@ class DiffusionSampler(nn.Module):
             log-variances (N, B, d) or None, recording (outputs (N, B, out_dim), record) or None.
         """
         n, d = times.numel() - 1, self.dim
-        dt = times[1:] - times[:-1]
-        dt_values = dt.tolist()
+        mean_scale, c = self.reference.forward_kernel(times)
+        c_values = c.tolist()
+        m_values = None if mean_scale is None else mean_scale.tolist()
         noise = torch.randn((n, batch_size, d), generator=generator, device=times.device, dtype=times.dtype)
         langevin, learned = self.policy.langevin, self.policy.learn_variance
         if not learned:  # the sampling noise of every step, scaled in one op
-            noise.mul_(((self.sigma2 + explore) * dt).sqrt()[:, None, None])
+            noise.mul_(((self.sigma2 + explore) * c).sqrt()[:, None, None])
         slots: list = [None] * n
         recording = None
         if replay:
@@ -204,7 +218,7 @@ class DiffusionSampler(nn.Module):
             recording = (outputs, record)
         noise_steps = noise.unbind(0)
         scales = [None] * n if features.langevin_scale is None else features.langevin_scale.unbind(0)
-        x = noise.new_zeros(batch_size, d)
+        x = self.reference.initial_state(batch_size, d, noise, generator)
         states, drifts, log_vars, scores = [x], [], [], []
         for k in range(n):
             out = self.policy.step(x, k, features, context, slots[k])
@@ -213,10 +227,12 @@ class DiffusionSampler(nn.Module):
                 score = self._clipped_score(path, x.detach())
                 scores.append(score)
             drift, log_var = self._drift_and_log_var(out, score, scales[k])
+            if m_values is not None:
+                x = x * m_values[k]
             if learned:
-                x = x + drift * dt_values[k] + ((log_var.exp() + explore) * dt_values[k]).sqrt() * noise_steps[k]
+                x = x + drift * c_values[k] + ((log_var.exp() + explore) * c_values[k]).sqrt() * noise_steps[k]
             else:
-                x = torch.add(x + noise_steps[k], drift, alpha=dt_values[k])
+                x = torch.add(x + noise_steps[k], drift, alpha=c_values[k])
             if not replay:
                 drifts.append(drift)
                 log_vars.append(log_var)
@@ -232,7 +248,7 @@ class DiffusionSampler(nn.Module):
                               generator: torch.Generator | None = None,
                               context: Tensor | None = None,
                               track_gradients: bool = True) -> Trajectories:
-        """Trajectories that end at given terminal states, drawn from the reference bridge.
+        """Trajectories that end at given terminal states, drawn from the reference's backward kernels.
 
         Args:
             samples: (B, d) terminal states (e.g. from a replay buffer or exact samples).

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.evaluation import evaluate  # noqa: E402
-from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
+from posterior.factory import NOISING, OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
 from posterior.local_search import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="iterations over which exploration decays (default: all)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
     p.add_argument("--learn-variance", action="store_true")
+    p.add_argument("--noising", choices=NOISING, default="brownian",
+                   help="reference process: Brownian bridge pinned at 0, or variance-preserving OU")
+    p.add_argument("--learn-backward", action="store_true", help="learned corrections of the backward kernels")
     p.add_argument("--iters", type=int, default=25_000)
     p.add_argument("--batch", type=int, default=300)
     p.add_argument("--steps", type=int, default=100, help="time steps of training trajectories")
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method != "sampler":
         return run_baseline(args, target, out, device)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin,
-                           learn_variance=args.learn_variance).to(device)
+                           learn_variance=args.learn_variance, noising=args.noising,
+                           learn_backward=args.learn_backward).to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda).to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {
         "target": args.target, "dim": target.dim, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
+        "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
         "local_search": args.local_search, "train_grid": args.train_grid, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,

@@ -161,10 +161,12 @@ def test_min_log_reward_floor_in_loss():
     assert float(loss.detach()) == pytest.approx(0.5 * (0 + 100) / 2)
 
 
-@pytest.mark.parametrize("objective", ["tb", "vargrad"])
-def test_short_training_on_gaussian_reaches_log_z(objective):
+@pytest.mark.parametrize("objective,noising,learn_backward", [("tb", "brownian", False), ("vargrad", "brownian", False),
+                                                             ("tb", "vp", False), ("tb", "brownian", True)])
+def test_short_training_on_gaussian_reaches_log_z(objective, noising, learn_backward):
+    from posterior.factory import make_sampler
     torch.manual_seed(0)
-    sampler = DiffusionSampler(PISPolicy(2), sigma2=1.0)
+    sampler = make_sampler(2, 1.0, noising=noising, learn_backward=learn_backward)
     target = GaussianTarget(mean=torch.tensor([1.0, -0.5]), std=torch.tensor([0.7, 1.3]), log_scale=2.0)
     path = BoltzmannPath(target, sampler.reference)
     obj = TrajectoryBalance() if objective == "tb" else VarGrad()

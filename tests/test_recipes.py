@@ -19,7 +19,8 @@ def _run(args, tmp_path):
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
-                                    "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random"]])
+                                    "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random",
+                                    "--noising", "vp", "--learn-backward"]])
 def test_boltzmann_recipe_contract(tmp_path, extra):
     out = tmp_path / "run"
     _run(["recipes/boltzmann.py", *extra, "--iters", "6", "--batch", "16", "--steps", "8",
