@@ -63,11 +63,15 @@ class ReplayTraining:
         config: buffer and local-search settings.
         dim: event size d.
         device, dtype: buffer storage placement.
+        teacher: an adaptive teacher (:class:`posterior.teacher.AdaptiveTeacher`) that takes one
+            step before every backward update and adds its samples to the buffer; or None.
     """
 
     def __init__(self, config: ReplayConfig, dim: int, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, teacher=None) -> None:
         self.config = config
+        self.teacher = teacher
+        self.teacher_seconds = 0.0
 
         def make() -> ReplayBuffer:
             return ReplayBuffer(dim, config.capacity, prioritization=config.prioritization,
@@ -93,6 +97,11 @@ class ReplayTraining:
     def backward_samples(self, iteration: int, path: BoltzmannPath, batch_size: int,
                          generator: torch.Generator | None = None) -> Tensor:
         """Terminal states (batch_size, d) for a backward update; runs local search when due."""
+        if self.teacher is not None:
+            start = time.perf_counter()
+            taught = self.teacher.step()
+            self.buffer.add(taught, path.log_reward(taught))
+            self.teacher_seconds += time.perf_counter() - start
         if len(self.buffer) == 0:
             raise RuntimeError("backward update before any forward update filled the replay buffer")
         if self.ls_buffer is None:
@@ -124,6 +133,7 @@ class ReplayTraining:
         return {"local_search_seconds": self.ls_seconds, "local_search_evaluations": self.ls_evaluations,
                 "local_search_rounds": self.ls_rounds, "local_search_step_size": self.ls_step_size,
                 "local_search_last_acceptance": self.ls_last_acceptance,
+                "teacher_seconds": self.teacher_seconds if self.teacher is not None else None,
                 "buffer_size": len(self.buffer),
                 "ls_buffer_size": None if self.ls_buffer is None else len(self.ls_buffer)}
 
@@ -133,7 +143,8 @@ class ReplayTraining:
                 "ls_buffer": None if self.ls_buffer is None else self.ls_buffer.state_dict(),
                 "ls_step_size": self.ls_step_size, "ls_seconds": self.ls_seconds,
                 "ls_evaluations": self.ls_evaluations, "ls_rounds": self.ls_rounds,
-                "ls_last_acceptance": self.ls_last_acceptance}
+                "ls_last_acceptance": self.ls_last_acceptance, "teacher_seconds": self.teacher_seconds,
+                "teacher": None if self.teacher is None else self.teacher.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
@@ -146,3 +157,8 @@ class ReplayTraining:
         self.ls_evaluations = int(state["ls_evaluations"])
         self.ls_rounds = int(state["ls_rounds"])
         self.ls_last_acceptance = state["ls_last_acceptance"]
+        self.teacher_seconds = float(state.get("teacher_seconds", 0.0))
+        if self.teacher is not None:
+            if state.get("teacher") is None:
+                raise ValueError("checkpoint has no teacher but this run uses one")
+            self.teacher.load_state_dict(state["teacher"])

@@ -116,6 +116,7 @@ class Trainer:
         self.iteration = 0
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.gradient_sync = gradient_sync
+        self.last_samples: torch.Tensor | None = None  # terminal states of the last step's batch
 
     # ------------------------------------------------------------------ one step
     def step(self) -> tuple[float, float]:
@@ -149,6 +150,7 @@ class Trainer:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._all_parameters(), self.config.grad_clip)
         self.optimizer.step()
+        self.last_samples = traj.samples.detach()
         log_z_batch = float(traj.log_weight.detach().mean())
         return float(loss.detach()), log_z_batch
 
@@ -223,7 +225,10 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore everything needed to continue the same run bit for bit."""
-        state = checkpoint.load(path, map_location=self.device)
+        self.load_state_dict(checkpoint.load(path, map_location=self.device), source=str(path))
+
+    def load_state_dict(self, state: dict, source: str = "state") -> None:
+        """Restore from :meth:`state_dict` (``source`` names it in error messages)."""
         self.sampler.load_state_dict(state["sampler"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -234,5 +239,5 @@ class Trainer:
             self.path.evaluations.update(state["path_evaluations"])
         if self.replay is not None:
             if state.get("replay") is None:
-                raise ValueError(f"checkpoint {path} has no replay buffer but this run uses one")
+                raise ValueError(f"checkpoint {source} has no replay buffer but this run uses one")
             self.replay.load_state_dict(state["replay"])

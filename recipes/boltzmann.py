@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from posterior.metrics import wasserstein2  # noqa: E402
 from posterior.plotting import plot_curves, plot_samples  # noqa: E402
 from posterior.reference import BrownianBridge  # noqa: E402
 from posterior.smc import annealed_smc, long_run_mala  # noqa: E402
+from posterior.teacher import make_teacher  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
 
 
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ls-burn-in", type=int, default=100)
     p.add_argument("--ls-beta", type=float, default=1.0, help="tempering of the MALA target")
     p.add_argument("--ls-step-size", type=float, default=0.01, help="initial MALA step size (adapted)")
+    p.add_argument("--teacher", action="store_true",
+                   help="adaptive teacher (TB sampler rewarded by the student's residual) feeding the buffer")
+    p.add_argument("--teacher-weight", type=float, default=19.0,
+                   help="C: extra teacher reward weight where the student under-samples")
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
     p.add_argument("--subtb-lambda", type=float, default=2.0)
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
                             checkpoint_every=args.checkpoint_every)
     replay = None
-    if args.buffer != "none" or args.local_search:
+    if args.buffer != "none" or args.local_search or args.teacher:
         replay_config = ReplayConfig(
             prioritization="uniform" if args.buffer == "uniform" else "rank", capacity=args.buffer_size,
             rank_k=args.rank_k, local_search=args.local_search, ls_every=args.ls_every, ls_steps=args.ls_steps,
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         replay = ReplayTraining(replay_config, target.dim, device=device)
     ckpt = out / "checkpoint.pt"
     trainer = Trainer(sampler, objective, path, config, checkpoint_path=ckpt, replay=replay)
+    if args.teacher:
+        replay.teacher = build_teacher(args, target, sampler, objective, path, config, trainer, device)
     if args.resume and ckpt.exists():
         trainer.load(ckpt)
         print(f"resumed from {ckpt} at iteration {trainer.iteration}")
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
-        "local_search": args.local_search, "train_grid": args.train_grid, "eval_steps": eval_steps,
+        "local_search": args.local_search, "teacher": args.teacher, "train_grid": args.train_grid, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
         "iters": trainer.iteration, "seconds_per_iter": history.median_seconds(),
         "seconds_total": seconds_total, "train_wall_seconds_this_run": train_seconds,
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "history.json").write_text(json.dumps(asdict(history)))
     title = (f"{args.target} {args.objective}{'+LP' if args.langevin else ''}"
-             f"{'+Expl' if args.explore else ''}{'+LS' if args.local_search else ''}: dlogZ={_fmt(result['delta_log_z'])} W2={_fmt(result['w2'])}")
+             f"{'+Expl' if args.explore else ''}{'+LS' if args.local_search else ''}{'+teacher' if args.teacher else ''}: dlogZ={_fmt(result['delta_log_z'])} W2={_fmt(result['w2'])}")
     plot_samples(samples, exact, out / "samples.png", title=title)
     plot_curves(history.iteration, history.loss, history.log_z_batch, out / "curves.png", target.log_z)
     shown = {k: metrics[k] for k in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "eubo",
@@ -164,6 +171,17 @@ def main(argv: list[str] | None = None) -> dict:
                                      "energy_evals", "local_search_share")}
     print(json.dumps(shown, indent=2))
     return metrics
+
+
+def build_teacher(args: argparse.Namespace, target, sampler, objective, path, config: TrainingConfig,
+                  trainer: Trainer, device: torch.device):
+    """A TB teacher like the student (no Langevin term: its reward has no cheap gradient)."""
+    teacher = make_sampler(target.dim, target.reference_variance, noising=args.noising).to(device)
+    teacher_config = replace(config, seed=config.seed + 7919, checkpoint_every=0)
+    return make_teacher(sampler, objective, path, teacher, make_objective("tb", None, dim=target.dim).to(device),
+                        teacher_config, under_weight=args.teacher_weight,
+                        log_z_fallback=lambda: (trainer.history.log_z_batch[-1] if trainer.history.log_z_batch
+                                                else 0.0))
 
 
 def run_baseline(args: argparse.Namespace, target, out: Path, device: torch.device) -> dict:

@@ -16,7 +16,7 @@ def _run(args, tmp_path):
     return result
 
 
-@pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2"],
+@pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
                                     "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random",
