@@ -45,6 +45,12 @@ class GaussianMixture25(BoltzmannTarget):
         resp = torch.softmax(self._component_logits(x), dim=-1)  # (B, 25)
         return (resp @ self.means - x) / self.VARIANCE
 
+    def mode_shares(self, x: Tensor) -> Tensor:
+        """(B, 2) -> (25,) share of the samples whose most likely component is each mode."""
+        self.check_input(x)
+        nearest = self._component_logits(x).argmax(-1)
+        return torch.bincount(nearest, minlength=self.n_components).to(x.dtype) / x.shape[0]
+
     @property
     def has_exact_samples(self) -> bool:
         return True

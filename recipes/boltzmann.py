@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate(sampler, path, num_samples=args.eval_samples, steps=eval_steps, seed=args.seed + 1,
                       log_z=target.log_z, exact_samples=exact, exact_reference=exact_ref)
     samples = result.pop("samples")
+    result.update(mode_coverage(target, samples))
     seconds_total = sum(history.seconds)
     replay_stats = {} if replay is None else replay.stats()
     metrics = {
@@ -169,8 +170,18 @@ def main(argv: list[str] | None = None) -> dict:
     shown = {k: metrics[k] for k in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "eubo",
                                      "w2", "w2_floor", "ess", "iters", "seconds_per_iter", "seconds_total",
                                      "energy_evals", "local_search_share")}
+    shown.update(mode_coverage(target, samples))
     print(json.dumps(shown, indent=2))
     return metrics
+
+
+def mode_coverage(target, samples: torch.Tensor) -> dict:
+    """For targets with known modes: how many hold >= 1% of the samples (all: 25 for 25GMM)."""
+    if not hasattr(target, "mode_shares"):
+        return {}
+    finite = samples[torch.isfinite(samples).all(-1)].to(target.means)
+    shares = target.mode_shares(finite)
+    return {"modes_covered": int((shares >= 0.01).sum()), "modes_total": int(shares.numel())}
 
 
 def build_teacher(args: argparse.Namespace, target, sampler, objective, path, config: TrainingConfig,
@@ -206,6 +217,7 @@ def run_baseline(args: argparse.Namespace, target, out: Path, device: torch.devi
         "delta_log_z_rw": None, "ess": None, "eubo": None,
         "w2": None if exact is None else wasserstein2(samples, exact),
         "w2_floor": None if exact is None else wasserstein2(exact_ref, exact),
+        **mode_coverage(target, samples),
         "iters": 0, "seconds_per_iter": None, "seconds_total": result.seconds,
         "energy_evals": path.evaluations["log_reward"] + path.evaluations["grad"],
         "energy_evals_log_reward": path.evaluations["log_reward"], "energy_evals_grad": path.evaluations["grad"],

@@ -359,3 +359,13 @@ def test_make_target_defaults() -> None:
 def test_make_target_lgcp_default_path() -> None:
     t = make_target("lgcp", dim=64)
     assert isinstance(t, LogGaussianCoxProcess) and t.grid == 8
+
+
+def test_gmm25_mode_shares_count_exact_samples_evenly():
+    from constraints import GaussianMixture25
+    target = GaussianMixture25()
+    shares = target.mode_shares(target.sample(50_000, generator=torch.Generator().manual_seed(0)))
+    assert shares.shape == (25,) and abs(float(shares.sum()) - 1) < 1e-6
+    assert float((shares - 0.04).abs().max()) < 0.006
+    one_mode = target.means[7] + 0.1 * torch.randn(100, 2, generator=torch.Generator().manual_seed(1))
+    assert int((target.mode_shares(one_mode) >= 0.01).sum()) == 1
