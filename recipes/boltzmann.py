@@ -36,8 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", choices=TARGET_NAMES, default="gmm25")
     p.add_argument("--dim", type=int, default=None, help="dimension (funnel, manywell, lgcp)")
-    p.add_argument("--method", choices=("sampler", "smc", "mala"), default="sampler",
-                   help="sampler: train a diffusion sampler; smc / mala: non-amortized baselines")
+    p.add_argument("--method", choices=("sampler", "smc", "mala", "dds", "dis"), default="sampler",
+                   help="sampler: train a diffusion sampler with --objective; smc / mala: non-amortized "
+                        "baselines; dds: the KL (path-integral) objective on the VP noising process; dis: "
+                        "the same with the target score in the drift (Langevin parametrization)")
     p.add_argument("--objective", choices=OBJECTIVES, default="tb")
     p.add_argument("--explore", type=float, default=0.0,
                    help="extra sampling variance per unit time, decayed linearly to 0 (paper: 0.2)")
@@ -91,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.method in ("dds", "dis"):  # simulation-based samplers on the VP reference
+        args.objective, args.noising = "pis", "vp"
+        args.langevin = args.langevin or args.method == "dis"
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)  # network initialization; all sampling noise uses explicit generators
     target = make_target(args.target, dim=args.dim, pines_path=args.pines).to(device)
-    if args.method != "sampler":
+    if args.method in ("smc", "mala"):
         return run_baseline(args, target, out, device)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin,
                            learn_variance=args.learn_variance, noising=args.noising,
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds_total = sum(history.seconds)
     replay_stats = {} if replay is None else replay.stats()
     metrics = {
-        "target": args.target, "dim": target.dim, "objective": args.objective,
+        "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",

@@ -41,6 +41,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "pis-lp": ("PIS + LP", ["--objective", "pis", "--langevin"]),
     "smc": ("SMC (100 temperatures x 5 MALA steps)", ["--method", "smc"]),
     "mala": ("MALA (10k steps)", ["--method", "mala"]),
+    "dds": ("DDS (KL, VP noising)", ["--method", "dds"]),
+    "dis": ("DIS (KL, VP noising, score term)", ["--method", "dis", "--langevin"]),
 }
 COLUMNS = (("delta_log_z", "Δlog Z"), ("delta_log_z_rw", "Δlog Z_RW"), ("w2", "W2"),
            ("seconds_per_iter", "s/iter"))

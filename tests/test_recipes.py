@@ -40,10 +40,11 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
     assert history["iteration"] == list(range(9))
 
 
-@pytest.mark.parametrize("method", ["smc", "mala"])
+@pytest.mark.parametrize("method", ["smc", "mala", "dds"])
 def test_boltzmann_recipe_baselines(tmp_path, method):
     out = tmp_path / method
     _run(["recipes/boltzmann.py", "--target", "gmm25", "--method", method, "--eval-samples", "64",
+          "--iters", "3", "--batch", "16", "--steps", "8", "--no-progress",
           "--smc-temperatures", "5", "--smc-mala-steps", "2", "--mala-steps", "20", "--mala-burn-in", "10",
           "--out", str(out)], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
