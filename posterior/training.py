@@ -30,6 +30,8 @@ class TrainingConfig:
         steps: N, time steps per training trajectory.
         train_grid: "uniform", or "random" (a fresh coarse grid every iteration whose
             increments are drawn from U[grid_low, grid_high] and normalized).
+        steps_max: with a random grid, draw the number of steps uniformly from
+            [steps, steps_max] every iteration (None: always ``steps``).
         lr_policy: Adam learning rate of the policy.
         lr_flow: Adam learning rate of log Z / state flows (1e-1 for TB, 1e-2 for SubTB).
         explore: extra sampling variance per unit time at iteration 0, decayed linearly.
@@ -45,6 +47,7 @@ class TrainingConfig:
     train_grid: str = "uniform"
     grid_low: float = 1.0
     grid_high: float = 10.0
+    steps_max: int | None = None
     lr_policy: float = 1e-3
     lr_flow: float = 1e-1
     explore: float = 0.0
@@ -61,6 +64,9 @@ class TrainingConfig:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
         if self.train_grid not in ("uniform", "random"):
             raise ValueError(f"train_grid must be 'uniform' or 'random', got {self.train_grid!r}")
+        if self.steps_max is not None and (self.train_grid != "random" or self.steps_max < self.steps):
+            raise ValueError(f"steps_max needs train_grid='random' and steps_max >= steps, got "
+                             f"{self.steps_max} with {self.train_grid!r} and steps={self.steps}")
 
 
 @dataclass
@@ -162,10 +168,15 @@ class Trainer:
 
     def train_times(self) -> torch.Tensor:
         """(N + 1,) grid of this iteration: the fixed uniform grid, or a fresh random one."""
-        if self.config.train_grid == "uniform":
+        cfg = self.config
+        if cfg.train_grid == "uniform":
             return self.times
-        return random_grid(self.config.steps, low=self.config.grid_low, high=self.config.grid_high,
-                           generator=self.generator, device=self.device, dtype=self.dtype)
+        steps = cfg.steps
+        if cfg.steps_max is not None and cfg.steps_max > cfg.steps:
+            steps = int(torch.randint(cfg.steps, cfg.steps_max + 1, (1,), generator=self.generator,
+                                      device=self.generator.device))
+        return random_grid(steps, low=cfg.grid_low, high=cfg.grid_high, generator=self.generator,
+                           device=self.device, dtype=self.dtype)
 
     def _all_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]

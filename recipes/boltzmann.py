@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100, help="time steps of training trajectories")
     p.add_argument("--train-grid", choices=("uniform", "random"), default="uniform",
                    help="random: a fresh coarse grid every iteration (increments ~ U[1, 10], normalized)")
+    p.add_argument("--train-steps-max", type=int, default=None,
+                   help="with --train-grid random: a random number of steps in [--steps, this] per iteration")
     p.add_argument("--eval-steps", type=int, default=None,
                    help="steps of the uniform evaluation grid (default: --steps, or 100 with --train-grid random)")
     p.add_argument("--buffer", choices=("none", "uniform", "rank"), default="none",
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda).to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
-                            train_grid=args.train_grid, lr_policy=args.lr_policy,
+                            train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
                             checkpoint_every=args.checkpoint_every)

@@ -69,6 +69,17 @@ def test_resume_with_buffers_continues_the_same_run(tmp_path, train_grid):
     torch.testing.assert_close(resumed.replay.ls_buffer.states[:n], full.replay.ls_buffer.states[:n])
 
 
+def test_random_number_of_steps_varies_the_grid():
+    trainer = _trainer(iterations=1, local_search=False, train_grid="random")
+    trainer.config.steps_max = 14
+    sizes = {trainer.train_times().numel() - 1 for _ in range(40)}
+    assert sizes <= set(range(10, 15)) and len(sizes) >= 4
+    with pytest.raises(ValueError, match="steps_max"):
+        TrainingConfig(steps=10, steps_max=5, train_grid="random")
+    with pytest.raises(ValueError, match="steps_max"):
+        TrainingConfig(steps=10, steps_max=20)
+
+
 def test_simulation_based_objective_refuses_a_buffer():
     with pytest.raises(ValueError, match="off-policy objective"):
         _trainer(objective="pis")

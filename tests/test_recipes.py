@@ -58,11 +58,12 @@ def test_boltzmann_table_writes_mean_and_std(tmp_path):
         run = out / f"gmm25-tb-s{seed}"
         run.mkdir(parents=True)
         (run / "metrics.json").write_text(json.dumps({"delta_log_z": dlz, "delta_log_z_rw": 0.5, "w2": None,
-                                                      "seconds_per_iter": 0.1, "w2_floor": 1.1}))
+                                                      "seconds_per_iter": 0.1, "w2_floor": 1.1,
+                                                      "seconds_total": 20.0 * (seed + 1), "iters": 100}))
     _run(["recipes/boltzmann_table.py", "--no-run", "--methods", "tb,tb-expl", "--seeds", "0,1",
           "--out", str(out)], tmp_path)
     text = (out / "results.md").read_text()
-    assert "| TB | 2 | 1.500 ± 0.707 | 0.500 ± 0.000 | n/a | 0.100 ± 0.000 | 1.100 ± 0.000 |" in text
+    assert "| TB | 2 | 1.500 ± 0.707 | 0.500 ± 0.000 | n/a | 0.100 ± 0.000 | 0.300 ± 0.141 | 1.100 ± 0.000 |" in text
     assert "TB + Expl" not in text  # no runs, no row
 
 
