@@ -1,0 +1,198 @@
+"""A pretrained diffusion model as a prior over trajectories: `diffusers` denoiser + scheduler.
+
+The prior is the ancestral (DDPM) sampler on a strided schedule of N training timesteps
+tau_N > ... > tau_1. A trajectory is time-major, states[0] = x_{tau_N} ~ N(0, I) and
+states[N] = the sample. Step k goes from timestep t = tau_{N-k} (cumulative alpha a_t) to the
+previous one p (a_p; a_p = 1 after the last step):
+
+    p(x_p | x_t) = N(x_p; mu(x_t, x0_hat), var_k I),
+    mu = sqrt(a_p) (1 - a_t / a_p) / (1 - a_t) * x0_hat + sqrt(a_t / a_p) (1 - a_p) / (1 - a_t) * x_t,
+    var_k = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)          (the DDPM posterior variance),
+
+with x0_hat from the network's epsilon-, v- or sample-prediction. The final step (to a_p = 1) has
+posterior variance 0, i.e. it is deterministic (x = x0_hat); so that prior and posterior
+trajectories have densities, it uses var = 1 - a_{tau_1} (the forward noise of that step) for both
+(``final_variance``). Every posterior built on this prior uses the same variances, so relative
+trajectory balance compares two Gaussians with equal variance at every step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _denoise(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    """Call a diffusers-style denoiser; accepts outputs with ``.sample`` or plain tensors."""
+    out = model(x, t)
+    return out.sample if hasattr(out, "sample") else out
+
+
+class DiffusionPrior(nn.Module):
+    """Diffusion prior on a strided schedule.
+
+    Args:
+        denoiser: module called as ``denoiser(x, t)`` with x (B, *event_shape) and t (B,) long
+            timesteps (e.g. ``diffusers.UNet2DModel``); returns a tensor or an object with ``.sample``.
+        scheduler: a diffusers scheduler (DDPM, DDIM, ...) with ``alphas_cumprod`` and
+            ``config.num_train_timesteps``; its ``prediction_type`` and ``clip_sample`` are used.
+        num_steps: N, the strided schedule's length (<= num_train_timesteps).
+        event_shape: shape of one sample.
+        prediction_type: override of the scheduler's ("epsilon", "v_prediction" or "sample").
+        clip_sample: clip x0_hat to [-range, range] (default: the scheduler's setting).
+        timesteps: explicit descending timesteps (N,) instead of the even stride from
+            num_train_timesteps - 1 to 0 (e.g. a diffusers scheduler's ``timesteps`` after
+            ``set_timesteps(N)``).
+    """
+
+    def __init__(self, denoiser: nn.Module, scheduler: Any, num_steps: int, event_shape: tuple[int, ...], *,
+                 prediction_type: str | None = None, clip_sample: bool | None = None,
+                 timesteps: Tensor | None = None) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        for p in self.denoiser.parameters():
+            p.requires_grad_(False)
+        self.scheduler = scheduler
+        config = scheduler.config
+        total = int(config.num_train_timesteps)
+        if not 1 <= num_steps <= total:
+            raise ValueError(f"num_steps must be in [1, {total}], got {num_steps}")
+        self.prediction_type = prediction_type or getattr(config, "prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        self.clip_sample = bool(getattr(config, "clip_sample", False) if clip_sample is None else clip_sample)
+        self.clip_range = float(getattr(config, "clip_sample_range", 1.0) or 1.0)
+        self.event_shape = tuple(event_shape)
+        self.num_steps = int(num_steps)
+        if timesteps is None:  # descending: tau_N = total - 1 ... tau_1 = 0 (evenly spaced, rounded)
+            strided = torch.linspace(total - 1, 0, num_steps).round().long()
+        else:
+            strided = torch.as_tensor(timesteps, dtype=torch.long).flatten().cpu()
+            if strided.numel() != num_steps or not bool((strided[1:] < strided[:-1]).all()):
+                raise ValueError(f"timesteps must be {num_steps} strictly decreasing values, got {strided.tolist()}")
+        alphas = scheduler.alphas_cumprod.double()
+        a_t = alphas[strided]
+        a_p = torch.cat([alphas[strided[1:]], torch.ones(1, dtype=torch.float64)])
+        var = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
+        var[-1] = 1 - a_t[-1]  # the final step: the forward noise variance instead of 0
+        self.register_buffer("timesteps", strided, persistent=False)
+        self.register_buffer("alpha_t", a_t, persistent=False)
+        self.register_buffer("alpha_prev", a_p, persistent=False)
+        self.register_buffer("step_var", var, persistent=False)
+        self.register_buffer("coef_x0", a_p.sqrt() * (1 - a_t / a_p) / (1 - a_t), persistent=False)
+        self.register_buffer("coef_xt", (a_t / a_p).sqrt() * (1 - a_p) / (1 - a_t), persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, num_steps: int, **kwargs: Any) -> "DiffusionPrior":
+        """Load a local diffusers directory (``unet/`` + ``scheduler/``, or a pipeline folder)."""
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        path = Path(path)
+        unet_dir = path / "unet" if (path / "unet").is_dir() else path
+        sched_dir = path / "scheduler" if (path / "scheduler").is_dir() else path
+        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+        scheduler = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
+        shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        return cls(unet, scheduler, num_steps, shape, **kwargs)
+
+    def posterior_copy(self) -> nn.Module:
+        """A trainable copy of the denoiser (the starting point of a fine-tuned posterior)."""
+        model = copy.deepcopy(self.denoiser)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    # ------------------------------------------------------------------ per-step kernels
+    def _b(self, value: Tensor, like: Tensor) -> Tensor:
+        return value.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+
+    def predict_x0(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
+        """x0_hat at step k (0 = first step from pure noise) for states x (B, *event_shape)."""
+        model = self.denoiser if model is None else model
+        t = self.timesteps[k].expand(x.shape[0])
+        out = _denoise(model, x, t)
+        a = self.alpha_t[k].to(x.dtype)
+        if self.prediction_type == "epsilon":
+            x0 = (x - (1 - a).sqrt() * out) / a.sqrt()
+        elif self.prediction_type == "v_prediction":
+            x0 = a.sqrt() * x - (1 - a).sqrt() * out
+        else:
+            x0 = out
+        return x0.clamp(-self.clip_range, self.clip_range) if self.clip_sample else x0
+
+    def step_mean(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
+        """Mean of the step-k transition from x (B, *event_shape)."""
+        x0 = self.predict_x0(x, k, model)
+        return self.coef_x0[k].to(x.dtype) * x0 + self.coef_xt[k].to(x.dtype) * x
+
+    def step_std(self, k: int) -> float:
+        return float(self.step_var[k].sqrt())
+
+    def log_prob_step(self, x_next: Tensor, mean: Tensor, k: int) -> Tensor:
+        """(B,) log N(x_next; mean, var_k I)."""
+        var = self.step_var[k].to(mean.dtype)
+        diff = (x_next - mean).flatten(1)
+        return -0.5 * (diff * diff).sum(-1) / var - 0.5 * diff.shape[1] * (LOG_2PI + var.log())
+
+    # ------------------------------------------------------------------ trajectories
+    def initial_log_prob(self, x: Tensor) -> Tensor:
+        """(B,) log N(x; 0, I) of the start states."""
+        flat = x.flatten(1)
+        return -0.5 * (flat * flat).sum(-1) - 0.5 * flat.shape[1] * LOG_2PI
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, *, generator: torch.Generator | None = None, model: nn.Module | None = None,
+               explore: float = 0.0, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+        """Ancestral trajectories (N + 1, B, *event_shape) under ``model`` (default: the prior),
+        with ``explore`` added to every step's variance (for off-policy exploration)."""
+        device = device if device is not None else self.alpha_t.device
+        shape = (batch_size,) + self.event_shape
+        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        states = [x]
+        for k in range(self.num_steps):
+            mean = self.step_mean(x, k, model)
+            std = math.sqrt(float(self.step_var[k]) + explore)
+            x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            states.append(x)
+        return torch.stack(states)
+
+    def log_prob_steps(self, states: Tensor, model: nn.Module | None = None) -> Tensor:
+        """(N, B) per-step log-densities of trajectories (N + 1, B, *event_shape); row 0
+        includes the start density log N(x_0; 0, I)."""
+        rows = [self.log_prob_step(states[k + 1], self.step_mean(states[k], k, model), k)
+                for k in range(self.num_steps)]
+        rows[0] = rows[0] + self.initial_log_prob(states[0])
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def noise_backward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Trajectories (N + 1, B, *event_shape) ending at x, drawn from the forward noising chain
+        q(x_t | x_p) = N(sqrt(a_t / a_p) x_p, (1 - a_t / a_p) I) (replay of terminal states)."""
+        states = [x]
+        current = x
+        for k in range(self.num_steps - 1, -1, -1):
+            ratio = float(self.alpha_t[k] / self.alpha_prev[k])
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            current = math.sqrt(ratio) * current + math.sqrt(1 - ratio) * noise
+            states.append(current)
+        return torch.stack(states[::-1])
+
+    def ddim_solve(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        """The deterministic DDIM map (eta = 0) from initial noise z (B, *event_shape) to a sample,
+        differentiable in z (the generator of noise-space posteriors)."""
+        x = z
+        for k in range(self.num_steps):
+            x0 = self.predict_x0(x, k, model)
+            a_t, a_p = self.alpha_t[k].to(x.dtype), self.alpha_prev[k].to(x.dtype)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+            x = a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps
+        return x

@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+diffusers = pytest.importorskip("diffusers")
+
+from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
+from posterior.objectives import RelativeTrajectoryBalance, VarGrad  # noqa: E402
+from priors.diffusion import DiffusionPrior  # noqa: E402
+from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+
+
+class TinyDenoiser(nn.Module):
+    """(x, t) -> output, smooth in both (a stand-in for a UNet)."""
+
+    def __init__(self, dim=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = nn.Linear(dim, dim).double()
+        self.time = nn.Linear(1, dim).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+    def forward(self, x, t):
+        return torch.tanh(self.lin(x) + self.time(t.to(x.dtype)[:, None] / 1000.0))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_step_kernels_match_diffusers_ddpm_step(prediction_type):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False, prediction_type=prediction_type)
+    scheduler.set_timesteps(10)
+    den = TinyDenoiser()
+    prior = DiffusionPrior(den, scheduler, 10, (3,), timesteps=scheduler.timesteps)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for k, t in enumerate(scheduler.timesteps[:-1]):  # the final step differs by design (see below)
+        out = scheduler.step(den(x, t.expand(5)), t, x, generator=torch.Generator().manual_seed(k))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(k), dtype=x.dtype)
+        variance = float(scheduler._get_variance(t))
+        torch.testing.assert_close(prior.predict_x0(x, k), out.pred_original_sample)
+        torch.testing.assert_close(prior.step_var[k].item(), variance, rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(prior.step_mean(x, k), out.prev_sample - math.sqrt(variance) * noise)
+        log_p = prior.log_prob_step(out.prev_sample, prior.step_mean(x, k), k)
+        direct = torch.distributions.Normal(prior.step_mean(x, k), math.sqrt(variance)).log_prob(out.prev_sample).sum(-1)
+        torch.testing.assert_close(log_p, direct)
+    # the last step is deterministic in DDPM (x = x0_hat); ours keeps its mean and uses the
+    # forward noise variance 1 - a_{tau_1} so that trajectories have densities
+    last = scheduler.timesteps[-1]
+    torch.testing.assert_close(prior.step_mean(x, 9), prior.predict_x0(x, 9))
+    assert prior.step_var[9].item() == pytest.approx(1 - scheduler.alphas_cumprod[last].item())
+
+
+def _mixture_prior(steps=100):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    mixture = ring_mixture(4, radius=1.0, std=0.15, weights=torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    return DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod), scheduler, steps, (2,)), mixture
+
+
+def test_exact_mixture_denoiser_gives_a_prior_that_samples_the_mixture():
+    prior, mixture = _mixture_prior()
+    x = prior.sample(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)[-1]
+    shares = torch.bincount(mixture.component_of(x), minlength=4).double() / 4000
+    torch.testing.assert_close(shares, mixture.weights, atol=0.03, rtol=0)
+    assert abs(float(x.norm(dim=-1).mean()) - 1.0) < 0.05
+
+
+def test_rtb_residual_is_log_z_when_posterior_is_prior_and_reward_is_one():
+    prior, _ = _mixture_prior(steps=20)
+    posterior = DiffusionPosterior(prior)
+    path = DiffusionPriorPath(prior, lambda x: x.new_zeros(x.shape[0]))
+    objective = RelativeTrajectoryBalance(log_z_init=0.7).double()
+    for traj in (posterior.trajectories(64, path, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+                 posterior.backward_trajectories(torch.randn(64, 2, dtype=torch.float64), path,
+                                                 generator=torch.Generator().manual_seed(1))):
+        residual = objective.log_z_of(traj) + objective.residual(traj)
+        torch.testing.assert_close(residual, objective.log_z_of(traj).expand(64), rtol=0, atol=1e-10)
+        assert abs(float(residual[0]) - 0.7) < 1e-6
+
+
+@pytest.mark.parametrize("objective_name", ["rtb", "rtb-hinge", "vargrad"])
+def test_per_step_gradient_accumulation_is_exact(objective_name):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 8, (3,))
+    posterior = DiffusionPosterior(prior)
+    with torch.no_grad():
+        for p in posterior.model.parameters():
+            p.add_(0.05)
+    path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1), beta=2.0)
+
+    def make_objective():
+        if objective_name == "vargrad":
+            return VarGrad()
+        return RelativeTrajectoryBalance(hinge=0.5 if objective_name == "rtb-hinge" else 0.0).double()
+
+    g = torch.Generator().manual_seed(3)
+    states = prior.sample(16, generator=g, model=posterior.model, dtype=torch.float64)
+    full_obj, step_obj = make_objective(), make_objective()
+    full = posterior.score(states, path)
+    full_obj.loss(full).backward()
+    expected = [p.grad.clone() for p in posterior.model.parameters()] + [p.grad.clone() for p in full_obj.parameters()]
+    posterior.model.zero_grad()
+    traj = posterior.score(states, path, track_gradients=False)
+    accumulate_gradients_per_step(posterior, traj, step_obj)
+    got = [p.grad for p in posterior.model.parameters()] + [p.grad for p in step_obj.parameters()]
+    assert any(float(e.abs().max()) > 1e-6 for e in expected)
+    for e, a in zip(expected, got):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
