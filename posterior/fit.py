@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +19,9 @@ from .objectives.base import Objective
 from .path_target import BoltzmannPath
 from .training import Trainer, TrainingConfig
 from .trajectories import Trajectories
+
+if TYPE_CHECKING:
+    from .diffusion_posterior import DiffusionPosterior
 
 
 class ConditionalTrainer(Trainer):
@@ -53,7 +58,8 @@ class _CallableLikelihood:
 
 
 def _posterior_reward(prior: Any, reward: Any, latent_dim: int | None) -> Any:
-    """log p(z) + log r(decode(z), y) for a decoder prior; the reward itself otherwise."""
+    """log p(z) + log r(decode(z), y) for a decoder prior (a diffusion prior decodes by its DDIM
+    solve); the reward itself otherwise."""
     from constraints.likelihoods import LatentPosteriorReward
     from priors.vae import VAEDecoderPrior
 
@@ -61,7 +67,12 @@ def _posterior_reward(prior: Any, reward: Any, latent_dim: int | None) -> Any:
         if not hasattr(reward, "dim") or not hasattr(reward, "log_reward"):
             raise ValueError("without a prior, reward must have `dim` and `log_reward(x, y)` (the full log-density)")
         return reward
-    if not isinstance(prior, VAEDecoderPrior):
+    from priors.diffusion import DiffusionPrior
+
+    if isinstance(prior, DiffusionPrior):  # noise space: z is the initial noise, f the DDIM solve
+        shape, prior_ddim = tuple(prior.event_shape), prior.ddim_solve
+        prior = VAEDecoderPrior(lambda z: prior_ddim(z.reshape((z.shape[0],) + shape)), math.prod(shape))
+    elif not isinstance(prior, VAEDecoderPrior):
         if not isinstance(prior, nn.Module) and not callable(prior):
             raise TypeError(f"prior must be a VAEDecoderPrior, an nn.Module decoder or a callable, got {type(prior).__name__}")
         if latent_dim is None:
@@ -86,6 +97,7 @@ def _validate(reward: Any, conditions: Tensor | None, device: torch.device) -> N
 
 
 def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, objective: str = "vargrad",
+        space: str = "noise",
         iterations: int = 5000, batch_size: int = 32, samples_per_condition: int = 10, steps: int = 100,
         sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, explore: float = 0.0,
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
@@ -94,14 +106,19 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
         process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
         log: Callable[[dict[str, float], int], None] | None = None, log_every: int = 50
-        ) -> ConditionalSampler:
+        ) -> "ConditionalSampler | DiffusionPosterior":
     """Train an amortized sampler of p(x | y) ∝ p(x) r(x, y) for every condition y.
 
     Args:
         reward: with a ``prior``: a likelihood (``log_likelihood(x, y) -> (B,)``) or a callable
             (x, y) -> (B,); without: the full conditional log-density (``dim``, ``log_reward(x, y)``).
-        prior: a :class:`priors.VAEDecoderPrior`, or a decoder ``nn.Module`` z -> x (then pass
-            ``latent_dim``); the sampler runs in its latent space with prior N(0, I).
+        prior: a :class:`priors.VAEDecoderPrior`, a decoder / generator ``nn.Module`` z -> x (then
+            pass ``latent_dim``), or a :class:`priors.DiffusionPrior`.
+        space: "noise": the sampler runs in the prior's latent / noise space with target
+            N(z; 0, I) r(f(z), y) (f: the decoder, or a diffusion prior's deterministic DDIM solve);
+            "data" (diffusion priors, unconditional): fine-tune the prior into the posterior with
+            relative trajectory balance (see :func:`posterior.rtb_training.RTBTrainer`), which
+            returns a :class:`posterior.diffusion_posterior.DiffusionPosterior`.
         conditions: (N, *cond_shape) training conditions, or None for an unconditional target.
         objective: one of "tb" (conditional TB with a learned log Z(y)), "vargrad", "subtb",
             "fl-subtb", "pis".
@@ -119,9 +136,14 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     Returns:
         the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
     """
+    if space not in ("noise", "data"):
+        raise ValueError(f"space must be 'noise' or 'data', got {space!r}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if space == "data":
+        return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy,
+                             explore, seed, progress)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    device = torch.device(device) if device is not None else torch.device("cpu")
     if conditions is not None:
         if not isinstance(conditions, Tensor) or conditions.ndim < 2 or conditions.shape[0] < 1:
             raise ValueError(f"conditions must be a tensor of shape (N, *cond_shape), got "
@@ -163,6 +185,41 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         trainer.save(ckpt)
     model.training_history = trainer.history
     return model
+
+
+def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective: str, iterations: int,
+                  batch_size: int, lr: float, explore: float, seed: int, progress: bool):
+    """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward."""
+    from priors.diffusion import DiffusionPrior
+
+    from .diffusion_posterior import DiffusionPosterior, DiffusionPriorPath
+    from .objectives import RelativeTrajectoryBalance
+    from .rtb_training import RTBConfig, RTBTrainer
+
+    if not isinstance(prior, DiffusionPrior):
+        raise ValueError(f"space='data' needs a priors.DiffusionPrior, got {type(prior).__name__}; "
+                         "use space='noise' for decoders and generators")
+    if conditions is not None:
+        raise ValueError("space='data' trains one unconditional posterior (a class-conditional posterior "
+                         "denoiser is not supported yet): pass conditions=None, or use space='noise'")
+    if objective not in ("tb", "rtb", "vargrad"):
+        raise ValueError(f"objective for space='data' must be 'rtb' (alias 'tb') or 'vargrad', got {objective!r}")
+    log_r = reward.log_likelihood if hasattr(reward, "log_likelihood") else reward
+    torch.manual_seed(seed)
+    model = prior.posterior_copy()
+    if not any(True for _ in model.parameters()):  # an analytic denoiser: learn a residual correction
+        if len(prior.event_shape) != 1:
+            raise ValueError("the prior's denoiser has no parameters to fine-tune; pass a DiffusionPosterior "
+                             "with your own trainable model")
+        from .residual_denoiser import ResidualDenoiser
+        model = ResidualDenoiser(prior.denoiser, prior.event_shape[0])
+    posterior = DiffusionPosterior(prior, model)
+    obj = VarGrad() if objective == "vargrad" else RelativeTrajectoryBalance()
+    trainer = RTBTrainer(posterior, DiffusionPriorPath(prior, log_r), obj,
+                         RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed))
+    trainer.run(progress=progress)
+    posterior.training_history = trainer.history
+    return posterior
 
 
 def _make_objective(name: str, model: ConditionalSampler, target: Any, *, conditional: bool,

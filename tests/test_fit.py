@@ -180,3 +180,30 @@ def test_fit_trains_with_every_objective(objective):
     assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
     est = model.log_z(y[:2], num_samples=64, steps=8)
     assert torch.isfinite(est["rw"]).all()
+
+
+def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
+    diffusers = pytest.importorskip("diffusers")
+    from posterior.diffusion_posterior import DiffusionPosterior
+    from priors.diffusion import DiffusionPrior
+    from priors.gaussian_mixture import MixtureDenoiser, ring_mixture
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    mixture = ring_mixture(4, radius=1.0, std=0.2)
+    prior = DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod).float(), scheduler, 5, (2,))
+
+    def likelihood(x, y):
+        return -0.5 * ((x - y) ** 2).sum(-1) / 0.1
+
+    y = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    noise = posterior.fit(prior=prior, reward=likelihood, conditions=y, iterations=3, batch_size=2,
+                          samples_per_condition=4, steps=5, progress=False)
+    z = noise.sample(y, num_samples=3, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (2, 3, 2)  # noise space of the 2-D prior
+    data = posterior.fit(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
+                         objective="rtb", iterations=2, batch_size=4, progress=False)
+    assert isinstance(data, DiffusionPosterior) and len(data.training_history.loss) == 2
+    with pytest.raises(ValueError, match="space='data' trains one unconditional posterior"):
+        posterior.fit(prior=prior, reward=likelihood, conditions=y, space="data", iterations=1, progress=False)
+    with pytest.raises(ValueError, match="space='data' needs a priors.DiffusionPrior"):
+        posterior.fit(prior=lambda z: z, latent_dim=2, reward=likelihood, conditions=y, space="data", progress=False)
