@@ -107,3 +107,23 @@ def test_per_step_gradient_accumulation_is_exact(objective_name):
     assert any(float(e.abs().max()) > 1e-6 for e in expected)
     for e, a in zip(expected, got):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+
+def test_sir_approaches_the_exact_posterior_and_guidance_runs():
+    from posterior.guidance import guided_sample, sampling_importance_resampling
+    prior, mixture = _mixture_prior(steps=30)
+    prior = prior.float()
+
+    def log_r(x):
+        return -0.5 * (x[:, 0] - 0.8) ** 2 / 0.3
+
+    exact = mixture.posterior(torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([0.8], dtype=torch.float64), 0.3)
+    g = torch.Generator().manual_seed(0)
+    x, nfe, ess = sampling_importance_resampling(prior, log_r, 4000, pool=8000, generator=g)
+    shares = torch.bincount(exact.component_of(x.double()), minlength=4).double() / 4000
+    torch.testing.assert_close(shares, exact.weights, atol=0.04, rtol=0)
+    assert nfe == 30 * 8000 / 4000 and 0 < ess <= 1
+    for mode in ("dps", "x0"):
+        samples, nfe = guided_sample(prior, log_r, 64, mode=mode, scale=0.5, generator=g)
+        assert samples.shape == (64, 2) and bool(torch.isfinite(samples).all()) and nfe == 30
+        assert float(samples[:, 0].mean()) > 0.0  # pulled toward the observation x_1 = 0.8

@@ -148,3 +148,20 @@ def test_mixture_posterior_recipe_contract(tmp_path, method):
     for key in ("w2", "w2_floor", "max_weight_error"):
         assert metrics[key] >= 0
     assert (out / "samples.png").stat().st_size > 0
+
+
+def test_mnist_classifier_guidance_recipe_contract(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "cg"
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+          "--ddpm-iters", "5", "--ddpm-batch", "16", "--classifier-epochs", "1", "--rtb-iters", "2",
+          "--noise-iters", "2", "--num-samples", "8", "--sir-pool", "16", "--steps", "3", "--batch", "4",
+          "--no-progress"], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"rtb", "noise", "dps", "cg", "sir"}
+    for entry in metrics["methods"].values():
+        for key in ("mean_log_r", "class_share", "diversity", "frechet", "seconds_per_sample"):
+            assert key in entry
+        assert entry["mean_log_r"] <= 0 and 0 <= entry["class_share"] <= 1
+    assert (out / "rtb.png").stat().st_size > 0
+    assert (tmp_path / "cache" / "ddpm14" / "config.json").exists()  # cached for the next run
