@@ -59,11 +59,14 @@ class DiffusionPosterior(nn.Module):
     Args:
         prior: the (frozen) :class:`priors.DiffusionPrior`.
         model: the trainable denoiser (default: a copy of the prior's).
+        checkpoint_steps: gradient checkpointing of every step when log p_F is computed with a
+            graph (the full-graph alternative to per-step accumulation).
     """
 
-    def __init__(self, prior, model: nn.Module | None = None) -> None:
+    def __init__(self, prior, model: nn.Module | None = None, *, checkpoint_steps: bool = False) -> None:
         super().__init__()
         self.model = model if model is not None else prior.posterior_copy()
+        self.checkpoint_steps = checkpoint_steps
         self._prior = (prior,)  # not a submodule: the prior's weights are neither trained nor saved here
 
     @property
@@ -80,9 +83,12 @@ class DiffusionPosterior(nn.Module):
         if explore < 0:
             raise ValueError(f"explore must be >= 0, got {explore}")
         device = device if device is not None else self.prior.alpha_t.device
-        states = self.prior.sample(batch_size, generator=generator, model=self.model, explore=explore,
-                                   device=device, dtype=dtype)
-        return self.score(states, path, track_gradients=track_gradients)
+        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model, explore=explore,
+                                           device=device, dtype=dtype, return_log_probs=True)
+        if track_gradients:  # a second pass with a graph
+            return self.score(states, path, track_gradients=True)
+        return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
+                            log_q_steps=path.log_q_steps(states), log_reward=path.log_reward(states[-1]))
 
     def backward_trajectories(self, samples: Tensor, path: DiffusionPriorPath, *,
                               generator: torch.Generator | None = None, track_gradients: bool = True) -> Trajectories:
@@ -94,7 +100,7 @@ class DiffusionPosterior(nn.Module):
     def score(self, states: Tensor, path: DiffusionPriorPath, *, track_gradients: bool = True) -> Trajectories:
         """Per-step posterior and prior log-densities and the terminal log-reward of given states."""
         with torch.set_grad_enabled(track_gradients):
-            log_pf = self.prior.log_prob_steps(states, model=self.model)
+            log_pf = self.prior.log_prob_steps(states, model=self.model, checkpoint_steps=self.checkpoint_steps)
         return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
                             log_q_steps=path.log_q_steps(states), log_reward=path.log_reward(states[-1]))
 

@@ -151,25 +151,43 @@ class DiffusionPrior(nn.Module):
     @torch.no_grad()
     def sample(self, batch_size: int, *, generator: torch.Generator | None = None, model: nn.Module | None = None,
                explore: float = 0.0, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+               dtype: torch.dtype = torch.float32, return_log_probs: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Ancestral trajectories (N + 1, B, *event_shape) under ``model`` (default: the prior),
-        with ``explore`` added to every step's variance (for off-policy exploration)."""
+        with ``explore`` added to every step's variance (for off-policy exploration).
+
+        With ``return_log_probs`` also the (N, B) per-step log-densities under the un-noised
+        model (as :meth:`log_prob_steps` gives, without a second pass of the denoiser).
+        """
         device = device if device is not None else self.alpha_t.device
         shape = (batch_size,) + self.event_shape
         x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        states = [x]
+        states, rows = [x], []
         for k in range(self.num_steps):
             mean = self.step_mean(x, k, model)
             std = math.sqrt(float(self.step_var[k]) + explore)
             x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
             states.append(x)
-        return torch.stack(states)
+            if return_log_probs:
+                rows.append(self.log_prob_step(x, mean, k))
+        trajectories = torch.stack(states)
+        if not return_log_probs:
+            return trajectories
+        rows[0] = rows[0] + self.initial_log_prob(states[0])
+        return trajectories, torch.stack(rows)
 
-    def log_prob_steps(self, states: Tensor, model: nn.Module | None = None) -> Tensor:
+    def log_prob_steps(self, states: Tensor, model: nn.Module | None = None, *,
+                       checkpoint_steps: bool = False) -> Tensor:
         """(N, B) per-step log-densities of trajectories (N + 1, B, *event_shape); row 0
-        includes the start density log N(x_0; 0, I)."""
-        rows = [self.log_prob_step(states[k + 1], self.step_mean(states[k], k, model), k)
-                for k in range(self.num_steps)]
+        includes the start density log N(x_0; 0, I). With ``checkpoint_steps`` each step's
+        denoiser activations are recomputed in the backward pass (gradient checkpointing)."""
+        def step(k: int) -> Tensor:
+            return self.log_prob_step(states[k + 1], self.step_mean(states[k], k, model), k)
+
+        if checkpoint_steps and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+            rows = [checkpoint(step, k, use_reentrant=False) for k in range(self.num_steps)]
+        else:
+            rows = [step(k) for k in range(self.num_steps)]
         rows[0] = rows[0] + self.initial_log_prob(states[0])
         return torch.stack(rows)
 

@@ -127,3 +127,25 @@ def test_sir_approaches_the_exact_posterior_and_guidance_runs():
         samples, nfe = guided_sample(prior, log_r, 64, mode=mode, scale=0.5, generator=g)
         assert samples.shape == (64, 2) and bool(torch.isfinite(samples).all()) and nfe == 30
         assert float(samples[:, 0].mean()) > 0.0  # pulled toward the observation x_1 = 0.8
+
+
+def test_gradient_checkpointing_gives_the_same_gradient():
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,))
+    grads = []
+    for checkpoint_steps in (False, True):
+        posterior = DiffusionPosterior(prior, checkpoint_steps=checkpoint_steps)
+        path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
+        states = prior.sample(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        RelativeTrajectoryBalance().double().loss(posterior.score(states, path)).backward()
+        grads.append([p.grad for p in posterior.model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_log_probs_recorded_while_sampling_equal_a_second_pass():
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 7, (3,))
+    states, log_p = prior.sample(10, generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                                 explore=0.3, return_log_probs=True)
+    torch.testing.assert_close(log_p, prior.log_prob_steps(states), rtol=1e-12, atol=1e-12)

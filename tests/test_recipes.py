@@ -165,3 +165,13 @@ def test_mnist_classifier_guidance_recipe_contract(tmp_path):
         assert entry["mean_log_r"] <= 0 and 0 <= entry["class_share"] <= 1
     assert (out / "rtb.png").stat().st_size > 0
     assert (tmp_path / "cache" / "ddpm14" / "config.json").exists()  # cached for the next run
+
+
+def test_rtb_memory_recipe_contract(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "mem.json"
+    _run(["recipes/rtb_memory.py", "--size", "8", "--steps", "2", "--batch", "2", "--iters", "1",
+          "--modes", "full,per_step", "--json", str(out)], tmp_path)
+    report = json.loads(out.read_text())
+    assert [m["mode"] for m in report["modes"]] == ["full", "per_step"]
+    assert all(m["seconds_per_iter"] > 0 and m["peak_memory_mb"] >= 0 for m in report["modes"])

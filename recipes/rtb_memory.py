@@ -1,0 +1,107 @@
+"""Peak memory and time per RTB iteration: full graph, gradient checkpointing, exact per-step
+gradient accumulation, and per-step accumulation on a random quarter of the steps.
+
+    python recipes/rtb_memory.py --json FILE [--size 14] [--steps 20] [--batch 16] [--iters 3] [--device cpu]
+
+Each mode runs in its own process on a CPU (peak resident memory above the process's baseline
+after setup, from getrusage) and in-process on CUDA (torch.cuda.max_memory_allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
+from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from priors.ddpm_training import small_unet  # noqa: E402
+from priors.diffusion import DiffusionPrior  # noqa: E402
+
+MODES = {"full": dict(per_step=False), "checkpoint": dict(per_step=False, checkpoint=True),
+         "per_step": dict(per_step=True), "per_step_quarter": dict(per_step=True, step_fraction=0.25)}
+
+
+def run_mode(args: argparse.Namespace, mode: str) -> dict:
+    from diffusers import DDPMScheduler
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    unet = small_unet(args.size, widths=tuple(args.widths)).to(device)
+    prior = DiffusionPrior(unet, DDPMScheduler(num_train_timesteps=1000), args.steps, (1, args.size, args.size))
+    options = MODES[mode]
+    posterior = DiffusionPosterior(prior, checkpoint_steps=options.get("checkpoint", False))
+    path = DiffusionPriorPath(prior, lambda x: -x.flatten(1).square().mean(-1))
+    trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(),
+                         RTBConfig(iterations=args.iters + 1, batch_size=args.batch, per_step=options["per_step"],
+                                   step_fraction=options.get("step_fraction", 1.0)))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = []
+    for _ in range(args.iters + 1):
+        start = time.perf_counter()
+        trainer.step()
+        trainer.iteration += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"mode": mode, "seconds_per_iter": statistics.median(seconds[1:]), "peak_memory_mb": peak / 2 ** 20,
+            "parameters": sum(p.numel() for p in unet.parameters())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=14)
+    p.add_argument("--widths", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mode is not None:
+        print(json.dumps(run_mode(args, args.mode)))
+        return {}
+    results = []
+    for mode in args.modes.split(","):
+        if args.device.startswith("cuda"):
+            results.append(run_mode(args, mode))
+        else:
+            cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size), "--steps", str(args.steps),
+                   "--batch", str(args.batch), "--iters", str(args.iters), "--device", args.device,
+                   "--widths", *map(str, args.widths)] + (["--threads", str(args.threads)] if args.threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]))
+    report = {"size": args.size, "steps": args.steps, "batch": args.batch, "device": args.device, "modes": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
