@@ -3,16 +3,18 @@
 from .conditional_sampler import ConditionalSampler, build_conditional_sampler
 from .fit import fit
 from .grids import random_grid, uniform_grid
+from .local_search import ReplayConfig, ReplayTraining
 from .networks import PISFlow, PISPolicy
 from .objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
 from .path_target import BoltzmannPath
-from .reference import BrownianBridge
+from .reference import BrownianBridge, VPNoising
 from .sampler import DiffusionSampler
 from .training import Trainer, TrainingConfig
 from .trajectories import Trajectories
 
 __all__ = [
-    "BoltzmannPath", "BrownianBridge", "ConditionalSampler", "build_conditional_sampler", "fit", "DiffusionSampler", "PISFlow", "PISPolicy", "PathIntegral",
-    "SubTrajectoryBalance", "Trainer", "TrainingConfig", "Trajectories", "TrajectoryBalance", "VarGrad",
+    "BoltzmannPath", "BrownianBridge", "ConditionalSampler", "DiffusionSampler", "PISFlow", "PISPolicy",
+    "PathIntegral", "ReplayConfig", "ReplayTraining", "SubTrajectoryBalance", "Trainer", "TrainingConfig",
+    "Trajectories", "TrajectoryBalance", "VPNoising", "VarGrad", "build_conditional_sampler", "fit",
     "random_grid", "uniform_grid",
 ]

@@ -90,6 +90,29 @@ class ConditionalSampler(nn.Module):
                                                  context=context, differentiable=differentiable,
                                                  track_gradients=track_gradients)
 
+    def path_for(self, y: Tensor | None) -> BoltzmannPath:
+        """The target path measure with conditions y (B, *cond_shape) bound (None: unconditional)."""
+        if y is None:
+            return BoltzmannPath(self.reward, self.sampler.reference)
+        return bind_conditions(self.reward, y.to(self._device()), self.sampler.reference)
+
+    def backward_trajectories(self, samples: Tensor, y: Tensor | None, times: Tensor, *,
+                              generator: torch.Generator | None = None,
+                              track_gradients: bool = True) -> Trajectories:
+        """Trajectories ending at samples (M, d) with one condition each, y (M, *cond_shape) or None,
+        drawn from the reference's backward kernels (off-policy training from a buffer)."""
+        if (y is None) != (self.encoder is None):
+            raise ValueError("pass y for a conditional sampler and y=None for an unconditional one")
+        context = None
+        if y is not None:
+            if y.shape[0] != samples.shape[0]:
+                raise ValueError(f"y must hold one condition per sample: {y.shape[0]} vs {samples.shape[0]}")
+            y = y.to(self._device())
+            with torch.set_grad_enabled(track_gradients):
+                context = self.encoder(y)
+        return self.sampler.backward_trajectories(samples, times, self.path_for(y), generator=generator,
+                                                  context=context, track_gradients=track_gradients)
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample(self, y: Tensor | None, num_samples: int, *, steps: int = 100,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .checks import check_no_nan, check_shape
 from .conditional_sampler import ConditionalSampler, build_conditional_sampler
 from .factory import OBJECTIVES, default_flow_lr, make_objective
+from .local_search import ReplayConfig, ReplayTraining
 from .objectives import TrajectoryBalance, VarGrad
 from .objectives.log_partition import ConditionalLogZ
 from .objectives.base import Objective
@@ -31,8 +32,9 @@ class ConditionalTrainer(Trainer):
     def __init__(self, model: ConditionalSampler, objective: Objective, conditions: Tensor | None,
                  config: TrainingConfig, samples_per_condition: int,
                  checkpoint_path: str | Path | None = None,
-                 gradient_sync: Callable[[list[nn.Parameter]], None] | None = None) -> None:
-        super().__init__(model, objective, None, config, checkpoint_path, gradient_sync)
+                 gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
+                 replay: ReplayTraining | None = None) -> None:
+        super().__init__(model, objective, None, config, checkpoint_path, gradient_sync, replay=replay)
         self.conditions = conditions
         self.samples_per_condition = int(samples_per_condition)
 
@@ -43,8 +45,25 @@ class ConditionalTrainer(Trainer):
                                 device=self.generator.device)
             y = self.conditions[idx.to(self.conditions.device)]
         k = self.samples_per_condition if y is not None else self.config.batch_size * self.samples_per_condition
+        self.batch_conditions = None if y is None else y.repeat_interleave(k, 0)
         return self.sampler.trajectories(y, k, self.train_times(), explore=explore, generator=self.generator,
                                          differentiable=self.objective.differentiable)
+
+    def path_for(self, conditions: Tensor | None) -> BoltzmannPath:
+        return self.sampler.path_for(conditions)
+
+    def backward_count(self) -> int:
+        if self.conditions is None:
+            return self.config.batch_size * self.samples_per_condition
+        return self.config.batch_size
+
+    def backward_trajectories(self, samples: Tensor, conditions: Tensor | None) -> Trajectories:
+        """Each drawn (x, y) is repeated K times (different backward noise), so that VarGrad's
+        groups and the batch size match forward batches."""
+        if conditions is not None:
+            k = self.samples_per_condition
+            samples, conditions = samples.repeat_interleave(k, 0), conditions.repeat_interleave(k, 0)
+        return self.sampler.backward_trajectories(samples, conditions, self.train_times(), generator=self.generator)
 
 
 class _CallableLikelihood:
@@ -105,8 +124,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
         process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
-        log: Callable[[dict[str, float], int], None] | None = None, log_every: int = 50
-        ) -> "ConditionalSampler | DiffusionPosterior":
+        log: Callable[[dict[str, float], int], None] | None = None, log_every: int = 50,
+        replay: ReplayConfig | None = None) -> "ConditionalSampler | DiffusionPosterior":
     """Train an amortized sampler of p(x | y) ∝ p(x) r(x, y) for every condition y.
 
     Args:
@@ -133,6 +152,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             ``checkpoint-k.pt`` and shows no progress bar.
         log: called every ``log_every`` iterations with ({"loss", "log_z_batch", "seconds_per_iter"},
             iteration), e.g. ``accelerator.log`` for TensorBoard or other trackers.
+        replay: a :class:`ReplayConfig` to alternate forward updates with backward updates from a
+            replay buffer (and MALA local search); every stored sample keeps its condition.
     Returns:
         the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
     """
@@ -167,8 +188,11 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                             checkpoint_every=checkpoint_every)
     name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"
     ckpt = Path(checkpoint_dir) / name if checkpoint_dir is not None else None
+    buffers = None if replay is None else ReplayTraining(replay, int(target.dim), device=device,
+                                                         condition_shape=cond_shape,
+                                                         condition_dtype=None if conditions is None else conditions.dtype)
     trainer = ConditionalTrainer(model, obj, conditions, config, samples_per_condition, checkpoint_path=ckpt,
-                                 gradient_sync=gradient_sync)
+                                 gradient_sync=gradient_sync, replay=buffers)
     if resume and ckpt is not None and ckpt.exists():
         trainer.load(ckpt)
 
@@ -184,6 +208,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     if ckpt is not None:
         trainer.save(ckpt)
     model.training_history = trainer.history
+    model.replay = buffers
     return model
 
 

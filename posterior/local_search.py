@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -64,18 +65,25 @@ class ReplayTraining:
         dim: event size d.
         device, dtype: buffer storage placement.
         teacher: an adaptive teacher (:class:`posterior.teacher.AdaptiveTeacher`) that takes one
-            step before every backward update and adds its samples to the buffer; or None.
+            step before every backward update and adds its samples to the buffer; or None
+            (unconditional problems only).
+        condition_shape: shape of one condition for conditional problems: every stored state keeps
+            its condition, and local search runs each chain on its own condition's target.
     """
 
     def __init__(self, config: ReplayConfig, dim: int, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, teacher=None) -> None:
+                 dtype: torch.dtype = torch.float32, teacher=None,
+                 condition_shape: tuple[int, ...] | None = None,
+                 condition_dtype: torch.dtype | None = torch.float32) -> None:
         self.config = config
         self.teacher = teacher
         self.teacher_seconds = 0.0
+        self.conditional = condition_shape is not None
 
         def make() -> ReplayBuffer:
             return ReplayBuffer(dim, config.capacity, prioritization=config.prioritization,
-                                rank_k=config.rank_k, device=device, dtype=dtype)
+                                rank_k=config.rank_k, condition_shape=condition_shape,
+                                condition_dtype=condition_dtype or torch.float32, device=device, dtype=dtype)
 
         self.buffer = make()
         self.ls_buffer = make() if config.local_search else None
@@ -90,38 +98,47 @@ class ReplayTraining:
         """Odd iterations train on backward trajectories from the buffer."""
         return iteration % 2 == 1
 
-    def observe(self, traj: Trajectories) -> None:
-        """Add the terminal states of forward trajectories (and their true log-rewards)."""
-        self.buffer.add(traj.samples.detach(), traj.log_reward.detach())
+    def observe(self, traj: Trajectories, conditions: Tensor | None = None) -> None:
+        """Add the terminal states of forward trajectories (and their true log-rewards); for a
+        conditional problem, ``conditions`` (B, *condition_shape) holds each trajectory's condition."""
+        self.buffer.add(traj.samples.detach(), traj.log_reward.detach(), conditions)
 
-    def backward_samples(self, iteration: int, path: BoltzmannPath, batch_size: int,
-                         generator: torch.Generator | None = None) -> Tensor:
-        """Terminal states (batch_size, d) for a backward update; runs local search when due."""
+    def backward_batch(self, iteration: int, path_for: Callable[[Tensor | None], BoltzmannPath], batch_size: int,
+                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """Terminal states (batch_size, d) and their conditions (or None) for a backward update;
+        runs the teacher and local search when due. ``path_for(conditions)`` gives the target path
+        with those conditions bound (the fixed path for unconditional problems)."""
         if self.teacher is not None:
+            if self.conditional:
+                raise ValueError("the adaptive teacher supports unconditional problems only")
             start = time.perf_counter()
             taught = self.teacher.step()
-            self.buffer.add(taught, path.log_reward(taught))
+            self.buffer.add(taught, path_for(None).log_reward(taught))
             self.teacher_seconds += time.perf_counter() - start
         if len(self.buffer) == 0:
             raise RuntimeError("backward update before any forward update filled the replay buffer")
-        if self.ls_buffer is None:
-            return self.buffer.sample(batch_size, generator)[0]
-        if iteration % self.config.ls_every == 1 or len(self.ls_buffer) == 0:
-            self.local_search(path, batch_size, generator)
-        if len(self.ls_buffer) == 0:  # every proposal rejected: fall back to the plain buffer
-            return self.buffer.sample(batch_size, generator)[0]
-        return self.ls_buffer.sample(batch_size, generator)[0]
+        source = self.buffer
+        if self.ls_buffer is not None:
+            if iteration % self.config.ls_every == 1 or len(self.ls_buffer) == 0:
+                self.local_search(path_for, batch_size, generator)
+            if len(self.ls_buffer) > 0:  # (empty only if every proposal was rejected)
+                source = self.ls_buffer
+        states, _, conditions = source.sample(batch_size, generator)
+        return states, conditions
 
-    def local_search(self, path: BoltzmannPath, batch_size: int,
+    def local_search(self, path_for: Callable[[Tensor | None], BoltzmannPath], batch_size: int,
                      generator: torch.Generator | None = None) -> None:
-        """One round of parallel MALA from prioritized buffer states into the local-search buffer."""
+        """One round of parallel MALA from prioritized buffer states into the local-search buffer
+        (each chain on the target of its own condition)."""
         start = time.perf_counter()
         cfg = self.config
-        starts = self.buffer.sample(cfg.ls_chains or batch_size, generator)[0]
+        starts, _, conditions = self.buffer.sample(cfg.ls_chains or batch_size, generator)
+        path = path_for(conditions)
         mala = AdaptiveMALA(path.log_reward, path.score, step_size=self.ls_step_size, beta=cfg.ls_beta)
         run = mala.run(starts, cfg.ls_steps, burn_in=cfg.ls_burn_in, generator=generator)
         if run.kept_states.shape[0]:
-            self.ls_buffer.add(run.kept_states, run.kept_log_rewards)
+            kept_conditions = None if conditions is None else conditions[run.kept_chains]
+            self.ls_buffer.add(run.kept_states, run.kept_log_rewards, kept_conditions)
         self.ls_step_size = run.step_size
         self.ls_evaluations += run.evaluations
         self.ls_rounds += 1

@@ -33,6 +33,7 @@ class MALARun:
         log_rewards: (C,) log R (untempered) at the final states.
         kept_states: (M, d) states accepted after burn-in (every accepted proposal, in order).
         kept_log_rewards: (M,) their log R.
+        kept_chains: (M,) index of the chain each kept state belongs to.
         step_size: step size after the run (for the next run to start from).
         acceptance: per-step acceptance rates.
         evaluations: number of points at which log R and its gradient were evaluated.
@@ -42,6 +43,7 @@ class MALARun:
     log_rewards: Tensor
     kept_states: Tensor
     kept_log_rewards: Tensor
+    kept_chains: Tensor
     step_size: float
     acceptance: list[float] = field(default_factory=list)
     evaluations: int = 0
@@ -108,7 +110,8 @@ class AdaptiveMALA:
         x = x.detach().clone()
         log_r, grad = self._evaluate(x)
         h = float(self.step_size)
-        kept_x, kept_r, rates = [], [], []
+        kept_x, kept_r, kept_c, rates = [], [], [], []
+        chains = torch.arange(x.shape[0], device=x.device)
         evaluations = x.shape[0]
         for k in range(steps):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -134,12 +137,14 @@ class AdaptiveMALA:
             if keep and k >= burn_in:
                 kept_x.append(proposal[accept])
                 kept_r.append(log_r_new[accept])
+                kept_c.append(chains[accept])
             if adapt and (k < burn_in or adapt_after_burn_in):
                 h *= self.increase if rate > self.target_acceptance else self.decrease
                 h = min(max(h, self.min_step), self.max_step)
         self.step_size = h
         kept_states = torch.cat(kept_x) if kept_x else x.new_empty(0, x.shape[1])
         kept_log_rewards = torch.cat(kept_r) if kept_r else x.new_empty(0)
+        kept_chains = torch.cat(kept_c) if kept_c else chains[:0]
         return MALARun(states=x, log_rewards=log_r, kept_states=kept_states,
-                       kept_log_rewards=kept_log_rewards, step_size=h, acceptance=rates,
+                       kept_log_rewards=kept_log_rewards, kept_chains=kept_chains, step_size=h, acceptance=rates,
                        evaluations=evaluations)

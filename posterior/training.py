@@ -133,15 +133,14 @@ class Trainer:
             (loss, batch ELBO of log Z).
         """
         if self.replay is not None and self.replay.is_backward_step(self.iteration):
-            samples = self.replay.backward_samples(self.iteration, self.path, self.config.batch_size,
-                                                   self.generator)
-            traj = self.sampler.backward_trajectories(samples, self.train_times(), self.path,
-                                                      generator=self.generator)
+            samples, conditions = self.replay.backward_batch(self.iteration, self.path_for, self.backward_count(),
+                                                             self.generator)
+            traj = self.backward_trajectories(samples, conditions)
         else:
             explore = 0.0 if self.objective.differentiable else self.exploration(self.iteration)
             traj = self.trajectories(explore)
             if self.replay is not None:
-                self.replay.observe(traj)
+                self.replay.observe(traj, self.batch_conditions)
         loss = self.objective.loss(traj)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -159,6 +158,21 @@ class Trainer:
         self.last_samples = traj.samples.detach()
         log_z_batch = float(traj.log_weight.detach().mean())
         return float(loss.detach()), log_z_batch
+
+    # hooks that conditional training overrides
+    batch_conditions = None  # conditions (B, *cond_shape) of the last forward batch, for the buffer
+
+    def path_for(self, conditions: torch.Tensor | None) -> BoltzmannPath:
+        """The target path with ``conditions`` bound (unconditional: the fixed path)."""
+        return self.path
+
+    def backward_count(self) -> int:
+        """Buffer entries drawn for one backward update."""
+        return self.config.batch_size
+
+    def backward_trajectories(self, samples: torch.Tensor, conditions: torch.Tensor | None):
+        """Backward trajectories ending at buffer states (override for conditional batches)."""
+        return self.sampler.backward_trajectories(samples, self.train_times(), self.path, generator=self.generator)
 
     def trajectories(self, explore: float):
         """The batch of trajectories for one step (override for conditional batches)."""

@@ -207,3 +207,22 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
         posterior.fit(prior=prior, reward=likelihood, conditions=y, space="data", iterations=1, progress=False)
     with pytest.raises(ValueError, match="space='data' needs a priors.DiffusionPrior"):
         posterior.fit(prior=lambda z: z, latent_dim=2, reward=likelihood, conditions=y, space="data", progress=False)
+
+
+@pytest.mark.parametrize("objective", ["vargrad", "tb"])
+def test_conditional_replay_and_local_search_keep_each_sample_condition(objective):
+    from posterior import ReplayConfig
+    decoder, y = _linear_problem()
+    model = posterior.fit(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE),
+                          conditions=y, objective=objective, iterations=12, batch_size=3, samples_per_condition=4,
+                          steps=8, progress=False, seed=2,
+                          replay=ReplayConfig(capacity=2000, local_search=True, ls_every=4, ls_steps=12, ls_burn_in=4))
+    assert all(math.isfinite(v) for v in model.training_history.loss)
+    replay = model.replay
+    assert len(replay.buffer) == 6 * 3 * 4 and replay.ls_rounds == 3
+    for buffer in (replay.buffer, replay.ls_buffer):
+        n = len(buffer)
+        states, log_r, conds = buffer.states[:n], buffer.log_rewards[:n], buffer.conditions[:n]
+        # every stored log-reward is the target of the stored state under its own condition
+        torch.testing.assert_close(model.path_for(conds).log_reward(states), log_r, rtol=1e-5, atol=1e-4)
+        assert all(bool((c == y).all(-1).any()) for c in conds)  # conditions come from the training set
