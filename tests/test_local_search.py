@@ -94,7 +94,7 @@ def test_local_search_moves_buffer_states_toward_the_modes():
     g = torch.Generator().manual_seed(0)
     between = (torch.randint(-2, 2, (300, 2), generator=g) * 5.0 + 2.5)  # midpoints between modes
     replay.buffer.add(between, path.log_reward(between))
-    replay.local_search(path, 300, g)
+    replay.local_search(lambda conditions: path, 300, g)
     kept = replay.ls_buffer.states[: len(replay.ls_buffer)]
     nearest = torch.cdist(kept, target.means).min(-1).values
     assert float(nearest.median()) < 1.0  # modes have std 0.55; starting distance was 3.5
