@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--langevin", action="store_true")
     p.add_argument("--explore", type=float, default=0.0)
     p.add_argument("--learn-variance", action="store_true")
+    p.add_argument("--buffer", choices=("none", "uniform", "rank"), default="none",
+                   help="replay buffer of (z, image) pairs: alternate forward and backward updates")
+    p.add_argument("--local-search", action="store_true", help="MALA local search from buffer states")
+    p.add_argument("--ls-every", type=int, default=100)
+    p.add_argument("--ls-steps", type=int, default=200)
     p.add_argument("--encoder", default="cnn", choices=["cnn", "mlp"])
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--eval-k", type=int, default=2000, help="K for log Ẑ, log Ẑ_RW and the encoder baselines")
@@ -112,6 +117,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                 if p.grad is not None:
                     p.grad = accelerator.reduce(p.grad, reduction="mean")
 
+    replay = None
+    if args.buffer != "none" or args.local_search:
+        replay = posterior.ReplayConfig(prioritization="uniform" if args.buffer == "uniform" else "rank",
+                                        local_search=args.local_search, ls_every=args.ls_every,
+                                        ls_steps=args.ls_steps, ls_burn_in=args.ls_steps // 2)
     start = time.perf_counter()
     model = posterior.fit(prior=VAEDecoderPrior(vae.decode_probs, vae.latent_dim), reward=likelihood,
                           conditions=conditions.to(device), objective=args.objective, iterations=args.iters,
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                           encoder=args.encoder, seed=args.seed, device=device, checkpoint_dir=out,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           progress=not args.no_progress, process_index=accelerator.process_index,
-                          gradient_sync=sync, log=accelerator.log if trackers else None)
+                          gradient_sync=sync, log=accelerator.log if trackers else None, replay=replay)
     train_seconds = time.perf_counter() - start
     history = model.training_history
     if accelerator.is_main_process:

@@ -128,7 +128,7 @@ def test_mnist_recipe_runs_with_no_data_files(tmp_path):
     empty.mkdir()
     cache = tmp_path / "vae.safetensors"
     args = ["recipes/mnist_vae_posterior.py", *TINY, "--data-dir", str(empty), "--cache", str(cache),
-            "--vae-epochs", "1", "--out", str(out)]
+            "--vae-epochs", "1", "--local-search", "--ls-every", "2", "--ls-steps", "4", "--out", str(out)]
     first = _run(args, tmp_path)
     assert "training an MLP VAE" in first.stdout and cache.exists()
     metrics = json.loads((out / "metrics.json").read_text())
