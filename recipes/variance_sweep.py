@@ -1,0 +1,65 @@
+"""log Ẑ against the number of steps T for fixed and learned forward variance (25GMM, TB + Expl).
+
+    python recipes/variance_sweep.py --out runs/issue3 [--steps 8,16,32,64,128] [--iters 3000] [--no-run]
+
+Runs (or, with --no-run, only reads) OUT/gmm25-sweep-T<T>-{fixed,learned} with recipes/boltzmann.py
+and writes OUT/variance_sweep.png and OUT/variance_sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/issue3")
+    p.add_argument("--target", default="gmm25")
+    p.add_argument("--steps", default="8,16,32,64,128")
+    p.add_argument("--iters", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-run", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    steps = [int(s) for s in args.steps.split(",")]
+    rows: dict = {"fixed": {}, "learned": {}}
+    for t in steps:
+        for kind in ("fixed", "learned"):
+            run = out / f"{args.target}-sweep-T{t}-{kind}"
+            if not (run / "metrics.json").exists() and not args.no_run:
+                cmd = [sys.executable, str(ROOT / "recipes" / "boltzmann.py"), "--target", args.target,
+                       "--objective", "tb", "--explore", "0.2", "--steps", str(t), "--iters", str(args.iters),
+                       "--seed", str(args.seed), "--threads", "1", "--no-progress", "--resume", "--out", str(run)]
+                subprocess.run(cmd + (["--learn-variance"] if kind == "learned" else []), check=True,
+                               stdout=subprocess.DEVNULL)
+            if (run / "metrics.json").exists():
+                m = json.loads((run / "metrics.json").read_text())
+                rows[kind][t] = {"log_z_elbo": m["log_z_elbo"], "log_z_rw": m["log_z_rw"], "iters": m["iters"]}
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for kind, style in (("fixed", "o-"), ("learned", "s-")):
+        ts = sorted(rows[kind])
+        if ts:
+            ax.plot(ts, [rows[kind][t]["log_z_elbo"] for t in ts], style, label=f"{kind} variance")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("steps T")
+    ax.set_ylabel("log Ẑ (ELBO), true log Z = 0")
+    ax.legend()
+    ax.set_title(f"{args.target}: TB + Expl, {args.iters} iterations")
+    fig.tight_layout()
+    fig.savefig(out / "variance_sweep.png", dpi=120)
+    (out / "variance_sweep.json").write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
