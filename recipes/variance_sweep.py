@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", default="8,16,32,64,128")
     p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--no-run", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not (run / "metrics.json").exists() and not args.no_run:
                 cmd = [sys.executable, str(ROOT / "recipes" / "boltzmann.py"), "--target", args.target,
                        "--objective", "tb", "--explore", "0.2", "--steps", str(t), "--iters", str(args.iters),
-                       "--seed", str(args.seed), "--threads", "1", "--no-progress", "--resume", "--out", str(run)]
+                       "--seed", str(args.seed), "--eval-samples", str(args.eval_samples), "--threads", "1", "--no-progress", "--resume", "--out", str(run)]
                 subprocess.run(cmd + (["--learn-variance"] if kind == "learned" else []), check=True,
                                stdout=subprocess.DEVNULL)
             if (run / "metrics.json").exists():

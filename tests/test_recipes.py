@@ -178,7 +178,8 @@ def test_rtb_memory_recipe_contract(tmp_path):
 
 
 def test_variance_sweep_recipe(tmp_path):
-    _run(["recipes/variance_sweep.py", "--out", str(tmp_path), "--steps", "2,3", "--iters", "2"], tmp_path)
+    _run(["recipes/variance_sweep.py", "--out", str(tmp_path), "--steps", "2,3", "--iters", "2", "--eval-samples", "64"],
+         tmp_path)
     rows = json.loads((tmp_path / "variance_sweep.json").read_text())
     assert set(rows["fixed"]) == set(rows["learned"]) == {"2", "3"}
     assert (tmp_path / "variance_sweep.png").stat().st_size > 0
