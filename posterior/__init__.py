@@ -3,7 +3,7 @@
 from .conditional_sampler import ConditionalSampler, build_conditional_sampler
 from .fit import fit
 from .grids import random_grid, uniform_grid
-from .local_search import ReplayConfig, ReplayTraining
+from .buffer_training import ReplayConfig, ReplayTraining
 from .networks import PISFlow, PISPolicy
 from .objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
 from .path_target import BoltzmannPath

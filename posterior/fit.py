@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .checks import check_no_nan, check_shape
 from .conditional_sampler import ConditionalSampler, build_conditional_sampler
 from .factory import OBJECTIVES, default_flow_lr, make_objective
-from .local_search import ReplayConfig, ReplayTraining
+from .buffer_training import ReplayConfig, ReplayTraining
 from .objectives import TrajectoryBalance, VarGrad
 from .objectives.log_partition import ConditionalLogZ
 from .objectives.base import Objective

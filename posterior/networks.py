@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .replay import ReplayedMLP
+from .activation_replay import ReplayedMLP
 
 
 class FourierMLP(nn.Module):

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .exploration import LinearDecay
 from .grids import random_grid, uniform_grid
-from .local_search import ReplayTraining
+from .buffer_training import ReplayTraining
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
 from .sampler import DiffusionSampler

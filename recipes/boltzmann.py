@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.evaluation import evaluate  # noqa: E402
 from posterior.factory import NOISING, OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
-from posterior.local_search import ReplayConfig, ReplayTraining  # noqa: E402
+from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
 from posterior.plotting import plot_curves, plot_samples  # noqa: E402

@@ -4,7 +4,7 @@ import torch
 
 from constraints import GaussianTarget
 from posterior.factory import make_objective, make_sampler
-from posterior.local_search import ReplayConfig, ReplayTraining
+from posterior.buffer_training import ReplayConfig, ReplayTraining
 from posterior.path_target import BoltzmannPath
 from posterior.teacher import StudentResidualReward, make_teacher
 from posterior.training import Trainer, TrainingConfig

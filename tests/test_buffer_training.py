@@ -6,7 +6,7 @@ import torch
 from constraints import GaussianTarget
 from constraints import GaussianMixture25
 from posterior.factory import make_objective, make_sampler
-from posterior.local_search import ReplayConfig, ReplayTraining
+from posterior.buffer_training import ReplayConfig, ReplayTraining
 from posterior.path_target import BoltzmannPath
 from posterior.training import Trainer, TrainingConfig
 
