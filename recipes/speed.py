@@ -2,7 +2,8 @@
 
     python recipes/speed.py --target manywell --objective tb [--langevin] [--iters 50] --json FILE
 
-seconds_per_iter: median training iteration (batch 300, 100 steps by default).
+seconds_per_iter: median training iteration (batch 300, 100 steps by default);
+mean_seconds_per_iter: the mean, which includes local-search rounds (--local-search).
 floor_seconds: one forward + backward of the policy network over all B*T states as a
 single batch (what an iteration costs if the simulation loop were free).
 floor_ratio: seconds_per_iter / floor_seconds.
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
+from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.grids import uniform_grid  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dim", type=int, default=None)
     p.add_argument("--objective", choices=OBJECTIVES, default="tb")
     p.add_argument("--langevin", action="store_true")
+    p.add_argument("--local-search", action="store_true",
+                   help="buffer + MALA local search every 100 iterations (report the mean, which includes it)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch", type=int, default=300)
@@ -73,14 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
     objective = make_objective(args.objective, path).to(device)
     config = TrainingConfig(iterations=args.warmup + args.iters, batch_size=args.batch, steps=args.steps,
                             lr_flow=default_flow_lr(args.objective), seed=args.seed)
-    trainer = Trainer(sampler, objective, path, config)
+    replay = (ReplayTraining(ReplayConfig(local_search=True), target.dim, device=device)
+              if args.local_search else None)
+    trainer = Trainer(sampler, objective, path, config, replay=replay)
     trainer.run(progress=False)
     seconds = trainer.history.median_seconds(skip=args.warmup)
+    timed = trainer.history.seconds[args.warmup:]
+    mean_seconds = sum(timed) / len(timed)
     floor = floor_seconds(sampler, args.batch, args.steps, repeats=max(5, args.iters // 5),
                           generator=torch.Generator(device=device).manual_seed(args.seed))
     result = {"target": args.target, "dim": target.dim, "objective": args.objective, "langevin": args.langevin,
               "batch": args.batch, "steps": args.steps, "iters": args.iters,
-              "seconds_per_iter": seconds, "floor_seconds": floor, "floor_ratio": seconds / floor,
+              "local_search": args.local_search,
+              "seconds_per_iter": seconds, "mean_seconds_per_iter": mean_seconds,
+              "floor_seconds": floor, "floor_ratio": seconds / floor,
               "device": str(device), "threads": torch.get_num_threads()}
     print(json.dumps(result, indent=2))
     if args.json:
