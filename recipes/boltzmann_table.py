@@ -44,8 +44,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "dds": ("DDS (KL, VP noising)", ["--method", "dds"]),
     "dis": ("DIS (KL, VP noising, score term)", ["--method", "dis", "--langevin"]),
 }
-COLUMNS = (("delta_log_z", "Δlog Z"), ("delta_log_z_rw", "Δlog Z_RW"), ("w2", "W2"),
-           ("seconds_per_iter", "s/iter"), ("mean_seconds_per_iter", "s/iter (mean, incl. LS)"))
+COLUMNS = (("delta_log_z", "Δlog Z", ".3f"), ("delta_log_z_rw", "Δlog Z_RW", ".3f"), ("w2", "W2", ".3f"),
+           ("seconds_per_iter", "s/iter", ".3f"), ("mean_seconds_per_iter", "s/iter (mean, incl. LS)", ".3f"),
+           ("seconds_total", "s total", ".0f"), ("energy_evals", "energy evals", ".3g"))
 
 
 def mean_seconds_per_iter(metrics: dict) -> float | None:
@@ -92,13 +93,13 @@ def run_one(cmd: list[str], out: Path) -> int:
         return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def summarize(values: list[float | None]) -> str:
+def summarize(values: list[float | None], spec: str = ".3f") -> str:
     known = [v for v in values if v is not None]
     if not known:
         return "n/a"
     if len(known) == 1:
-        return f"{known[0]:.3f}"
-    return f"{statistics.mean(known):.3f} ± {statistics.stdev(known):.3f}"
+        return format(known[0], spec)
+    return f"{format(statistics.mean(known), spec)} ± {format(statistics.stdev(known), spec)}"
 
 
 def table(out: Path, targets: list[str], methods: list[str], seeds: list[int], dim: int | None = None) -> str:
@@ -113,7 +114,7 @@ def table(out: Path, targets: list[str], methods: list[str], seeds: list[int], d
                 m["mean_seconds_per_iter"] = mean_seconds_per_iter(m)
             if not found:
                 continue
-            cells = [summarize([m.get(key) for m in found]) for key, _ in COLUMNS]
+            cells = [summarize([m.get(key) for m in found], spec) for key, _, spec in COLUMNS]
             floor = summarize([m.get("w2_floor") for m in found])
             lines.append(f"| {METHODS[method][0]} | {len(found)} | " + " | ".join(cells) + f" | {floor} |")
         lines.append("")

@@ -63,7 +63,8 @@ def test_boltzmann_table_writes_mean_and_std(tmp_path):
     _run(["recipes/boltzmann_table.py", "--no-run", "--methods", "tb,tb-expl", "--seeds", "0,1",
           "--out", str(out)], tmp_path)
     text = (out / "results.md").read_text()
-    assert "| TB | 2 | 1.500 ± 0.707 | 0.500 ± 0.000 | n/a | 0.100 ± 0.000 | 0.300 ± 0.141 | 1.100 ± 0.000 |" in text
+    assert ("| TB | 2 | 1.500 ± 0.707 | 0.500 ± 0.000 | n/a | 0.100 ± 0.000 | 0.300 ± 0.141 | 30 ± 14 | n/a "
+            "| 1.100 ± 0.000 |") in text
     assert "TB + Expl" not in text  # no runs, no row
 
 
