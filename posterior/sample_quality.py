@@ -15,7 +15,7 @@ def frechet_distance(features: Tensor, reference: Tensor) -> float:
     a, b = features.detach().double().cpu().numpy(), reference.detach().double().cpu().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
     if np.iscomplexobj(root):
         root = root.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root))
