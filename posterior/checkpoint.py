@@ -1,23 +1,24 @@
-"""Atomic training checkpoints: write to a temporary file in the same folder, then rename."""
+"""Atomic checkpoints and reports: write to a temporary file in the same folder, then rename."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 
-def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """torch.save ``state`` to ``path`` so that a crash never leaves a partial file."""
+def _write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -25,6 +26,21 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save ``state`` to ``path`` so that a crash never leaves a partial file."""
+    _write_atomic(path, lambda handle: torch.save(state, handle))
+
+
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (creating the folder)."""
+    _write_atomic(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Set a generator's state from a checkpoint (CPU generators need a CPU state tensor)."""
+    generator.set_state(state.cpu() if generator.device.type == "cpu" else state)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

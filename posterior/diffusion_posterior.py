@@ -85,10 +85,9 @@ class DiffusionPosterior(nn.Module):
         device = device if device is not None else self.prior.alpha_t.device
         states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model, explore=explore,
                                            device=device, dtype=dtype, return_log_probs=True)
-        if track_gradients:  # a second pass with a graph
-            return self.score(states, path, track_gradients=True)
-        return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
-                            log_q_steps=path.log_q_steps(states), log_reward=path.log_reward(states[-1]))
+        # with gradients a second pass builds the graph; without, the loop's log-probs are exact
+        return self.score(states, path, track_gradients=track_gradients,
+                          log_pf=None if track_gradients else log_pf)
 
     def backward_trajectories(self, samples: Tensor, path: DiffusionPriorPath, *,
                               generator: torch.Generator | None = None, track_gradients: bool = True) -> Trajectories:
@@ -97,10 +96,13 @@ class DiffusionPosterior(nn.Module):
         states = self.prior.noise_backward(samples.detach(), generator)
         return self.score(states, path, track_gradients=track_gradients)
 
-    def score(self, states: Tensor, path: DiffusionPriorPath, *, track_gradients: bool = True) -> Trajectories:
-        """Per-step posterior and prior log-densities and the terminal log-reward of given states."""
-        with torch.set_grad_enabled(track_gradients):
-            log_pf = self.prior.log_prob_steps(states, model=self.model, checkpoint_steps=self.checkpoint_steps)
+    def score(self, states: Tensor, path: DiffusionPriorPath, *, track_gradients: bool = True,
+              log_pf: Tensor | None = None) -> Trajectories:
+        """Per-step posterior and prior log-densities and the terminal log-reward of given states
+        (``log_pf``: the posterior's (N, B) log-densities if already known)."""
+        if log_pf is None:
+            with torch.set_grad_enabled(track_gradients):
+                log_pf = self.prior.log_prob_steps(states, model=self.model, checkpoint_steps=self.checkpoint_steps)
         return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
                             log_q_steps=path.log_q_steps(states), log_reward=path.log_reward(states[-1]))
 

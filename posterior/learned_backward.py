@@ -61,24 +61,9 @@ class LearnedBackward(GaussianReference):
         first = 1 if self.pinned_start else 0
         mean, log_var = self._kernels(states[first + 1:], times[first + 1:], scale[first:], var[first:])
         diff = states[first:-1] - mean
-        inner = -0.5 * (diff * diff * torch.exp(-log_var) + log_var + LOG_2PI).sum(-1)
-        if not first:
-            return inner
-        return torch.cat([inner.new_zeros(1, inner.shape[1]), inner], dim=0)
+        return self._with_pinned_row(-0.5 * (diff * diff * torch.exp(-log_var) + log_var + LOG_2PI).sum(-1))
 
-    def sample_backward(self, x1: Tensor, times: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(N + 1, B, d) trajectories drawn backward from x1 (B, d) with the learned kernels."""
-        scale, var = self.backward_coefficients(times)
-        n = times.numel() - 1
-        noise = torch.randn((n,) + tuple(x1.shape), generator=generator, device=x1.device, dtype=x1.dtype)
-        states = x1.new_empty((n + 1,) + tuple(x1.shape))
-        states[n] = x1
-        x = x1
-        last = 1 if self.pinned_start else 0
-        for k in range(n - 1, last - 1, -1):
-            mean, log_var = self._kernels(x[None], times[k + 1:k + 2], scale[k:k + 1], var[k:k + 1])
-            x = mean[0] + torch.exp(0.5 * log_var[0]) * noise[k]
-            states[k] = x
-        if self.pinned_start:
-            states[0] = 0.0
-        return states
+    def _backward_step(self, x: Tensor, k: int, times: Tensor, scale: Tensor, var: Tensor, noise: Tensor) -> Tensor:
+        """One draw from the learned kernel (the shared backward loop is the base class's)."""
+        mean, log_var = self._kernels(x[None], times[k + 1:k + 2], scale[k:k + 1], var[k:k + 1])
+        return mean[0] + torch.exp(0.5 * log_var[0]) * noise

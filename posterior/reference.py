@@ -90,10 +90,17 @@ class GaussianReference(nn.Module):
         scale, var = self.backward_coefficients(times)
         first = 1 if self.pinned_start else 0
         scale_, var_ = scale[first:, None, None], var[first:, None]
-        inner = _log_normal_isotropic(states[first:-1] - scale_ * states[first + 1:], var_)
-        if not first:
+        return self._with_pinned_row(_log_normal_isotropic(states[first:-1] - scale_ * states[first + 1:], var_))
+
+    def _with_pinned_row(self, inner: Tensor) -> Tensor:
+        """Prepend the zero row of the deterministic step to x_0 = 0 when the start is pinned."""
+        if not self.pinned_start:
             return inner
         return torch.cat([inner.new_zeros(1, inner.shape[1]), inner], dim=0)
+
+    def _backward_step(self, x: Tensor, k: int, times: Tensor, scale: Tensor, var: Tensor, noise: Tensor) -> Tensor:
+        """One draw x_k ~ p_B(. | x_{k+1} = x) given standard normal ``noise``."""
+        return torch.addcmul(scale[k] * x, noise, var[k].sqrt().expand_as(x))
 
     def sample_backward(self, x1: Tensor, times: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Draw trajectories backward from terminal states.
@@ -105,7 +112,6 @@ class GaussianReference(nn.Module):
             states: (N + 1, B, d) time-major, states[-1] = x1 (states[0] = 0 when pinned).
         """
         scale, var = self.backward_coefficients(times)
-        std = var.sqrt()
         n = times.numel() - 1
         noise = torch.randn((n,) + tuple(x1.shape), generator=generator, device=x1.device, dtype=x1.dtype)
         states = x1.new_empty((n + 1,) + tuple(x1.shape))
@@ -113,7 +119,7 @@ class GaussianReference(nn.Module):
         x = x1
         last = 1 if self.pinned_start else 0
         for k in range(n - 1, last - 1, -1):
-            x = torch.addcmul(scale[k] * x, noise[k], std[k].expand_as(x))
+            x = self._backward_step(x, k, times, scale, var, noise[k])
             states[k] = x
         if self.pinned_start:
             states[0] = 0.0

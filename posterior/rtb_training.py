@@ -157,8 +157,7 @@ class RTBTrainer:
         self.posterior.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
-        saved = state["generator"]
-        self.generator.set_state(saved.cpu() if self.device.type == "cpu" else saved)
+        checkpoint.restore_generator(self.generator, state["generator"])
         self.iteration = int(state["iteration"])
         self.history = RTBHistory(**state["history"])
         if self.buffer is not None and state["buffer"] is not None:

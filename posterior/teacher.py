@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import checkpoint
 from .grids import uniform_grid
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
@@ -102,9 +103,7 @@ class AdaptiveTeacher:
 
     def load_state_dict(self, state: dict) -> None:
         self.trainer.load_state_dict(state["trainer"])
-        generator = self.trainer.path.target.generator
-        saved = state["reward_generator"]
-        generator.set_state(saved.cpu() if generator.device.type == "cpu" else saved)
+        checkpoint.restore_generator(self.trainer.path.target.generator, state["reward_generator"])
 
 
 def make_teacher(student: DiffusionSampler, student_objective: Objective, student_path: BoltzmannPath,

@@ -257,7 +257,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        checkpoint.restore_generator(self.generator, state["generator"])
         self.iteration = int(state["iteration"])
         self.history = TrainingHistory(**state["history"])
         if self.path is not None and state.get("path_evaluations") is not None:

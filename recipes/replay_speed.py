@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from posterior.checkpoint import write_json  # noqa: E402
 from posterior.replay_buffer import ReplayBuffer  # noqa: E402
 
 
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         result[f"{kind}_sample_seconds"] = median_seconds(lambda: buffer.sample(args.batch, g), args.repeats)
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(result, args.json)
     return result
 
 

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from posterior.checkpoint import write_json  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
@@ -98,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(results[-1]))
     report = {"size": args.size, "steps": args.steps, "batch": args.batch, "device": args.device, "modes": results}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(report, args.json)
     return report
 
 

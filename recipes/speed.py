@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from posterior.checkpoint import write_json  # noqa: E402
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
 from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
               "device": str(device), "threads": torch.get_num_threads()}
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(result, args.json)
     return result
 
 
