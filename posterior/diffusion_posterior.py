@@ -4,6 +4,7 @@
   (the prior's own per-step transitions on its schedule).
 - :class:`DiffusionPosterior`: a trainable copy of the prior's denoiser that samples on the same
   schedule with the same variances (so RTB compares Gaussians of equal variance at every step);
+  optionally the last few near-deterministic steps stay the prior's own (``frozen_final_steps``);
   forward trajectories (optionally with extra exploration variance, log-probs always under the
   un-noised model) and backward trajectories from given samples via the forward noising chain.
 - :func:`accumulate_gradients_per_step`: the exact gradient of any loss that depends on the policy
@@ -23,6 +24,11 @@ from torch import Tensor, nn
 from .checks import check_no_nan, check_shape
 from .objectives.base import Objective
 from .trajectories import Trajectories
+
+
+# steps with a transition variance below this are "near-deterministic" (a strided DDPM schedule
+# ends with two steps of variance ~1e-4); the default threshold for frozen final steps
+NEAR_DETERMINISTIC_VARIANCE = 1e-3
 
 
 class DiffusionPriorPath:
@@ -53,6 +59,18 @@ class DiffusionPriorPath:
         return self.prior.log_prob_steps(states)
 
 
+class _FinalStepsFromPrior:
+    """Denoiser call that runs ``model`` at timesteps above ``last_trained`` and the prior's own
+    denoiser at or below it (a plain callable, so the prior's weights are not registered twice)."""
+
+    def __init__(self, model: nn.Module, prior_denoiser: nn.Module, last_trained: int) -> None:
+        self.model, self.prior_denoiser, self.last_trained = model, prior_denoiser, last_trained
+
+    def __call__(self, x: Tensor, t: Tensor):
+        # every state of one step shares its timestep (t is that value expanded to (B,))
+        return (self.model if int(t[0]) >= self.last_trained else self.prior_denoiser)(x, t)
+
+
 class DiffusionPosterior(nn.Module):
     """A fine-tuned copy of a diffusion prior's denoiser.
 
@@ -61,17 +79,44 @@ class DiffusionPosterior(nn.Module):
         model: the trainable denoiser (default: a copy of the prior's).
         checkpoint_steps: gradient checkpointing of every step when log p_F is computed with a
             graph (the full-graph alternative to per-step accumulation).
+        frozen_final_steps: m >= 0; the last m steps of the schedule use the prior's denoiser, so
+            their posterior and prior log-densities are identical and the RTB residual sums the
+            first N - m steps only. Meant for near-deterministic final steps (DDPM variance ~1e-4
+            at the end of a strided schedule): there a trained mean enters the log-ratio divided by
+            the tiny variance, and the per-step gradient is ~30x that of any other step, pure noise
+            at initialization (see :meth:`priors.DiffusionPrior.final_steps_below`). The posterior
+            is then exact for the reward averaged over those steps' noise (std ~0.01 per pixel:
+            negligible for any smooth reward).
     """
 
-    def __init__(self, prior, model: nn.Module | None = None, *, checkpoint_steps: bool = False) -> None:
+    def __init__(self, prior, model: nn.Module | None = None, *, checkpoint_steps: bool = False,
+                 frozen_final_steps: int = 0) -> None:
         super().__init__()
+        if not 0 <= frozen_final_steps < prior.num_steps:
+            raise ValueError(f"frozen_final_steps must be in [0, {prior.num_steps - 1}] "
+                             f"(the prior has {prior.num_steps} steps), got {frozen_final_steps}")
         self.model = model if model is not None else prior.posterior_copy()
         self.checkpoint_steps = checkpoint_steps
+        self.frozen_final_steps = int(frozen_final_steps)
         self._prior = (prior,)  # not a submodule: the prior's weights are neither trained nor saved here
 
     @property
     def prior(self):
         return self._prior[0]
+
+    @property
+    def trained_steps(self) -> int:
+        """Number of leading steps run by the trainable model."""
+        return self.prior.num_steps - self.frozen_final_steps
+
+    @property
+    def denoiser(self):
+        """What the sampler calls as ``denoiser(x, t)``: the trainable model, switching to the prior's
+        denoiser for the frozen final steps."""
+        if self.frozen_final_steps == 0:
+            return self.model
+        last_trained = int(self.prior.timesteps[self.trained_steps - 1])
+        return _FinalStepsFromPrior(self.model, self.prior.denoiser, last_trained)
 
     def _times(self, like: Tensor) -> Tensor:
         return torch.linspace(0.0, 1.0, self.prior.num_steps + 1, device=like.device, dtype=like.dtype)
@@ -83,7 +128,7 @@ class DiffusionPosterior(nn.Module):
         if explore < 0:
             raise ValueError(f"explore must be >= 0, got {explore}")
         device = device if device is not None else self.prior.alpha_t.device
-        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model, explore=explore,
+        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.denoiser, explore=explore,
                                            device=device, dtype=dtype, return_log_probs=True)
         # with gradients a second pass builds the graph; without, the loop's log-probs are exact
         return self.score(states, path, track_gradients=track_gradients,
@@ -102,7 +147,7 @@ class DiffusionPosterior(nn.Module):
         (``log_pf``: the posterior's (N, B) log-densities if already known)."""
         if log_pf is None:
             with torch.set_grad_enabled(track_gradients):
-                log_pf = self.prior.log_prob_steps(states, model=self.model, checkpoint_steps=self.checkpoint_steps)
+                log_pf = self.prior.log_prob_steps(states, model=self.denoiser, checkpoint_steps=self.checkpoint_steps)
         return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
                             log_q_steps=path.log_q_steps(states), log_reward=path.log_reward(states[-1]))
 
@@ -115,7 +160,8 @@ def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajector
     per-step log-probabilities (a (N, B) leaf) and the objective's own parameters; then for each
     step k the posterior's log p_F,k is recomputed with a graph and backpropagated with those
     coefficients. With ``step_fraction`` < 1 a random subset of steps is used and rescaled
-    (an unbiased estimate of the same gradient).
+    (an unbiased estimate of the same gradient). The posterior's frozen final steps have no
+    parameters and are skipped.
 
     Returns:
         the loss value (detached).
@@ -129,7 +175,7 @@ def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajector
     loss.backward()
     coefficients = leaf.grad
     prior, states = posterior.prior, traj.states.detach()
-    n = states.shape[0] - 1
+    n = posterior.trained_steps
     steps = list(range(n))
     scale = 1.0
     if step_fraction < 1:

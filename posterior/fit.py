@@ -217,7 +217,7 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
     """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward."""
     from priors.diffusion import DiffusionPrior
 
-    from .diffusion_posterior import DiffusionPosterior, DiffusionPriorPath
+    from .diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath
     from .objectives import RelativeTrajectoryBalance
     from .rtb_training import RTBConfig, RTBTrainer
 
@@ -238,7 +238,8 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
                              "with your own trainable model")
         from .residual_denoiser import ResidualDenoiser
         model = ResidualDenoiser(prior.denoiser, prior.event_shape[0])
-    posterior = DiffusionPosterior(prior, model)
+    # the near-deterministic end of the schedule stays the prior's (see DiffusionPosterior)
+    posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE))
     obj = VarGrad() if objective == "vargrad" else RelativeTrajectoryBalance()
     trainer = RTBTrainer(posterior, DiffusionPriorPath(prior, log_r), obj,
                          RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed))

@@ -133,6 +133,16 @@ class DiffusionPrior(nn.Module):
         x0 = self.predict_x0(x, k, model)
         return self.coef_x0[k].to(x.dtype) * x0 + self.coef_xt[k].to(x.dtype) * x
 
+    def final_steps_below(self, variance: float) -> int:
+        """How many trailing steps of the schedule have a transition variance below ``variance``
+        (the near-deterministic end of a strided DDPM schedule, e.g. 111 -> 0 -> sample)."""
+        count = 0
+        for v in reversed(self.step_var.tolist()):
+            if v >= variance:
+                break
+            count += 1
+        return count
+
     def step_std(self, k: int) -> float:
         return float(self.step_var[k].sqrt())
 

