@@ -1,7 +1,7 @@
 """Run a grid of methods x targets x seeds with recipes/boltzmann.py and write a markdown table.
 
     python recipes/boltzmann_table.py --methods tb-expl-ls,tb-expl-lp-ls --targets gmm25,manywell \
-        --seeds 0,1,2 --out runs/table --results runs/table/results.md [--jobs 2] [--iters-scale 1.0]
+        --seeds 0,1,2 --out runs/table --results runs/table/results.md [--jobs 2] [--iters N] [--dim 8,32,128]
 
 A method is a named set of boltzmann.py flags (see METHODS; the paper's budget: 25k iterations,
 10k with the Langevin parametrization). Each run lives in OUT/<target>-<method>-s<seed>/, is
@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--targets", default="gmm25", help="comma-separated targets")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
-    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--dim", default=None,
+                   help="target dimension, or several comma-separated (a scaling study: one table per d)")
     p.add_argument("--iters", type=int, default=None, help="override the paper's budget for every run")
     p.add_argument("--extra", default="", help="extra flags passed to every run (one string)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each single-threaded)")
@@ -76,14 +77,28 @@ def run_name(target: str, method: str, seed: int, dim: int | None = None) -> str
     return f"{target}{'' if dim is None else dim}-{method}-s{seed}"
 
 
-def command(args: argparse.Namespace, target: str, method: str, seed: int, out: Path) -> list[str]:
+def parse_dims(text: str | None) -> list[int | None]:
+    """``--dim``: None (the target's default) or comma-separated positive integers."""
+    if text is None:
+        return [None]
+    try:
+        dims = [int(d) for d in text.split(",") if d]
+    except ValueError:
+        raise SystemExit(f"--dim must be comma-separated integers, got {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise SystemExit(f"--dim must be positive integers, got {text!r}")
+    return dims
+
+
+def command(args: argparse.Namespace, target: str, method: str, seed: int, out: Path,
+            dim: int | None = None) -> list[str]:
     flags = METHODS[method][1]
     iters = args.iters or (LP_ITERS if "--langevin" in flags else ITERS)
     cmd = [sys.executable, str(ROOT / "recipes" / "boltzmann.py"), "--target", target, *flags,
            "--iters", str(iters), "--seed", str(seed), "--threads", "1", "--no-progress", "--resume",
            "--out", str(out)]
-    if args.dim is not None:
-        cmd += ["--dim", str(args.dim)]
+    if dim is not None:
+        cmd += ["--dim", str(dim)]
     return cmd + args.extra.split()
 
 
@@ -129,21 +144,23 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(METHODS)}")
     targets = [t for t in args.targets.split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    dims = parse_dims(args.dim)
     out = Path(args.out)
     jobs = []
     for seed in seeds:
-        for target in targets:
-            for method in methods:
-                run_dir = out / run_name(target, method, seed, args.dim)
-                if not (run_dir / "metrics.json").exists():
-                    jobs.append((command(args, target, method, seed, run_dir), run_dir))
+        for dim in dims:
+            for target in targets:
+                for method in methods:
+                    run_dir = out / run_name(target, method, seed, dim)
+                    if not (run_dir / "metrics.json").exists():
+                        jobs.append((command(args, target, method, seed, run_dir, dim), run_dir))
     if not args.no_run and jobs:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             codes = list(pool.map(lambda job: run_one(*job), jobs))
         failed = [str(d) for (_, d), c in zip(jobs, codes) if c != 0]
         if failed:
             print(f"failed runs (see their .log): {failed}", file=sys.stderr)
-    text = table(out, targets, methods, seeds, args.dim)
+    text = "\n".join(table(out, targets, methods, seeds, dim) for dim in dims)
     results = Path(args.results) if args.results else out / "results.md"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text)

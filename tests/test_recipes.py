@@ -68,6 +68,23 @@ def test_boltzmann_table_writes_mean_and_std(tmp_path):
     assert "TB + Expl" not in text  # no runs, no row
 
 
+def test_boltzmann_table_scaling_study_has_one_table_per_dimension(tmp_path):
+    out = tmp_path / "scaling"
+    for dim, seconds in ((8, 0.02), (32, 0.05)):
+        run = out / f"manywell{dim}-tb-s0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"delta_log_z": dim / 8, "seconds_per_iter": seconds}))
+    _run(["recipes/boltzmann_table.py", "--no-run", "--methods", "tb", "--targets", "manywell", "--dim", "8,32,128",
+          "--out", str(out)], tmp_path)
+    text = (out / "results.md").read_text()
+    assert "**manywell (d = 8)**" in text and "**manywell (d = 32)**" in text
+    assert "| TB | 1 | 1.000 | n/a | n/a | 0.020 |" in text and "| TB | 1 | 4.000 | n/a | n/a | 0.050 |" in text
+    assert text.count("| TB |") == 2  # d = 128 has no runs, so no row
+    bad = subprocess.run([sys.executable, "recipes/boltzmann_table.py", "--no-run", "--dim", "8,x", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--dim must be comma-separated integers" in bad.stderr
+
+
 def test_speed_recipe_contract(tmp_path):
     out = tmp_path / "speed.json"
     _run(["recipes/speed.py", "--target", "manywell", "--dim", "8", "--objective", "tb", "--iters", "3",
