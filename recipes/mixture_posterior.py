@@ -38,6 +38,9 @@ from priors.diffusion import DiffusionPrior  # noqa: E402
 from priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
 
 
+DEFAULT_ITERS = {"rtb": 3000, "noise": 6000}
+
+
 def make_problem(steps: int):
     """Prior mixture (6 components on a ring of radius 2, unequal weights), DDPM prior, likelihood."""
     from diffusers import DDPMScheduler
@@ -60,7 +63,8 @@ def make_problem(steps: int):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=("rtb", "noise"), default="rtb")
-    p.add_argument("--iters", type=int, default=1500)
+    p.add_argument("--iters", type=int, default=None,
+                   help="training iterations (default: 3000 for rtb, 6000 for noise; see BENCHMARKS.md)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=50, help="prior schedule length (DDPM / DDIM steps)")
     p.add_argument("--sampler-steps", type=int, default=50, help="noise-space sampler steps")
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.iters is None:
+        args.iters = DEFAULT_ITERS[args.method]
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
