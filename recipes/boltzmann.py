@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="iterations over which exploration decays (default: all)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
     p.add_argument("--learn-variance", action="store_true")
+    p.add_argument("--log-var-range", type=float, default=4.0,
+                   help="learned log-variance within ± this of log sigma2")
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default: off)")
     p.add_argument("--noising", choices=NOISING, default="brownian",
                    help="reference process: Brownian bridge pinned at 0, or variance-preserving OU")
     p.add_argument("--learn-backward", action="store_true", help="learned corrections of the backward kernels")
@@ -109,14 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
         return run_baseline(args, target, out, device)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin,
                            learn_variance=args.learn_variance, noising=args.noising,
-                           learn_backward=args.learn_backward).to(device)
+                           learn_backward=args.learn_backward, log_var_range=args.log_var_range).to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda).to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
                             train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
-                            checkpoint_every=args.checkpoint_every)
+                            checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip)
     replay = None
     if args.buffer != "none" or args.local_search or args.teacher:
         replay_config = ReplayConfig(
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {
         "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
+        "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
         "local_search": args.local_search, "teacher": args.teacher, "train_grid": args.train_grid, "eval_steps": eval_steps,

@@ -1,8 +1,10 @@
 """log Ẑ against the number of steps T for fixed and learned forward variance (25GMM, TB + Expl).
 
-    python recipes/variance_sweep.py --out runs/issue3 [--steps 8,16,32,64,128] [--iters 3000] [--no-run]
+    python recipes/variance_sweep.py --out runs/issue3 [--steps 8,16,32,64,128] [--iters 3000]
+        [--log-var-ranges 4,1] [--no-run]
 
-Runs (or, with --no-run, only reads) OUT/gmm25-sweep-T<T>-{fixed,learned} with recipes/boltzmann.py
+Runs (or, with --no-run, only reads) OUT/gmm25-sweep-T<T>-fixed and, for every learned log-variance
+range R, OUT/gmm25-sweep-T<T>-learned (R = 4, the default) or -learned-r<R> with recipes/boltzmann.py,
 and writes OUT/variance_sweep.png and OUT/variance_sweep.json.
 """
 
@@ -25,20 +27,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--log-var-ranges", default="4",
+                   help="learned variance: comma-separated ranges of the log-variance around log sigma2")
     p.add_argument("--no-run", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
     steps = [int(s) for s in args.steps.split(",")]
-    rows: dict = {"fixed": {}, "learned": {}}
+    ranges = [float(r) for r in args.log_var_ranges.split(",") if r]
+    learned = {("learned" if r == 4.0 else f"learned-r{r:g}"): r for r in ranges}
+    rows: dict = {"fixed": {}, **{kind: {} for kind in learned}}
     for t in steps:
-        for kind in ("fixed", "learned"):
+        for kind in rows:
             run = out / f"{args.target}-sweep-T{t}-{kind}"
             if not (run / "metrics.json").exists() and not args.no_run:
                 cmd = [sys.executable, str(ROOT / "recipes" / "boltzmann.py"), "--target", args.target,
                        "--objective", "tb", "--explore", "0.2", "--steps", str(t), "--iters", str(args.iters),
                        "--seed", str(args.seed), "--eval-samples", str(args.eval_samples), "--threads", "1", "--no-progress", "--resume", "--out", str(run)]
-                subprocess.run(cmd + (["--learn-variance"] if kind == "learned" else []), check=True,
-                               stdout=subprocess.DEVNULL)
+                if kind in learned:
+                    cmd += ["--learn-variance", "--log-var-range", str(learned[kind])]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             if (run / "metrics.json").exists():
                 m = json.loads((run / "metrics.json").read_text())
                 rows[kind][t] = {"log_z_elbo": m["log_z_elbo"], "log_z_rw": m["log_z_rw"], "iters": m["iters"]}
@@ -46,13 +53,15 @@ def main(argv: list[str] | None = None) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for kind, style in (("fixed", "o-"), ("learned", "s-")):
+    for kind, style in zip(rows, ("o-", "s-", "^-", "v-", "d-")):
         ts = sorted(rows[kind])
+        label = "fixed variance" if kind == "fixed" else f"learned variance (log range ±{learned[kind]:g})"
         if ts:
-            ax.plot(ts, [rows[kind][t]["log_z_elbo"] for t in ts], style, label=f"{kind} variance")
+            ax.plot(ts, [rows[kind][t]["log_z_elbo"] for t in ts], style, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("steps T")
     ax.set_ylabel("log Ẑ (ELBO), true log Z = 0")
+    ax.set_ylim(bottom=max(-10.0, ax.get_ylim()[0]))  # diverged runs (log Ẑ << -10) leave the frame
     ax.legend()
     ax.set_title(f"{args.target}: TB + Expl, {args.iters} iterations")
     fig.tight_layout()

@@ -196,8 +196,11 @@ def test_rtb_memory_recipe_contract(tmp_path):
 
 
 def test_variance_sweep_recipe(tmp_path):
-    _run(["recipes/variance_sweep.py", "--out", str(tmp_path), "--steps", "2,3", "--iters", "2", "--eval-samples", "64"],
-         tmp_path)
+    _run(["recipes/variance_sweep.py", "--out", str(tmp_path), "--steps", "2,3", "--iters", "2", "--eval-samples", "64",
+          "--log-var-ranges", "4,1"], tmp_path)
     rows = json.loads((tmp_path / "variance_sweep.json").read_text())
-    assert set(rows["fixed"]) == set(rows["learned"]) == {"2", "3"}
+    assert set(rows) == {"fixed", "learned", "learned-r1"}
+    assert set(rows["fixed"]) == set(rows["learned"]) == set(rows["learned-r1"]) == {"2", "3"}
+    metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-r1" / "metrics.json").read_text())
+    assert metrics["learn_variance"] and metrics["log_var_range"] == 1.0
     assert (tmp_path / "variance_sweep.png").stat().st_size > 0
