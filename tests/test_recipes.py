@@ -85,6 +85,24 @@ def test_boltzmann_table_scaling_study_has_one_table_per_dimension(tmp_path):
     assert bad.returncode != 0 and "--dim must be comma-separated integers" in bad.stderr
 
 
+def test_rtb_step_gradients_recipe_flags_the_near_deterministic_steps(tmp_path):
+    pytest.importorskip("diffusers")
+    from diffusers import DDPMScheduler
+
+    from priors.ddpm_training import small_unet
+
+    folder = tmp_path / "ddpm"
+    small_unet(8, widths=(8, 16)).save_pretrained(folder)
+    DDPMScheduler(num_train_timesteps=1000, clip_sample=False).save_pretrained(folder / "scheduler")
+    out = tmp_path / "grads.json"
+    _run(["recipes/rtb_step_gradients.py", "--prior", str(folder), "--steps", "6", "--batch", "4", "--json", str(out)],
+         tmp_path)
+    result = json.loads(out.read_text())
+    assert len(result["gradient_norm"]) == len(result["step_variance"]) == 6
+    assert all(g > 0 for g in result["gradient_norm"])
+    assert result["frozen_final_steps_default"] == 2 and max(result["step_variance"][-2:]) < 1e-3
+
+
 def test_speed_recipe_contract(tmp_path):
     out = tmp_path / "speed.json"
     _run(["recipes/speed.py", "--target", "manywell", "--dim", "8", "--objective", "tb", "--iters", "3",
