@@ -59,18 +59,6 @@ class DiffusionPriorPath:
         return self.prior.log_prob_steps(states)
 
 
-class _FinalStepsFromPrior:
-    """Denoiser call that runs ``model`` at timesteps above ``last_trained`` and the prior's own
-    denoiser at or below it (a plain callable, so the prior's weights are not registered twice)."""
-
-    def __init__(self, model: nn.Module, prior_denoiser: nn.Module, last_trained: int) -> None:
-        self.model, self.prior_denoiser, self.last_trained = model, prior_denoiser, last_trained
-
-    def __call__(self, x: Tensor, t: Tensor):
-        # every state of one step shares its timestep (t is that value expanded to (B,))
-        return (self.model if int(t[0]) >= self.last_trained else self.prior_denoiser)(x, t)
-
-
 class DiffusionPosterior(nn.Module):
     """A fine-tuned copy of a diffusion prior's denoiser.
 
@@ -109,14 +97,9 @@ class DiffusionPosterior(nn.Module):
         """Number of leading steps run by the trainable model."""
         return self.prior.num_steps - self.frozen_final_steps
 
-    @property
-    def denoiser(self):
-        """What the sampler calls as ``denoiser(x, t)``: the trainable model, switching to the prior's
-        denoiser for the frozen final steps."""
-        if self.frozen_final_steps == 0:
-            return self.model
-        last_trained = int(self.prior.timesteps[self.trained_steps - 1])
-        return _FinalStepsFromPrior(self.model, self.prior.denoiser, last_trained)
+    def step_model(self, k: int) -> nn.Module:
+        """The denoiser of step k: the trainable model, or the prior's for a frozen final step."""
+        return self.model if k < self.trained_steps else self.prior.denoiser
 
     def _times(self, like: Tensor) -> Tensor:
         return torch.linspace(0.0, 1.0, self.prior.num_steps + 1, device=like.device, dtype=like.dtype)
@@ -128,8 +111,9 @@ class DiffusionPosterior(nn.Module):
         if explore < 0:
             raise ValueError(f"explore must be >= 0, got {explore}")
         device = device if device is not None else self.prior.alpha_t.device
-        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.denoiser, explore=explore,
-                                           device=device, dtype=dtype, return_log_probs=True)
+        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model,
+                                           model_steps=self.trained_steps, explore=explore, device=device,
+                                           dtype=dtype, return_log_probs=True)
         # with gradients a second pass builds the graph; without, the loop's log-probs are exact
         return self.score(states, path, track_gradients=track_gradients,
                           log_pf=None if track_gradients else log_pf)
@@ -145,11 +129,15 @@ class DiffusionPosterior(nn.Module):
               log_pf: Tensor | None = None) -> Trajectories:
         """Per-step posterior and prior log-densities and the terminal log-reward of given states
         (``log_pf``: the posterior's (N, B) log-densities if already known)."""
+        log_q = path.log_q_steps(states)
         if log_pf is None:
             with torch.set_grad_enabled(track_gradients):
-                log_pf = self.prior.log_prob_steps(states, model=self.denoiser, checkpoint_steps=self.checkpoint_steps)
+                log_pf = self.prior.log_prob_steps(states, model=self.model, steps=self.trained_steps,
+                                                   checkpoint_steps=self.checkpoint_steps)
+            if self.frozen_final_steps:  # the frozen steps are the prior's own: reuse its rows
+                log_pf = torch.cat([log_pf, log_q[self.trained_steps:]])
         return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
-                            log_q_steps=path.log_q_steps(states), log_reward=path.log_reward(states[-1]))
+                            log_q_steps=log_q, log_reward=path.log_reward(states[-1]))
 
 
 def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajectories, objective: Objective, *,

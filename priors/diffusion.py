@@ -160,10 +160,11 @@ class DiffusionPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, batch_size: int, *, generator: torch.Generator | None = None, model: nn.Module | None = None,
-               explore: float = 0.0, device: torch.device | str | None = None,
+               model_steps: int | None = None, explore: float = 0.0, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32, return_log_probs: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Ancestral trajectories (N + 1, B, *event_shape) under ``model`` (default: the prior),
-        with ``explore`` added to every step's variance (for off-policy exploration).
+        with ``explore`` added to every step's variance (for off-policy exploration). With
+        ``model_steps`` only the first that many steps use ``model``, the rest the prior's denoiser.
 
         With ``return_log_probs`` also the (N, B) per-step log-densities under the un-noised
         model (as :meth:`log_prob_steps` gives, without a second pass of the denoiser).
@@ -173,7 +174,7 @@ class DiffusionPrior(nn.Module):
         x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         states, rows = [x], []
         for k in range(self.num_steps):
-            mean = self.step_mean(x, k, model)
+            mean = self.step_mean(x, k, model if model_steps is None or k < model_steps else None)
             std = math.sqrt(float(self.step_var[k]) + explore)
             x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
             states.append(x)
@@ -185,19 +186,23 @@ class DiffusionPrior(nn.Module):
         rows[0] = rows[0] + self.initial_log_prob(states[0])
         return trajectories, torch.stack(rows)
 
-    def log_prob_steps(self, states: Tensor, model: nn.Module | None = None, *,
+    def log_prob_steps(self, states: Tensor, model: nn.Module | None = None, *, steps: int | None = None,
                        checkpoint_steps: bool = False) -> Tensor:
-        """(N, B) per-step log-densities of trajectories (N + 1, B, *event_shape); row 0
-        includes the start density log N(x_0; 0, I). With ``checkpoint_steps`` each step's
-        denoiser activations are recomputed in the backward pass (gradient checkpointing)."""
+        """(N, B) per-step log-densities of trajectories (N + 1, B, *event_shape), or only the first
+        ``steps`` rows ((steps, B)); row 0 includes the start density log N(x_0; 0, I). With
+        ``checkpoint_steps`` each step's denoiser activations are recomputed in the backward pass
+        (gradient checkpointing)."""
         def step(k: int) -> Tensor:
             return self.log_prob_step(states[k + 1], self.step_mean(states[k], k, model), k)
 
+        count = self.num_steps if steps is None else steps
+        if not 1 <= count <= self.num_steps:
+            raise ValueError(f"steps must be in [1, {self.num_steps}], got {steps}")
         if checkpoint_steps and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
-            rows = [checkpoint(step, k, use_reentrant=False) for k in range(self.num_steps)]
+            rows = [checkpoint(step, k, use_reentrant=False) for k in range(count)]
         else:
-            rows = [step(k) for k in range(self.num_steps)]
+            rows = [step(k) for k in range(count)]
         rows[0] = rows[0] + self.initial_log_prob(states[0])
         return torch.stack(rows)
 

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from posterior.checkpoint import write_json  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.factory import make_objective, make_sampler  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     metrics["w2_ratio"] = metrics["w2"] / metrics["w2_floor"]
     metrics["w2_ratio_each"] = [w / f for w, f in zip(w2_each, floor_each)]
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(metrics, out / "metrics.json")
     plot_samples(samples.cpu(), exact, out / "samples.png",
                  title=f"{args.method}: W2={metrics['w2']:.3f} (floor {metrics['w2_floor']:.3f})")
     print(json.dumps({k: metrics[k] for k in ("w2", "w2_floor", "w2_ratio", "max_weight_error", "prior_w2",

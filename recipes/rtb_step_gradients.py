@@ -12,7 +12,6 @@ other step's: the steps ``DiffusionPosterior(frozen_final_steps=...)`` keeps fro
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from posterior.checkpoint import write_json  # noqa: E402
 from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k, (t, v, g) in enumerate(zip(result["timesteps"], result["step_variance"], norms)):
         print(f"step {k}: timestep {t:4d}  variance {v:.2e}  |grad| {g:.3e}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(result, args.json)
     return result
 
 

@@ -95,7 +95,8 @@ def test_per_step_gradient_accumulation_is_exact(objective_name, frozen):
         return RelativeTrajectoryBalance(hinge=0.5 if objective_name == "rtb-hinge" else 0.0).double()
 
     g = torch.Generator().manual_seed(3)
-    states = prior.sample(16, generator=g, model=posterior.denoiser, dtype=torch.float64)
+    states = prior.sample(16, generator=g, model=posterior.model, model_steps=posterior.trained_steps,
+                          dtype=torch.float64)
     full_obj, step_obj = make_objective(), make_objective()
     full = posterior.score(states, path)
     full_obj.loss(full).backward()
@@ -128,8 +129,8 @@ def test_frozen_final_steps_run_the_prior_and_cancel_in_the_log_ratio():
     # the same noise through the frozen steps: the last two transitions are the prior's
     states = traj.states
     for k in (8, 9):
-        torch.testing.assert_close(prior.step_mean(states[k], k, posterior.denoiser), prior.step_mean(states[k], k))
-    assert not torch.allclose(prior.step_mean(states[7], 7, posterior.denoiser), prior.step_mean(states[7], 7))
+        torch.testing.assert_close(prior.step_mean(states[k], k, posterior.step_model(k)), prior.step_mean(states[k], k))
+    assert not torch.allclose(prior.step_mean(states[7], 7, posterior.step_model(7)), prior.step_mean(states[7], 7))
     with pytest.raises(ValueError, match="frozen_final_steps"):
         DiffusionPosterior(prior, frozen_final_steps=10)
 
