@@ -39,8 +39,9 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
 
 
 def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
-    """Set a generator's state from a checkpoint (CPU generators need a CPU state tensor)."""
-    generator.set_state(state.cpu() if generator.device.type == "cpu" else state)
+    """Set a generator's state from a checkpoint. ``set_state`` takes a CPU byte tensor for every
+    generator, CUDA ones included, while ``load(map_location=cuda)`` moves the saved state there."""
+    generator.set_state(state.to("cpu", torch.uint8))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -83,12 +83,13 @@ class DiffusionPrior(nn.Module):
         a_p = torch.cat([alphas[strided[1:]], torch.ones(1, dtype=torch.float64)])
         var = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
         var[-1] = 1 - a_t[-1]  # the final step: the forward noise variance instead of 0
-        self.register_buffer("timesteps", strided, persistent=False)
-        self.register_buffer("alpha_t", a_t, persistent=False)
-        self.register_buffer("alpha_prev", a_p, persistent=False)
-        self.register_buffer("step_var", var, persistent=False)
-        self.register_buffer("coef_x0", a_p.sqrt() * (1 - a_t / a_p) / (1 - a_t), persistent=False)
-        self.register_buffer("coef_xt", (a_t / a_p).sqrt() * (1 - a_p) / (1 - a_t), persistent=False)
+        # schedule buffers live where the denoiser does (``prior.to(...)`` moves both later)
+        device = next(iter(denoiser.parameters()), torch.empty(0)).device
+        buffers = {"timesteps": strided, "alpha_t": a_t, "alpha_prev": a_p, "step_var": var,
+                   "coef_x0": a_p.sqrt() * (1 - a_t / a_p) / (1 - a_t),
+                   "coef_xt": (a_t / a_p).sqrt() * (1 - a_p) / (1 - a_t)}
+        for name, value in buffers.items():
+            self.register_buffer(name, value.to(device), persistent=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, num_steps: int, **kwargs: Any) -> "DiffusionPrior":
@@ -112,14 +113,14 @@ class DiffusionPrior(nn.Module):
 
     # ------------------------------------------------------------------ per-step kernels
     def _b(self, value: Tensor, like: Tensor) -> Tensor:
-        return value.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+        return value.to(like).reshape((-1,) + (1,) * (like.ndim - 1))
 
     def predict_x0(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
         """x0_hat at step k (0 = first step from pure noise) for states x (B, *event_shape)."""
         model = self.denoiser if model is None else model
-        t = self.timesteps[k].expand(x.shape[0])
+        t = self.timesteps[k].to(x.device).expand(x.shape[0])
         out = _denoise(model, x, t)
-        a = self.alpha_t[k].to(x.dtype)
+        a = self.alpha_t[k].to(x)
         if self.prediction_type == "epsilon":
             x0 = (x - (1 - a).sqrt() * out) / a.sqrt()
         elif self.prediction_type == "v_prediction":
@@ -131,7 +132,7 @@ class DiffusionPrior(nn.Module):
     def step_mean(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
         """Mean of the step-k transition from x (B, *event_shape)."""
         x0 = self.predict_x0(x, k, model)
-        return self.coef_x0[k].to(x.dtype) * x0 + self.coef_xt[k].to(x.dtype) * x
+        return self.coef_x0[k].to(x) * x0 + self.coef_xt[k].to(x) * x
 
     def final_steps_below(self, variance: float) -> int:
         """How many trailing steps of the schedule have a transition variance below ``variance``
@@ -225,7 +226,7 @@ class DiffusionPrior(nn.Module):
         x = z
         for k in range(self.num_steps):
             x0 = self.predict_x0(x, k, model)
-            a_t, a_p = self.alpha_t[k].to(x.dtype), self.alpha_prev[k].to(x.dtype)
+            a_t, a_p = self.alpha_t[k].to(x), self.alpha_prev[k].to(x)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             x = a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps
         return x

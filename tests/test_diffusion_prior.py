@@ -175,3 +175,15 @@ def test_log_probs_recorded_while_sampling_equal_a_second_pass():
     states, log_p = prior.sample(10, generator=torch.Generator().manual_seed(0), dtype=torch.float64,
                                  explore=0.3, return_log_probs=True)
     torch.testing.assert_close(log_p, prior.log_prob_steps(states), rtol=1e-12, atol=1e-12)
+
+
+def test_schedule_buffers_follow_the_denoiser_device():
+    """A prior built around a denoiser on another device (here "meta", standing in for CUDA) keeps
+    its schedule there, so a step runs without mixing devices (the time embedding's input too)."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser().to("meta"), scheduler, 10, (3,))
+    assert {b.device.type for b in prior.buffers()} == {"meta"}
+    x = torch.empty(4, 3, dtype=torch.float64, device="meta")
+    mean = prior.step_mean(x, 3)
+    assert mean.device.type == "meta" and mean.shape == (4, 3)
+    assert prior.log_prob_step(mean, mean, 3).shape == (4,)
