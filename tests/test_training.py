@@ -102,3 +102,41 @@ def test_non_finite_gradient_names_the_parameter():
     weight.register_hook(lambda g: torch.full_like(g, math.inf))
     with pytest.raises(FloatingPointError, match="policy.state_embed.weight"):
         trainer.step()
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_variance_warmup_holds_the_learned_variance_then_releases_it(conditional):
+    """For ``variance_warmup`` iterations the log-variance rows of the output layer stay exactly at
+    their (zero) initialization while the drift rows move; afterwards both learn."""
+    torch.manual_seed(0)
+    target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.3, 1.0]))
+    config = TrainingConfig(iterations=6, batch_size=16, steps=8, variance_warmup=4, seed=1)
+    if conditional:
+        from posterior.fit import ConditionalTrainer
+        from posterior.conditional_sampler import build_conditional_sampler
+        from posterior.objectives import VarGrad
+
+        class Shifted:
+            dim = 2
+
+            def log_reward(self, x, y):
+                return target.log_reward(x - y)
+
+        model = build_conditional_sampler(dim=2, reward=Shifted(), sigma2=1.0, cond_shape=(2,), encoder="mlp",
+                                          learn_variance=True)
+        trainer = ConditionalTrainer(model, VarGrad(group_size=4), torch.randn(10, 2), config, 4)
+        out = model.sampler.policy.joint[-1]
+    else:
+        sampler = make_sampler(2, 1.0, learn_variance=True)
+        trainer = Trainer(sampler, make_objective("tb", BoltzmannPath(target, sampler.reference)),
+                          BoltzmannPath(target, sampler.reference), config)
+        out = sampler.policy.joint[-1]
+    for _ in range(4):
+        trainer.step()
+        trainer.iteration += 1
+    assert torch.equal(out.weight[2:], torch.zeros_like(out.weight[2:])) and torch.equal(out.bias[2:], torch.zeros(2))
+    assert out.weight[:2].abs().sum() > 0
+    trainer.step()
+    assert out.weight[2:].abs().sum() > 0
+    with pytest.raises(ValueError, match="variance_warmup"):
+        TrainingConfig(variance_warmup=-1)
