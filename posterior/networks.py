@@ -126,16 +126,6 @@ class PISPolicy(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.constant_(last.bias, 0.01)
 
-    def zero_log_variance_grad(self) -> None:
-        """Zero the gradient of the log-variance output (the last layer's rows d..2d), so that an
-        optimizer step leaves the learned variance where it is (no-op without learned variance)."""
-        if not self.learn_variance:
-            return
-        out = self.joint[-1]
-        for p in (out.weight, out.bias):
-            if p.grad is not None:
-                p.grad[self.dim:] = 0
-
     @property
     def out_dim(self) -> int:
         return 2 * self.dim if self.learn_variance else self.dim

@@ -17,7 +17,6 @@ from .grids import random_grid, uniform_grid
 from .buffer_training import ReplayTraining
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
-from .networks import PISPolicy
 from .sampler import DiffusionSampler
 
 
@@ -38,10 +37,6 @@ class TrainingConfig:
         explore: extra sampling variance per unit time at iteration 0, decayed linearly.
         explore_horizon: iterations over which exploration decays (None: all of training).
         grad_clip: clip the global gradient norm (None: off).
-        variance_warmup: with a learned variance, iterations during which it stays at its initial
-            value (sigma2) while the drift learns. Without it, many-step samplers (T = 128 on
-            25GMM) drive the log-variance to its lower bound within ~50 iterations, where tanh
-            saturates and the sampler collapses onto the central modes.
         seed: seeds the noise generator (the same seed gives the same run).
         checkpoint_every: write a checkpoint every this many iterations (0: never).
     """
@@ -58,7 +53,6 @@ class TrainingConfig:
     explore: float = 0.0
     explore_horizon: int | None = None
     grad_clip: float | None = None
-    variance_warmup: int = 0
     seed: int = 0
     checkpoint_every: int = 0
 
@@ -68,8 +62,6 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.explore < 0:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
-        if self.variance_warmup < 0:
-            raise ValueError(f"variance_warmup must be >= 0, got {self.variance_warmup}")
         if self.train_grid not in ("uniform", "random"):
             raise ValueError(f"train_grid must be 'uniform' or 'random', got {self.train_grid!r}")
         if self.steps_max is not None and (self.train_grid != "random" or self.steps_max < self.steps):
@@ -162,8 +154,6 @@ class Trainer:
         self._check_gradients()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._all_parameters(), self.config.grad_clip)
-        if self.iteration < self.config.variance_warmup:
-            self.policy.zero_log_variance_grad()
         self.optimizer.step()
         self.last_samples = traj.samples.detach()
         log_z_batch = float(traj.log_weight.detach().mean())
@@ -201,11 +191,6 @@ class Trainer:
                                       device=self.generator.device))
         return random_grid(steps, low=cfg.grid_low, high=cfg.grid_high, generator=self.generator,
                            device=self.device, dtype=self.dtype)
-
-    @property
-    def policy(self) -> PISPolicy:
-        """The policy network being trained."""
-        return self.sampler.policy
 
     def _all_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -49,8 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-range", type=float, default=4.0,
                    help="learned log-variance within ± this of log sigma2")
-    p.add_argument("--variance-warmup", type=int, default=0,
-                   help="with --learn-variance: iterations before the variance starts learning")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default: off)")
     p.add_argument("--noising", choices=NOISING, default="brownian",
                    help="reference process: Brownian bridge pinned at 0, or variance-preserving OU")
@@ -121,8 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                             train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
-                            checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip,
-                            variance_warmup=args.variance_warmup)
+                            checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip)
     replay = None
     if args.buffer != "none" or args.local_search or args.teacher:
         replay_config = ReplayConfig(
@@ -159,7 +156,6 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {
         "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
-        "variance_warmup": args.variance_warmup,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
