@@ -17,6 +17,7 @@ from .buffer_training import ReplayConfig, ReplayTraining
 from .objectives import TrajectoryBalance, VarGrad
 from .objectives.log_partition import ConditionalLogZ
 from .objectives.base import Objective
+from .networks import PISPolicy
 from .path_target import BoltzmannPath
 from .training import Trainer, TrainingConfig
 from .trajectories import Trajectories
@@ -37,6 +38,10 @@ class ConditionalTrainer(Trainer):
         super().__init__(model, objective, None, config, checkpoint_path, gradient_sync, replay=replay)
         self.conditions = conditions
         self.samples_per_condition = int(samples_per_condition)
+
+    @property
+    def policy(self) -> PISPolicy:
+        return self.sampler.sampler.policy
 
     def trajectories(self, explore: float) -> Trajectories:
         y = None
@@ -118,7 +123,8 @@ def _validate(reward: Any, conditions: Tensor | None, device: torch.device) -> N
 def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, objective: str = "vargrad",
         space: str = "noise",
         iterations: int = 5000, batch_size: int = 32, samples_per_condition: int = 10, steps: int = 100,
-        sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, explore: float = 0.0,
+        sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, log_var_lr_scale: float = 1.0,
+        explore: float = 0.0,
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
         lr_policy: float = 1e-3, lr_flow: float | None = None, seed: int = 0,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
@@ -143,6 +149,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             "fl-subtb", "pis".
         batch_size: conditions per iteration; ``samples_per_condition`` trajectories each.
         encoder: "mlp", "cnn" or "auto" (cnn for image-shaped conditions).
+        log_var_lr_scale: with ``learn_variance``, the log-variance's learning rate relative to
+            ``lr_policy`` (see :class:`posterior.training.TrainingConfig`).
         checkpoint_dir: folder for ``checkpoint.pt`` every ``checkpoint_every`` iterations;
             ``resume=True`` continues the same run from it.
         process_index, gradient_sync: for data-parallel training (one call per process): every
@@ -184,7 +192,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                           samples_per_condition=samples_per_condition, hidden=hidden).to(device)
     config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
                             lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
-                            explore=explore, seed=seed + 1_000_003 * process_index,
+                            explore=explore, log_var_lr_scale=log_var_lr_scale,
+                            seed=seed + 1_000_003 * process_index,
                             checkpoint_every=checkpoint_every)
     name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"
     ckpt = Path(checkpoint_dir) / name if checkpoint_dir is not None else None

@@ -126,6 +126,15 @@ class PISPolicy(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.constant_(last.bias, 0.01)
 
+    def log_variance_rows(self) -> list[torch.Tensor]:
+        """Views (sharing storage, outside autograd) of the parameters that produce the raw
+        log-variance: the last layer's rows d..2d of weight (d, hidden) and bias (d,). Empty
+        without a learned variance."""
+        if not self.learn_variance:
+            return []
+        out = self.joint[-1]
+        return [out.weight.detach()[self.dim:], out.bias.detach()[self.dim:]]
+
     @property
     def out_dim(self) -> int:
         return 2 * self.dim if self.learn_variance else self.dim

@@ -1,11 +1,11 @@
 """log Ẑ against the number of steps T for fixed and learned forward variance (25GMM, TB + Expl).
 
     python recipes/variance_sweep.py --out runs/issue3 [--steps 8,16,32,64,128] [--iters 3000]
-        [--log-var-ranges 4,1] [--no-run]
+        [--log-var-ranges 4,1] [--log-var-lr-scales 1,0.1] [--no-run]
 
 Runs (or, with --no-run, only reads) OUT/gmm25-sweep-T<T>-fixed and, for every learned log-variance
-range R, OUT/gmm25-sweep-T<T>-learned (R = 4, the default) or -learned-r<R> with recipes/boltzmann.py,
-and writes OUT/variance_sweep.png and OUT/variance_sweep.json.
+range R and log-variance learning-rate scale S, OUT/gmm25-sweep-T<T>-learned (R = 4, the default)
+or -learned-r<R>, with the suffix -lr<S> when S != 1, with recipes/boltzmann.py, and writes OUT/variance_sweep.png and OUT/variance_sweep.json.
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--log-var-ranges", default="4",
                    help="learned variance: comma-separated ranges of the log-variance around log sigma2")
+    p.add_argument("--log-var-lr-scales", default="1",
+                   help="learned variance: comma-separated learning-rate scales of the log-variance rows")
     p.add_argument("--no-run", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
     steps = [int(s) for s in args.steps.split(",")]
     ranges = [float(r) for r in args.log_var_ranges.split(",") if r]
-    learned = {("learned" if r == 4.0 else f"learned-r{r:g}"): r for r in ranges}
+    scales = [float(s) for s in args.log_var_lr_scales.split(",") if s]
+    learned = {("learned" if r == 4.0 else f"learned-r{r:g}") + ("" if s == 1.0 else f"-lr{s:g}"): (r, s)
+               for r in ranges for s in scales}
     rows: dict = {"fixed": {}, **{kind: {} for kind in learned}}
     for t in steps:
         for kind in rows:
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "--objective", "tb", "--explore", "0.2", "--steps", str(t), "--iters", str(args.iters),
                        "--seed", str(args.seed), "--eval-samples", str(args.eval_samples), "--threads", "1", "--no-progress", "--resume", "--out", str(run)]
                 if kind in learned:
-                    cmd += ["--learn-variance", "--log-var-range", str(learned[kind])]
+                    r, s = learned[kind]
+                    cmd += ["--learn-variance", "--log-var-range", str(r), "--log-var-lr-scale", str(s)]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             if (run / "metrics.json").exists():
                 m = json.loads((run / "metrics.json").read_text())
@@ -53,9 +58,13 @@ def main(argv: list[str] | None = None) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for kind, style in zip(rows, ("o-", "s-", "^-", "v-", "d-")):
+    for kind, style in zip(rows, ("o-", "s-", "^-", "v-", "d-", "P-", "X-", "*-")):
         ts = sorted(rows[kind])
-        label = "fixed variance" if kind == "fixed" else f"learned variance (log range ±{learned[kind]:g})"
+        if kind == "fixed":
+            label = "fixed variance"
+        else:
+            r, s = learned[kind]
+            label = f"learned variance (log range ±{r:g}" + ("" if s == 1.0 else f", log-variance lr × {s:g}") + ")"
         if ts:
             ax.plot(ts, [rows[kind][t]["log_z_elbo"] for t in ts], style, label=label)
     ax.set_xscale("log", base=2)

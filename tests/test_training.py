@@ -102,3 +102,50 @@ def test_non_finite_gradient_names_the_parameter():
     weight.register_hook(lambda g: torch.full_like(g, math.inf))
     with pytest.raises(FloatingPointError, match="policy.state_embed.weight"):
         trainer.step()
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_log_variance_rows_take_scaled_steps(conditional):
+    """With ``log_var_lr_scale`` = s, a step moves the log-variance rows of the output layer by
+    exactly s times the step they take at s = 1 from the same state (Adam's update is elementwise),
+    and leaves every other parameter's step unchanged."""
+    target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.3, 1.0]))
+
+    def one_step(scale):
+        torch.manual_seed(0)
+        config = TrainingConfig(iterations=3, batch_size=16, steps=8, log_var_lr_scale=scale, seed=1)
+        if conditional:
+            from posterior.conditional_sampler import build_conditional_sampler
+            from posterior.fit import ConditionalTrainer
+            from posterior.objectives import VarGrad
+
+            class Shifted:
+                dim = 2
+
+                def log_reward(self, x, y):
+                    return target.log_reward(x - y)
+
+            model = build_conditional_sampler(dim=2, reward=Shifted(), sigma2=1.0, cond_shape=(2,), encoder="mlp",
+                                              learn_variance=True)
+            trainer = ConditionalTrainer(model, VarGrad(group_size=4), torch.randn(10, 2), config, 4)
+        else:
+            model = make_sampler(2, 1.0, learn_variance=True)
+            path = BoltzmannPath(target, model.reference)
+            trainer = Trainer(model, make_objective("tb", path), path, config)
+        before = [p.detach().clone() for p in model.parameters()]
+        trainer.step()
+        return [p.detach() - b for p, b in zip(model.parameters(), before)]
+
+    full, scaled = one_step(1.0), one_step(0.25)
+    n = 0
+    for d_full, d_scaled in zip(full, scaled):
+        if d_full.shape in ((4, 64), (4,)):  # the output layer: drift rows 0..1, log-variance rows 2..3
+            torch.testing.assert_close(d_scaled[:2], d_full[:2])
+            torch.testing.assert_close(d_scaled[2:], 0.25 * d_full[2:])
+            assert d_full[2:].abs().sum() > 0
+            n += 1
+        else:
+            torch.testing.assert_close(d_scaled, d_full)
+    assert n == 2
+    with pytest.raises(ValueError, match="log_var_lr_scale"):
+        TrainingConfig(log_var_lr_scale=0.0)
