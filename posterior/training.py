@@ -43,7 +43,8 @@ class TrainingConfig:
             learning rate ``lr_policy * log_var_lr_scale`` for them). At 1 (the paper's setting)
             the TB gradient drives the log-variance of many-step samplers (25GMM, T >= 32 with
             range ±4, T = 128 with ±1) to its lower bound within tens of iterations, where tanh
-            saturates and the sampler collapses; 0.1 keeps T = 64 with range ±4 stable.
+            saturates and the sampler collapses; 0.1 keeps T <= 64 with range ±4 stable, T = 128
+            needs 0.01.
         seed: seeds the noise generator (the same seed gives the same run).
         checkpoint_every: write a checkpoint every this many iterations (0: never).
     """
