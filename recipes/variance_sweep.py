@@ -5,7 +5,8 @@
 
 Runs (or, with --no-run, only reads) OUT/gmm25-sweep-T<T>-fixed and, for every learned log-variance
 range R and log-variance learning-rate scale S, OUT/gmm25-sweep-T<T>-learned (R = 4, the default)
-or -learned-r<R>, with the suffix -lr<S> when S != 1, with recipes/boltzmann.py, and writes OUT/variance_sweep.png and OUT/variance_sweep.json.
+or -learned-r<R>, with the suffix -lr<S> when S != 1, with recipes/boltzmann.py, and writes
+OUT/variance_sweep.png and OUT/variance_sweep.json.
 """
 
 from __future__ import annotations
