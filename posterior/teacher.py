@@ -7,9 +7,12 @@ The student's TB residual at a terminal state x is measured on a backward trajec
 negative where the student under-samples x (its path density is below the target's). The
 teacher's reward grows with the squared residual and weights under-sampled states more,
 
-    log R_T(x) = log(eps + (1 + C * 1[delta(x) < 0]) * delta(x)^2),
+    log R_T(x) = log(eps + (1 + C * 1[delta(x) < 0]) * delta(x)^2) + alpha * log R(x),
 
-and the teacher's samples go into the student's replay buffer, from which the student makes its
+where R is the student's target reward. With alpha = 0 the teacher chases the largest residuals
+wherever they are, including far from any target mass, where the student's relative error is
+largest but a sample teaches it nothing useful; alpha > 0 (the adaptive-teacher paper's reward
+factor R^alpha) keeps the teacher on the target's support. The teacher's samples go into the student's replay buffer, from which the student makes its
 backward updates. The student's log Z is its TB estimate (or, for objectives without one, the
 ELBO of the last forward batch).
 """
@@ -39,20 +42,24 @@ class StudentResidualReward:
         steps: grid size of the backward trajectories that measure the residual.
         under_weight: C, extra weight where the student under-samples (delta < 0).
         eps: floor of the reward (keeps log R_T finite where the student is exact).
+        target_power: alpha, exponent of the target reward R(x) multiplying the teacher's reward
+            (>= 0; a target reward of zero is then a teacher reward of zero).
         log_z_fallback: called when the objective has no log Z estimate.
         seed: seeds the backward-trajectory noise.
     """
 
     def __init__(self, student: DiffusionSampler, student_objective: Objective, student_path: BoltzmannPath, *,
-                 steps: int = 100, under_weight: float = 19.0, eps: float = 1e-3,
+                 steps: int = 100, under_weight: float = 19.0, eps: float = 1e-3, target_power: float = 0.0,
                  log_z_fallback: Callable[[], float] | None = None, seed: int = 0) -> None:
         if under_weight < 0 or eps <= 0:
             raise ValueError(f"need under_weight >= 0 and eps > 0, got {under_weight} and {eps}")
+        if not target_power >= 0:
+            raise ValueError(f"target_power must be >= 0, got {target_power}")
         self.student, self.objective, self.path = student, student_objective, student_path
         self.dim = student_path.dim
         param = next(student.parameters())
         self.times = uniform_grid(steps, device=param.device, dtype=param.dtype)
-        self.under_weight, self.eps = float(under_weight), float(eps)
+        self.under_weight, self.eps, self.target_power = float(under_weight), float(eps), float(target_power)
         self.log_z_fallback = log_z_fallback
         self.generator = torch.Generator(device=param.device).manual_seed(seed)
 
@@ -63,17 +70,24 @@ class StudentResidualReward:
         return float(value)
 
     @torch.no_grad()
-    def residual(self, x: Tensor) -> Tensor:
-        """(B,) student residual delta at terminal states x (B, d)."""
+    def residual_and_log_reward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Student residual delta (B,) and target log-reward log R (B,) at terminal states x (B, d)."""
         traj = self.student.backward_trajectories(x, self.times, self.path, generator=self.generator,
                                                   track_gradients=False)
-        return self.student_log_z() + traj.log_pf - self.objective.log_q(traj)
+        return self.student_log_z() + traj.log_pf - self.objective.log_q(traj), traj.log_reward
+
+    def residual(self, x: Tensor) -> Tensor:
+        """(B,) student residual delta at terminal states x (B, d)."""
+        return self.residual_and_log_reward(x)[0]
 
     def log_reward(self, x: Tensor) -> Tensor:
         """(B,) log R_T(x)."""
-        delta = self.residual(x)
+        delta, log_r = self.residual_and_log_reward(x)
         weight = 1.0 + self.under_weight * (delta < 0).to(delta.dtype)
-        return torch.log(self.eps + weight * delta * delta)
+        log_r_teacher = torch.log(self.eps + weight * delta * delta)
+        if self.target_power == 0:
+            return log_r_teacher
+        return log_r_teacher + self.target_power * log_r
 
     def grad_log_reward(self, x: Tensor) -> Tensor:
         raise NotImplementedError("the teacher's reward has no cheap gradient: train the teacher without "
@@ -108,11 +122,13 @@ class AdaptiveTeacher:
 
 def make_teacher(student: DiffusionSampler, student_objective: Objective, student_path: BoltzmannPath,
                  teacher: DiffusionSampler, teacher_objective: Objective, config, *,
-                 under_weight: float = 19.0, log_z_fallback: Callable[[], float] | None = None) -> AdaptiveTeacher:
+                 under_weight: float = 19.0, target_power: float = 0.0,
+                 log_z_fallback: Callable[[], float] | None = None) -> AdaptiveTeacher:
     """Wire a teacher sampler and its TB objective to a student (``config``: the teacher's
     :class:`TrainingConfig`, e.g. the student's with another seed)."""
     reward = StudentResidualReward(student, student_objective, student_path, steps=config.steps,
-                                   under_weight=under_weight, log_z_fallback=log_z_fallback,
+                                   under_weight=under_weight, target_power=target_power,
+                                   log_z_fallback=log_z_fallback,
                                    seed=config.seed + 1)
     path = BoltzmannPath(reward, teacher.reference)
     return AdaptiveTeacher(Trainer(teacher, teacher_objective, path, config))

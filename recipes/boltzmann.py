@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="adaptive teacher (TB sampler rewarded by the student's residual) feeding the buffer")
     p.add_argument("--teacher-weight", type=float, default=19.0,
                    help="C: extra teacher reward weight where the student under-samples")
+    p.add_argument("--teacher-target-power", type=float, default=0.0,
+                   help="alpha: the teacher's reward is multiplied by R(x)^alpha (keeps it on the target's support)")
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
     p.add_argument("--subtb-lambda", type=float, default=2.0)
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
-        "local_search": args.local_search, "teacher": args.teacher, "train_grid": args.train_grid, "eval_steps": eval_steps,
+        "local_search": args.local_search, "teacher": args.teacher,
+        "teacher_target_power": args.teacher_target_power if args.teacher else None, "train_grid": args.train_grid, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
         "iters": trainer.iteration, "seconds_per_iter": history.median_seconds(),
         "seconds_total": seconds_total, "train_wall_seconds_this_run": train_seconds,
@@ -206,7 +209,7 @@ def build_teacher(args: argparse.Namespace, target, sampler, objective, path, co
     teacher = make_sampler(target.dim, target.reference_variance, noising=args.noising).to(device)
     teacher_config = replace(config, seed=config.seed + 7919, checkpoint_every=0)
     return make_teacher(sampler, objective, path, teacher, make_objective("tb", None, dim=target.dim).to(device),
-                        teacher_config, under_weight=args.teacher_weight,
+                        teacher_config, under_weight=args.teacher_weight, target_power=args.teacher_target_power,
                         log_z_fallback=lambda: (trainer.history.log_z_batch[-1] if trainer.history.log_z_batch
                                                 else 0.0))
 

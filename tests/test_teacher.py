@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from constraints import GaussianTarget
@@ -73,3 +74,27 @@ def test_teacher_feeds_the_student_buffer_and_resumes_exactly(tmp_path):
     teacher_b = resumed.replay.teacher.trainer.sampler.state_dict().values()
     for a, b in zip(teacher_a, teacher_b):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_teacher_target_power_multiplies_the_reward_by_a_power_of_the_target():
+    """log R_T with alpha = log R_T with alpha = 0 + alpha * log R(x), the same residual draw;
+    a zero target density is a zero teacher reward (no NaN from inf - inf)."""
+    sampler, objective, path, target = _student()
+    x = torch.linspace(-3, 5, 17, dtype=torch.float64)[:, None]
+    plain = StudentResidualReward(sampler, objective, path, steps=10, seed=3).log_reward(x)
+    powered = StudentResidualReward(sampler, objective, path, steps=10, seed=3, target_power=0.5).log_reward(x)
+    torch.testing.assert_close(powered, plain + 0.5 * target.log_reward(x))
+    # largest weight moves from the far tail (huge relative error) towards the target's mass
+    assert abs(float(x[int(torch.argmax(powered)), 0]) - 2.0) < abs(float(x[int(torch.argmax(plain)), 0]) - 2.0)
+
+    class Truncated(GaussianTarget):
+        def log_reward(self, x):
+            return torch.where(x[:, 0] > 4.0, torch.full_like(x[:, 0], float("-inf")), super().log_reward(x))
+
+    truncated = Truncated(mean=torch.tensor([2.0], dtype=torch.float64), std=torch.tensor([0.5], dtype=torch.float64))
+    cut_path = BoltzmannPath(truncated, sampler.reference)
+    values = StudentResidualReward(sampler, objective, cut_path, steps=10, target_power=1.0).log_reward(x)
+    assert not torch.isnan(values).any()
+    assert torch.isneginf(values[x[:, 0] > 4.0]).all() and torch.isfinite(values[x[:, 0] <= 4.0]).all()
+    with pytest.raises(ValueError, match="target_power"):
+        StudentResidualReward(sampler, objective, path, target_power=-1.0)
