@@ -45,6 +45,12 @@ class TrainingConfig:
             range ±4, T = 128 with ±1) to its lower bound within tens of iterations, where tanh
             saturates and the sampler collapses; 0.1 keeps T <= 64 with range ±4 stable, T = 128
             needs 0.01.
+        log_z_init: "zero" keeps the objective's initial log Z (0, the paper's); "batch" sets it
+            from the first training batch, mean(log Q - log p_F), before the first step (TB only).
+            TB's gradient contains mean(delta) * mean(d log p_F / d theta); under exploration the
+            second factor is not zero (for the log-variance it grows with T * d * explore), so
+            while log Z lags behind the batch (it moves at most ``lr_flow`` per step) a learned
+            variance is pushed to its bound. Starting log Z at the batch estimate removes that lag.
         seed: seeds the noise generator (the same seed gives the same run).
         checkpoint_every: write a checkpoint every this many iterations (0: never).
     """
@@ -62,6 +68,7 @@ class TrainingConfig:
     explore_horizon: int | None = None
     grad_clip: float | None = None
     log_var_lr_scale: float = 1.0
+    log_z_init: str = "zero"
     seed: int = 0
     checkpoint_every: int = 0
 
@@ -73,6 +80,8 @@ class TrainingConfig:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
         if not self.log_var_lr_scale > 0:
             raise ValueError(f"log_var_lr_scale must be > 0, got {self.log_var_lr_scale}")
+        if self.log_z_init not in ("zero", "batch"):
+            raise ValueError(f"log_z_init must be 'zero' or 'batch', got {self.log_z_init!r}")
         if self.train_grid not in ("uniform", "random"):
             raise ValueError(f"train_grid must be 'uniform' or 'random', got {self.train_grid!r}")
         if self.steps_max is not None and (self.train_grid != "random" or self.steps_max < self.steps):
@@ -117,6 +126,9 @@ class Trainer:
         if replay is not None and objective.differentiable:
             raise ValueError("a replay buffer needs an off-policy objective (tb, vargrad, subtb, fl-subtb), "
                              "not a simulation-based one")
+        if config.log_z_init == "batch" and type(objective).warm_start_log_z is Objective.warm_start_log_z:
+            raise ValueError(f"log_z_init='batch' needs an objective with a learned scalar log Z (tb), "
+                             f"got {type(objective).__name__}")
         self.sampler, self.objective, self.path, self.config = sampler, objective, path, config
         self.replay = replay
         param = next(sampler.parameters())
@@ -152,6 +164,8 @@ class Trainer:
             traj = self.trajectories(explore)
             if self.replay is not None:
                 self.replay.observe(traj, self.batch_conditions)
+        if self.iteration == 0 and self.config.log_z_init == "batch":
+            self.objective.warm_start_log_z(traj, average=self._mean_across_processes)
         loss = self.objective.loss(traj)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -169,6 +183,15 @@ class Trainer:
         self.last_samples = traj.samples.detach()
         log_z_batch = float(traj.log_weight.detach().mean())
         return float(loss.detach()), log_z_batch
+
+    def _mean_across_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of a local tensor over data-parallel processes (through ``gradient_sync``)."""
+        if self.gradient_sync is None:
+            return value
+        carrier = torch.nn.Parameter(torch.zeros_like(value))
+        carrier.grad = value.clone()
+        self.gradient_sync([carrier])
+        return carrier.grad
 
     # hooks that conditional training overrides
     batch_conditions = None  # conditions (B, *cond_shape) of the last forward batch, for the buffer

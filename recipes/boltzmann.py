@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-var-lr-scale", type=float, default=1.0,
                    help="with --learn-variance: the log-variance's learning rate relative to --lr-policy "
                         "(1: the paper's; 0.1 keeps many-step samplers stable)")
+    p.add_argument("--log-z-init", choices=("zero", "batch"), default="zero",
+                   help="TB: start log Z at 0 (the paper's) or at the first batch's estimate (keeps a learned "
+                        "variance from running away under exploration)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default: off)")
     p.add_argument("--noising", choices=NOISING, default="brownian",
                    help="reference process: Brownian bridge pinned at 0, or variance-preserving OU")
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip,
-                            log_var_lr_scale=args.log_var_lr_scale)
+                            log_var_lr_scale=args.log_var_lr_scale, log_z_init=args.log_z_init)
     replay = None
     if args.buffer != "none" or args.local_search or args.teacher:
         replay_config = ReplayConfig(
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {
         "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
-        "log_var_lr_scale": args.log_var_lr_scale,
+        "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",

@@ -6,6 +6,7 @@ import torch
 from constraints import GaussianTarget
 from posterior.evaluation import evaluate
 from posterior.factory import make_objective, make_sampler
+from posterior.objectives.log_partition import ConditionalLogZ
 from posterior.path_target import BoltzmannPath
 from posterior.training import Trainer, TrainingConfig
 
@@ -149,3 +150,47 @@ def test_log_variance_rows_take_scaled_steps(conditional):
     assert n == 2
     with pytest.raises(ValueError, match="log_var_lr_scale"):
         TrainingConfig(log_var_lr_scale=0.0)
+
+
+def _shifted_gaussian_trainer(log_z_init: str, objective: str = "tb") -> Trainer:
+    """A target with log Z = 20, far from TB's initial log Z of 0."""
+    sampler = make_sampler(2, 1.0)
+    target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]), log_scale=20.0)
+    path = BoltzmannPath(target, sampler.reference)
+    config = TrainingConfig(iterations=1, batch_size=64, steps=10, explore=0.5, log_z_init=log_z_init, seed=3)
+    return Trainer(sampler, make_objective(objective, path), path, config)
+
+
+def test_log_z_batch_init_zeroes_the_first_batch_mean_residual():
+    """With log_z_init='batch', TB's log Z starts at mean(log Q - log p_F) of the first batch (one
+    Adam step of lr_flow = 0.1 later it is within 0.1 of it); with 'zero' it stays near 0."""
+    warm, cold = _shifted_gaussian_trainer("batch"), _shifted_gaussian_trainer("zero")
+    _, warm_batch_elbo = warm.step()
+    _, cold_batch_elbo = cold.step()
+    assert warm_batch_elbo == pytest.approx(cold_batch_elbo)  # same seed: the same first batch
+    assert abs(warm.objective.log_z() - warm_batch_elbo) <= 0.1 + 1e-6
+    assert abs(cold.objective.log_z()) <= 0.1 + 1e-6 and abs(cold_batch_elbo) > 2.0
+
+
+def test_tb_warm_start_sets_the_offset_that_zeroes_the_mean_residual():
+    trainer = _shifted_gaussian_trainer("batch")
+    traj = trainer.trajectories(0.5)
+    objective = trainer.objective
+    objective.warm_start_log_z(traj)
+    residual = (objective.log_z_of(traj) + objective.residual(traj)).detach()
+    assert abs(float(residual.mean())) < 1e-4
+    # a conditional head: the shared offset absorbs the batch mean of head + residual
+    head = ConditionalLogZ(hidden=4)
+    torch.nn.init.normal_(head.net[-1].weight, generator=torch.Generator().manual_seed(0))
+    conditional = type(objective)(conditional_log_z=head)
+    traj.context = torch.randn(traj.log_reward.shape[0], 4, generator=torch.Generator().manual_seed(1))
+    conditional.warm_start_log_z(traj, average=lambda v: v)
+    residual = (conditional.log_z_of(traj) + conditional.residual(traj)).detach()
+    assert abs(float(residual.mean())) < 1e-4 and float(residual.std()) > 0
+
+
+def test_log_z_batch_init_needs_a_learned_scalar_log_z():
+    with pytest.raises(ValueError, match="log_z_init='batch'.*VarGrad"):
+        _shifted_gaussian_trainer("batch", objective="vargrad")
+    with pytest.raises(ValueError, match="log_z_init"):
+        TrainingConfig(log_z_init="first")

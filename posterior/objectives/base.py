@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import Tensor, nn
 
 from ..trajectories import Trajectories
@@ -39,6 +41,13 @@ class Objective(nn.Module):
     def log_z(self) -> float | None:
         """The objective's own estimate of log Z (learned), if it has one."""
         return None
+
+    def warm_start_log_z(self, traj: Trajectories, average: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Set the learned log Z to the batch's estimate mean(log Q - log p_F) (objectives with one).
+
+        ``average`` maps the local scalar estimate to its mean across data-parallel processes.
+        """
+        raise ValueError(f"{type(self).__name__} has no learned scalar log Z to warm-start")
 
     def flow_parameters(self) -> list[nn.Parameter]:
         """Parameters trained with the flow / log Z learning rate."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import Tensor
 
 from ..trajectories import Trajectories
@@ -31,6 +34,16 @@ class TrajectoryBalance(Objective):
                 raise ValueError("conditional TB needs trajectories with a condition context")
             return self.conditional_log_z(traj.context) + self.log_z_param
         return self.log_z_param
+
+    @torch.no_grad()
+    def warm_start_log_z(self, traj: Trajectories, average: Callable[[Tensor], Tensor] | None = None) -> None:
+        """log Z <- mean over the batch of log Q - log p_F (minus the conditional head, if any):
+        the value that zeroes the batch's mean residual."""
+        offset = -self.residual(traj)
+        if self.conditional_log_z is not None:
+            offset = offset - self.log_z_of(traj) + self.log_z_param
+        value = offset.mean()
+        self.log_z_param.fill_(average(value) if average is not None else value)
 
     def loss(self, traj: Trajectories) -> Tensor:
         residual = self.log_z_of(traj) + self.residual(traj)
