@@ -1,17 +1,19 @@
 """log Ẑ against the number of steps T for fixed and learned forward variance (25GMM, TB + Expl).
 
     python recipes/variance_sweep.py --out runs/issue3 [--steps 8,16,32,64,128] [--iters 3000]
-        [--log-var-ranges 4,1] [--log-var-lr-scales 1,0.1] [--no-run]
+        [--log-var-ranges 4,1] [--log-var-lr-scales 1,0.1] [--log-z-inits zero,batch] [--no-run]
 
 Runs (or, with --no-run, only reads) OUT/gmm25-sweep-T<T>-fixed and, for every learned log-variance
 range R and log-variance learning-rate scale S, OUT/gmm25-sweep-T<T>-learned (R = 4, the default)
 or -learned-r<R>, with the suffix -lr<S> when S != 1, with recipes/boltzmann.py, and writes
-OUT/variance_sweep.png and OUT/variance_sweep.json.
+OUT/variance_sweep.png and OUT/variance_sweep.json. Every run is repeated for each TB log Z
+initialization in --log-z-inits (suffix -lzbatch for "batch").
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -32,22 +34,31 @@ def main(argv: list[str] | None = None) -> dict:
                    help="learned variance: comma-separated ranges of the log-variance around log sigma2")
     p.add_argument("--log-var-lr-scales", default="1",
                    help="learned variance: comma-separated learning-rate scales of the log-variance rows")
+    p.add_argument("--log-z-inits", default="zero",
+                   help="comma-separated TB log Z initializations (zero, batch), each a separate set of runs")
     p.add_argument("--no-run", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
     steps = [int(s) for s in args.steps.split(",")]
     ranges = [float(r) for r in args.log_var_ranges.split(",") if r]
     scales = [float(s) for s in args.log_var_lr_scales.split(",") if s]
-    learned = {("learned" if r == 4.0 else f"learned-r{r:g}") + ("" if s == 1.0 else f"-lr{s:g}"): (r, s)
-               for r in ranges for s in scales}
-    rows: dict = {"fixed": {}, **{kind: {} for kind in learned}}
+    inits = [i for i in args.log_z_inits.split(",") if i]
+    if not set(inits) <= {"zero", "batch"}:
+        raise SystemExit(f"--log-z-inits must be from zero, batch; got {args.log_z_inits!r}")
+    suffix = {"zero": "", "batch": "-lzbatch"}
+    learned = {("learned" if r == 4.0 else f"learned-r{r:g}") + ("" if s == 1.0 else f"-lr{s:g}") + suffix[i]: (r, s)
+               for i in inits for r in ranges for s in scales}
+    fixed = {"fixed" + suffix[i]: i for i in inits}
+    init_of = {**fixed, **{kind: ("batch" if kind.endswith("-lzbatch") else "zero") for kind in learned}}
+    rows: dict = {**{kind: {} for kind in fixed}, **{kind: {} for kind in learned}}
     for t in steps:
         for kind in rows:
             run = out / f"{args.target}-sweep-T{t}-{kind}"
             if not (run / "metrics.json").exists() and not args.no_run:
                 cmd = [sys.executable, str(ROOT / "recipes" / "boltzmann.py"), "--target", args.target,
                        "--objective", "tb", "--explore", "0.2", "--steps", str(t), "--iters", str(args.iters),
-                       "--seed", str(args.seed), "--eval-samples", str(args.eval_samples), "--threads", "1", "--no-progress", "--resume", "--out", str(run)]
+                       "--seed", str(args.seed), "--eval-samples", str(args.eval_samples), "--threads", "1",
+                       "--no-progress", "--resume", "--log-z-init", init_of[kind], "--out", str(run)]
                 if kind in learned:
                     r, s = learned[kind]
                     cmd += ["--learn-variance", "--log-var-range", str(r), "--log-var-lr-scale", str(s)]
@@ -59,13 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for kind, style in zip(rows, ("o-", "s-", "^-", "v-", "d-", "P-", "X-", "*-")):
+    for kind, style in zip(rows, itertools.cycle(("o-", "s-", "^-", "v-", "d-", "P-", "X-", "*-"))):
         ts = sorted(rows[kind])
-        if kind == "fixed":
-            label = "fixed variance"
+        init = ", log Z from batch 1" if init_of[kind] == "batch" else ""
+        if kind in fixed:
+            label = f"fixed variance{init}"
         else:
             r, s = learned[kind]
-            label = f"learned variance (log range ±{r:g}" + ("" if s == 1.0 else f", log-variance lr × {s:g}") + ")"
+            label = (f"learned variance (log range ±{r:g}" + ("" if s == 1.0 else f", log-variance lr × {s:g}")
+                     + f"{init})")
         if ts:
             ax.plot(ts, [rows[kind][t]["log_z_elbo"] for t in ts], style, label=label)
     ax.set_xscale("log", base=2)

@@ -214,13 +214,17 @@ def test_rtb_memory_recipe_contract(tmp_path):
 
 
 def test_variance_sweep_recipe(tmp_path):
-    _run(["recipes/variance_sweep.py", "--out", str(tmp_path), "--steps", "2,3", "--iters", "2", "--eval-samples", "64",
-          "--log-var-ranges", "4,1", "--log-var-lr-scales", "1,0.1"], tmp_path)
+    _run(["recipes/variance_sweep.py", "--out", str(tmp_path), "--steps", "2", "--iters", "2", "--eval-samples", "64",
+          "--log-var-ranges", "4,1", "--log-var-lr-scales", "1,0.1", "--log-z-inits", "zero,batch"], tmp_path)
     rows = json.loads((tmp_path / "variance_sweep.json").read_text())
-    assert set(rows) == {"fixed", "learned", "learned-lr0.1", "learned-r1", "learned-r1-lr0.1"}
-    assert all(set(rows[kind]) == {"2", "3"} for kind in rows)
+    kinds = {"fixed", "learned", "learned-lr0.1", "learned-r1", "learned-r1-lr0.1"}
+    assert set(rows) == kinds | {kind + "-lzbatch" for kind in kinds}
+    assert all(set(rows[kind]) == {"2"} for kind in rows)
     metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-r1" / "metrics.json").read_text())
     assert metrics["learn_variance"] and metrics["log_var_range"] == 1.0 and metrics["log_var_lr_scale"] == 1.0
-    metrics = json.loads((tmp_path / "gmm25-sweep-T3-learned-lr0.1" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-lr0.1" / "metrics.json").read_text())
     assert metrics["log_var_range"] == 4.0 and metrics["log_var_lr_scale"] == 0.1
+    assert metrics["log_z_init"] == "zero"
+    metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-lr0.1-lzbatch" / "metrics.json").read_text())
+    assert metrics["log_z_init"] == "batch" and metrics["log_var_lr_scale"] == 0.1
     assert (tmp_path / "variance_sweep.png").stat().st_size > 0
