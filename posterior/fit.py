@@ -124,7 +124,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         space: str = "noise",
         iterations: int = 5000, batch_size: int = 32, samples_per_condition: int = 10, steps: int = 100,
         sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, log_var_lr_scale: float = 1.0,
-        explore: float = 0.0,
+        explore: float = 0.0, log_z_init: str = "zero",
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
         lr_policy: float = 1e-3, lr_flow: float | None = None, seed: int = 0,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
@@ -151,6 +151,9 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         encoder: "mlp", "cnn" or "auto" (cnn for image-shaped conditions).
         log_var_lr_scale: with ``learn_variance``, the log-variance's learning rate relative to
             ``lr_policy`` (see :class:`posterior.training.TrainingConfig`).
+        log_z_init: "tb" only: "zero", or "batch" to start log Z (the shared offset of log Z(y)) at
+            the first batch's estimate; use it with ``learn_variance`` and ``explore`` (see
+            :class:`posterior.training.TrainingConfig`).
         checkpoint_dir: folder for ``checkpoint.pt`` every ``checkpoint_every`` iterations;
             ``resume=True`` continues the same run from it.
         process_index, gradient_sync: for data-parallel training (one call per process): every
@@ -192,7 +195,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                           samples_per_condition=samples_per_condition, hidden=hidden).to(device)
     config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
                             lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
-                            explore=explore, log_var_lr_scale=log_var_lr_scale,
+                            explore=explore, log_var_lr_scale=log_var_lr_scale, log_z_init=log_z_init,
                             seed=seed + 1_000_003 * process_index,
                             checkpoint_every=checkpoint_every)
     name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-lr-scale", type=float, default=1.0,
                    help="with --learn-variance: the log-variance's learning rate relative to the policy's")
+    p.add_argument("--log-z-init", choices=("zero", "batch"), default="zero",
+                   help="--objective tb: start log Z at 0 or at the first batch's estimate")
     p.add_argument("--buffer", choices=("none", "uniform", "rank"), default="none",
                    help="replay buffer of (z, image) pairs: alternate forward and backward updates")
     p.add_argument("--local-search", action="store_true", help="MALA local search from buffer states")
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                           batch_size=args.batch, samples_per_condition=args.samples_per_condition, steps=args.steps,
                           langevin=args.langevin, learn_variance=args.learn_variance,
                           log_var_lr_scale=args.log_var_lr_scale, explore=args.explore,
+                          log_z_init=args.log_z_init,
                           encoder=args.encoder, seed=args.seed, device=device, checkpoint_dir=out,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           progress=not args.no_progress, process_index=accelerator.process_index,

@@ -226,3 +226,16 @@ def test_conditional_replay_and_local_search_keep_each_sample_condition(objectiv
         # every stored log-reward is the target of the stored state under its own condition
         torch.testing.assert_close(model.path_for(conds).log_reward(states), log_r, rtol=1e-5, atol=1e-4)
         assert all(bool((c == y).all(-1).any()) for c in conds)  # conditions come from the training set
+
+
+def test_fit_tb_log_z_batch_init_starts_at_the_first_batch_estimate():
+    """Conditional TB: with log_z_init='batch' the first loss is the residuals' spread only (their
+    batch mean is zeroed); with 'zero' it also holds the squared offset log p(y) - 0."""
+    decoder, y = _linear_problem()
+    kwargs = dict(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                  objective="tb", iterations=1, batch_size=3, samples_per_condition=4, steps=8, progress=False)
+    cold = posterior.fit(**kwargs).training_history.loss[0]
+    warm = posterior.fit(log_z_init="batch", **kwargs).training_history.loss[0]
+    assert warm < 0.5 * cold
+    with pytest.raises(ValueError, match="log_z_init='batch'"):
+        posterior.fit(log_z_init="batch", **{**kwargs, "objective": "vargrad"})
