@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="adaptive teacher (TB sampler rewarded by the student's residual) feeding the buffer")
     p.add_argument("--teacher-weight", type=float, default=19.0,
                    help="C: extra teacher reward weight where the student under-samples")
-    p.add_argument("--teacher-target-power", type=float, default=0.0,
+    p.add_argument("--teacher-target-power", type=float, default=1.0,
                    help="alpha: the teacher's reward is multiplied by R(x)^alpha (keeps it on the target's support)")
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
         "local_search": args.local_search, "teacher": args.teacher,
-        "teacher_target_power": args.teacher_target_power if args.teacher else None, "train_grid": args.train_grid, "eval_steps": eval_steps,
+        "teacher_target_power": args.teacher_target_power if args.teacher else None,
+        "train_grid": args.train_grid, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
         "iters": trainer.iteration, "seconds_per_iter": history.median_seconds(),
         "seconds_total": seconds_total, "train_wall_seconds_this_run": train_seconds,

@@ -25,7 +25,8 @@ def test_teacher_reward_is_largest_where_the_student_residual_is_and_favours_und
     """An untrained student is the reference: log p_F - log p_B = log N(x; 0, 1) on every
     trajectory, so delta(x) = log Z + log N(x; 0, 1) - log R(x) exactly."""
     sampler, objective, path, target = _student()
-    reward = StudentResidualReward(sampler, objective, path, steps=10, under_weight=19.0, eps=1e-3)
+    reward = StudentResidualReward(sampler, objective, path, steps=10, under_weight=19.0, eps=1e-3,
+                                   target_power=0.0)
     x = torch.linspace(-3, 5, 41, dtype=torch.float64)[:, None]
     log_normal = -0.5 * x[:, 0] ** 2 - 0.5 * math.log(2 * math.pi)
     expected_delta = objective.log_z() + log_normal - target.log_reward(x)
@@ -81,7 +82,7 @@ def test_teacher_target_power_multiplies_the_reward_by_a_power_of_the_target():
     a zero target density is a zero teacher reward (no NaN from inf - inf)."""
     sampler, objective, path, target = _student()
     x = torch.linspace(-3, 5, 17, dtype=torch.float64)[:, None]
-    plain = StudentResidualReward(sampler, objective, path, steps=10, seed=3).log_reward(x)
+    plain = StudentResidualReward(sampler, objective, path, steps=10, seed=3, target_power=0.0).log_reward(x)
     powered = StudentResidualReward(sampler, objective, path, steps=10, seed=3, target_power=0.5).log_reward(x)
     torch.testing.assert_close(powered, plain + 0.5 * target.log_reward(x))
     # largest weight moves from the far tail (huge relative error) towards the target's mass
