@@ -40,17 +40,17 @@ class TrainingConfig:
         grad_clip: clip the global gradient norm (None: off).
         log_var_lr_scale: with a learned variance, the log-variance output rows move this much
             slower than the rest of the policy (Adam's update is elementwise, so this is exactly a
-            learning rate ``lr_policy * log_var_lr_scale`` for them). At 1 (the paper's setting)
-            the TB gradient drives the log-variance of many-step samplers (25GMM, T >= 32 with
-            range ±4, T = 128 with ±1) to its lower bound within tens of iterations, where tanh
-            saturates and the sampler collapses; 0.1 keeps T <= 64 with range ±4 stable, T = 128
-            needs 0.01.
+            learning rate ``lr_policy * log_var_lr_scale`` for them). 1 is the paper's setting.
+            A small scale (0.01) slows the run-away described under ``log_z_init``, at some cost
+            in how fast the variance is learned.
         log_z_init: "zero" keeps the objective's initial log Z (0, the paper's); "batch" sets it
             from the first training batch, mean(log Q - log p_F), before the first step (TB only).
             TB's gradient contains mean(delta) * mean(d log p_F / d theta); under exploration the
             second factor is not zero (for the log-variance it grows with T * d * explore), so
             while log Z lags behind the batch (it moves at most ``lr_flow`` per step) a learned
-            variance is pushed to its bound. Starting log Z at the batch estimate removes that lag.
+            variance is pushed to its lower bound and the sampler collapses (25GMM, T >= 32).
+            Starting log Z at the batch estimate removes that lag; use it for TB with a learned
+            variance and exploration.
         seed: seeds the noise generator (the same seed gives the same run).
         checkpoint_every: write a checkpoint every this many iterations (0: never).
     """

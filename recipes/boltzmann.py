@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="learned log-variance within ± this of log sigma2")
     p.add_argument("--log-var-lr-scale", type=float, default=1.0,
                    help="with --learn-variance: the log-variance's learning rate relative to --lr-policy "
-                        "(1: the paper's; 0.1 keeps many-step samplers stable)")
+                        "(1: the paper's; with TB + exploration prefer --log-z-init batch)")
     p.add_argument("--log-z-init", choices=("zero", "batch"), default="zero",
                    help="TB: start log Z at 0 (the paper's) or at the first batch's estimate (keeps a learned "
                         "variance from running away under exploration)")
