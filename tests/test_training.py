@@ -189,6 +189,27 @@ def test_tb_warm_start_sets_the_offset_that_zeroes_the_mean_residual():
     assert abs(float(residual.mean())) < 1e-4 and float(residual.std()) > 0
 
 
+def test_tb_warm_start_leaves_zero_density_trajectories_out():
+    """A reward of -inf is a legal zero density: those trajectories must not pull log Z toward
+    min_log_reward; a batch with none of positive density leaves log Z alone."""
+    trainer = _shifted_gaussian_trainer("batch")
+    traj = trainer.trajectories(0.5)
+    objective = trainer.objective
+    objective.warm_start_log_z(traj)
+    clean = objective.log_z()
+    cut = traj.log_reward.clone()
+    cut[::3] = float("-inf")
+    traj.log_reward = cut
+    objective.warm_start_log_z(traj)
+    kept = cut > objective.min_log_reward
+    expected = float((traj.log_q_steps.sum(0) + cut - traj.log_pf)[kept].mean().detach())
+    assert objective.log_z() == pytest.approx(expected, abs=1e-4)
+    assert abs(objective.log_z() - clean) < 5.0  # the floored residuals (~1e4) would shift it by thousands
+    traj.log_reward = torch.full_like(cut, float("-inf"))
+    objective.warm_start_log_z(traj)
+    assert objective.log_z() == pytest.approx(expected, abs=1e-4)
+
+
 def test_log_z_batch_init_needs_a_learned_scalar_log_z():
     with pytest.raises(ValueError, match="log_z_init='batch'.*VarGrad"):
         _shifted_gaussian_trainer("batch", objective="vargrad")
