@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.evaluation import evaluate  # noqa: E402
+from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
 from posterior.factory import NOISING, OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
 from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
@@ -41,10 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "baselines; dds: the KL (path-integral) objective on the VP noising process; dis: "
                         "the same with the target score in the drift (Langevin parametrization)")
     p.add_argument("--objective", choices=OBJECTIVES, default="tb")
-    p.add_argument("--explore", type=float, default=0.0,
-                   help="extra sampling variance per unit time, decayed linearly to 0 (paper: 0.2)")
+    explore = p.add_mutually_exclusive_group()
+    explore.add_argument("--explore", type=float, default=0.0,
+                         help="extra sampling variance per unit time, decayed linearly to 0")
+    explore.add_argument("--explore-step-std", type=float, default=None,
+                         help="the paper's public-code convention: extra std ε of every step's noise on the "
+                              "--steps grid, i.e. --explore ε²·steps, decaying over 5000 iterations unless "
+                              "--explore-horizon says otherwise (the paper's TB+Expl: 0.2; with LS: 0.1)")
     p.add_argument("--explore-horizon", type=int, default=None,
-                   help="iterations over which exploration decays (default: all)")
+                   help="iterations over which exploration decays (default: all; 5000 with --explore-step-std)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-range", type=float, default=4.0,
@@ -101,7 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.explore_step_std is not None:  # one convention inside: variance per unit time
+        args.explore = explore_from_step_std(args.explore_step_std, args.steps)
+        if args.explore_horizon is None:
+            args.explore_horizon = PUBLIC_CODE_EXPLORE_HORIZON
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     replay_stats = {} if replay is None else replay.stats()
     metrics = {
         "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
-        "langevin": args.langevin, "explore": args.explore, "learn_variance": args.learn_variance,
+        "langevin": args.langevin, "explore": args.explore,
+        "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
+        "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,

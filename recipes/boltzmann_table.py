@@ -4,7 +4,9 @@
         --seeds 0,1,2 --out runs/table --results runs/table/results.md [--jobs 2] [--iters N] [--dim 8,32,128]
 
 A method is a named set of boltzmann.py flags (see METHODS; the paper's budget: 25k iterations,
-10k with the Langevin parametrization). Each run lives in OUT/<target>-<method>-s<seed>/, is
+10k with the Langevin parametrization). ``*-expl*`` methods use ``--explore 0.2`` (variance per unit
+time, decayed over training); ``*-step`` methods use the paper's public-code exploration
+(``--explore-step-std``: per-step std, decayed over 5000 iterations), about 20x more noise at first. Each run lives in OUT/<target>-<method>-s<seed>/, is
 resumed if interrupted, and is skipped when its metrics.json exists. ``--jobs`` runs that many
 single-threaded runs at once. The table holds mean ± std over seeds of Δlog Z, Δlog Z_RW, W2
 (with the exact-sample floor) and seconds per iteration (median, and mean including local search).
@@ -37,6 +39,13 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "vargrad-expl": ("VarGrad + Expl", ["--objective", "vargrad", "--explore", "0.2"]),
     "vargrad-expl-lp-ls": ("VarGrad + Expl + LP + LS", ["--objective", "vargrad", "--explore", "0.2",
                                                           "--langevin", "--local-search"]),
+    # the paper's public-code exploration: per-step std ε (0.1 with LS), decayed over 5000 iterations
+    "tb-expl-step": ("TB + Expl (step std 0.2)", ["--objective", "tb", "--explore-step-std", "0.2"]),
+    "tb-expl-lp-step": ("TB + Expl (step std 0.2) + LP", ["--objective", "tb", "--explore-step-std", "0.2",
+                                                           "--langevin"]),
+    "tb-expl-ls-step": ("TB + Expl (step std 0.1) + LS", ["--objective", "tb", "--explore-step-std", "0.1",
+                                                           "--local-search"]),
+    "vargrad-expl-step": ("VarGrad + Expl (step std 0.2)", ["--objective", "vargrad", "--explore-step-std", "0.2"]),
     "flsubtb-lp": ("FL-SubTB + LP", ["--objective", "fl-subtb", "--langevin"]),
     "pis-lp": ("PIS + LP", ["--objective", "pis", "--langevin"]),
     "smc": ("SMC (100 temperatures x 5 MALA steps)", ["--method", "smc"]),
