@@ -20,6 +20,7 @@ mkdir -p "$OUT"
 (
   run gmm25-tb-expl-lp         --target gmm25 --objective tb --explore 0.2 --langevin --iters 10000
   run gmm25-tb-expl            --target gmm25 --objective tb --explore 0.2 --iters 25000
+  run gmm25-tb-explstep        --target gmm25 --objective tb --explore-step-std 0.2 --iters 25000
   run funnel-tb                --target funnel --objective tb --iters 25000
 ) &
 wait
