@@ -40,13 +40,17 @@ def make_sampler(dim: int, sigma2: float, *, langevin: bool = False, learn_varia
 
 
 def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float = 2.0,
-                   hidden: int = 64, group_size: int | None = None, dim: int | None = None) -> Objective:
+                   hidden: int = 64, group_size: int | None = None, dim: int | None = None,
+                   flow_embeddings: PISPolicy | None = None) -> Objective:
     """Objective by name: one of :data:`OBJECTIVES`.
 
     ``path`` is used by FL-SubTB only (log R at intermediate states; None: each batch's own
-    ``Trajectories.path``); ``dim`` defaults to ``path.dim``.
+    ``Trajectories.path``); ``dim`` defaults to ``path.dim``. ``flow_embeddings``: (SubTB)
+    a policy whose state and time embeddings the state flow shares (see :class:`PISFlow`).
     """
     dim = dim if dim is not None else (path.dim if path is not None else None)
+    if flow_embeddings is not None and name not in ("subtb", "fl-subtb"):
+        raise ValueError(f"flow_embeddings is for the SubTB objectives' state flow; objective {name!r} has none")
     if name == "tb":
         return TrajectoryBalance()
     if name == "vargrad":
@@ -54,7 +58,8 @@ def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float
     if name in ("subtb", "fl-subtb"):
         if dim is None:
             raise ValueError(f"objective {name!r} needs dim (or a path measure)")
-        return SubTrajectoryBalance(PISFlow(dim, hidden=hidden), path, lam=subtb_lambda,
+        flow = PISFlow(dim, hidden=hidden, shared_embeddings=flow_embeddings)
+        return SubTrajectoryBalance(flow, path, lam=subtb_lambda,
                                     forward_looking=name == "fl-subtb")
     if name == "pis":
         return PathIntegral()

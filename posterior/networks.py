@@ -224,12 +224,32 @@ class PISFlow(nn.Module):
     """State-flow network log F(x, t) for sub-trajectory balance (same architecture, scalar output).
 
     The last layer is zero-initialized.
+
+    Args:
+        dim: event dimension d.
+        hidden, harmonics, joint_layers: as :class:`PISPolicy`.
+        shared_embeddings: a policy whose state and time embeddings this flow reads instead
+            of its own (the public code's FL-SubTB: the flow head sits on the policy's
+            embedding ``state_embed(x) + time_embed(t)``, so the flow's loss also trains
+            them). The policy is not registered as a submodule: its parameters stay in the
+            policy's optimizer group and checkpoint, and :meth:`parameters` returns only the
+            flow head.
     """
 
-    def __init__(self, dim: int, hidden: int = 64, harmonics: int = 64, joint_layers: int = 2) -> None:
+    def __init__(self, dim: int, hidden: int = 64, harmonics: int = 64, joint_layers: int = 2,
+                 shared_embeddings: PISPolicy | None = None) -> None:
         super().__init__()
-        self.time_embed = FourierMLP(harmonics, hidden, hidden, linear_layers=2)
-        self.state_embed = nn.Linear(dim, hidden)
+        if shared_embeddings is None:
+            self.time_embed: nn.Module | None = FourierMLP(harmonics, hidden, hidden, linear_layers=2)
+            self.state_embed: nn.Module | None = nn.Linear(dim, hidden)
+            self._shared: tuple[PISPolicy, ...] = ()
+        else:
+            embed = shared_embeddings.state_embed
+            if embed.in_features != dim or embed.out_features != hidden:
+                raise ValueError(f"shared_embeddings: the policy embeds {embed.in_features} -> "
+                                 f"{embed.out_features}, the flow needs {dim} -> {hidden}")
+            self.time_embed = self.state_embed = None
+            self._shared = (shared_embeddings,)  # a tuple: not registered as a submodule
         layers: list[nn.Module] = [nn.GELU()]
         for _ in range(joint_layers):
             layers += [nn.Linear(hidden, hidden), nn.GELU()]
@@ -239,9 +259,14 @@ class PISFlow(nn.Module):
         layers.append(out)
         self.joint = nn.Sequential(*layers)
 
+    @property
+    def shares_embeddings(self) -> bool:
+        return bool(self._shared)
+
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
         """x: (N, B, d), t: (N,), context: (B, hidden) or None -> (N, B)."""
-        h = self.state_embed(x) + self.time_embed(t)[:, None, :]
+        owner = self._shared[0] if self._shared else self
+        h = owner.state_embed(x) + owner.time_embed(t)[:, None, :]
         if context is not None:
             h = h + context
         return self.joint(h).squeeze(-1)

@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
     p.add_argument("--subtb-lambda", type=float, default=2.0)
+    p.add_argument("--flow-embedding", choices=("separate", "shared"), default="separate",
+                   help="SubTB state flow: its own state/time embeddings, or the policy's (the public code's "
+                        "FL-SubTB; the flow's loss then also trains the policy's embeddings)")
     p.add_argument("--eval-samples", type=int, default=2000, help="also SMC particles / MALA chains")
     p.add_argument("--smc-temperatures", type=int, default=100)
     p.add_argument("--smc-mala-steps", type=int, default=5, help="MALA steps per SMC temperature")
@@ -133,7 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
                            learn_variance=args.learn_variance, noising=args.noising,
                            learn_backward=args.learn_backward, log_var_range=args.log_var_range).to(device)
     path = BoltzmannPath(target, sampler.reference)
-    objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda).to(device)
+    if args.flow_embedding == "shared" and args.objective not in ("subtb", "fl-subtb"):
+        raise SystemExit(f"--flow-embedding shared needs --objective subtb or fl-subtb, got {args.objective}")
+    objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda,
+                               flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None).to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
                             train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
+        "flow_embedding": args.flow_embedding if args.objective in ("subtb", "fl-subtb") else None,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
         "local_search": args.local_search, "teacher": args.teacher,

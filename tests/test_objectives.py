@@ -179,3 +179,44 @@ def test_short_training_on_gaussian_reaches_log_z(objective, noising, learn_back
         assert abs(obj.log_z() - 2.0) < 0.05
     assert abs(float(traj.samples.mean(0)[0]) - 1.0) < 0.1
     assert abs(float(traj.samples.std(0)[1]) - 1.3) < 0.1
+
+
+def test_flow_with_shared_embeddings_reads_and_trains_the_policys_embeddings():
+    """PISFlow(shared_embeddings=policy) is joint(policy.state_embed(x) + policy.time_embed(t)); its
+    own parameters are the head only (no duplicate in the optimizer), its loss reaches the policy's
+    embeddings, and a Trainer step updates both the head (lr_flow) and the embeddings."""
+    from posterior.factory import make_objective, make_sampler
+
+    torch.manual_seed(0)
+    sampler = make_sampler(2, 1.0)
+    policy = sampler.policy
+    flow = PISFlow(2, shared_embeddings=policy)
+    assert flow.shares_embeddings and not PISFlow(2).shares_embeddings
+    own = {id(p) for p in flow.parameters()}
+    assert own == {id(p) for p in flow.joint.parameters()}
+    assert not own & {id(p) for p in policy.parameters()}
+    assert all(k.startswith("joint.") for k in flow.state_dict())
+
+    torch.nn.init.normal_(flow.joint[-1].weight)  # a non-zero head so gradients reach the embeddings
+    x, t = torch.randn(3, 5, 2), torch.tensor([0.1, 0.5, 0.9])
+    expected = flow.joint(policy.state_embed(x) + policy.time_embed(t)[:, None, :]).squeeze(-1)
+    torch.testing.assert_close(flow(x, t), expected)
+    flow(x, t).sum().backward()
+    assert policy.state_embed.weight.grad.abs().sum() > 0 and policy.time_embed.phase.grad.abs().sum() > 0
+
+    with pytest.raises(ValueError, match="shared_embeddings"):
+        PISFlow(3, shared_embeddings=policy)
+    target = GaussianTarget(mean=torch.zeros(2), std=torch.ones(2), log_scale=0.0)
+    path = BoltzmannPath(target, sampler.reference)
+    with pytest.raises(ValueError, match="flow_embeddings"):
+        make_objective("tb", path, flow_embeddings=policy)
+
+    objective = make_objective("fl-subtb", path, flow_embeddings=policy)
+    torch.nn.init.normal_(objective.flow.joint[-1].weight)
+    config = TrainingConfig(iterations=1, batch_size=16, steps=8, lr_flow=1e-2, seed=0)
+    trainer = Trainer(sampler, objective, path, config)  # no parameter in two optimizer groups
+    embed_before = policy.state_embed.weight.detach().clone()
+    head_before = objective.flow.joint[1].weight.detach().clone()
+    trainer.step()
+    assert not torch.equal(policy.state_embed.weight, embed_before)
+    assert not torch.equal(objective.flow.joint[1].weight, head_before)
