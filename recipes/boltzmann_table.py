@@ -47,6 +47,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
                                                            "--local-search"]),
     "vargrad-expl-step": ("VarGrad + Expl (step std 0.2)", ["--objective", "vargrad", "--explore-step-std", "0.2"]),
     "flsubtb-lp": ("FL-SubTB + LP", ["--objective", "fl-subtb", "--langevin"]),
+    "flsubtb-lp-shared": ("FL-SubTB + LP (flow on the policy's embeddings)",
+                          ["--objective", "fl-subtb", "--langevin", "--flow-embedding", "shared"]),
     "pis-lp": ("PIS + LP", ["--objective", "pis", "--langevin"]),
     "smc": ("SMC (100 temperatures x 5 MALA steps)", ["--method", "smc"]),
     "mala": ("MALA (10k steps)", ["--method", "mala"]),

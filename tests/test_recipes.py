@@ -17,7 +17,8 @@ def _run(args, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher"],
-                                   ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin"],
+                                   ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
+                                    "--flow-embedding", "shared"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
                                     "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random",
                                     "--noising", "vp", "--learn-backward"]])
@@ -38,6 +39,19 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
     assert resumed["iters"] == 9
     history = json.loads((out / "history.json").read_text())
     assert history["iteration"] == list(range(9))
+
+
+def test_every_table_preset_parses_under_the_recipe(monkeypatch):
+    """Each boltzmann_table.py method's flags are valid boltzmann.py arguments."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import boltzmann
+    import boltzmann_table
+
+    for name, (_, flags) in boltzmann_table.METHODS.items():
+        args = boltzmann.parse_args([*flags, "--out", "unused"])
+        assert args.out == "unused", name
+    with pytest.raises(SystemExit):
+        boltzmann.parse_args(["--flow-embedding", "both", "--out", "unused"])
 
 
 @pytest.mark.parametrize("method", ["smc", "mala", "dds"])
