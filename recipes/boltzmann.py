@@ -94,9 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
     p.add_argument("--subtb-lambda", type=float, default=2.0)
-    p.add_argument("--flow-embedding", choices=("separate", "shared"), default="separate",
-                   help="SubTB state flow: its own state/time embeddings, or the policy's (the public code's "
-                        "FL-SubTB; the flow's loss then also trains the policy's embeddings)")
+    p.add_argument("--flow-embedding", choices=("shared", "separate"), default="shared",
+                   help="SubTB state flow: a head on the policy's state/time embeddings (the paper's; the flow's "
+                        "loss also trains them), or a network with embeddings of its own")
     p.add_argument("--eval-samples", type=int, default=2000, help="also SMC particles / MALA chains")
     p.add_argument("--smc-temperatures", type=int, default=100)
     p.add_argument("--smc-mala-steps", type=int, default=5, help="MALA steps per SMC temperature")

@@ -14,7 +14,8 @@ mkdir -p "$OUT"
   run manywell-tb              --target manywell --objective tb --iters 25000
   run manywell-tb-expl-lp      --target manywell --objective tb --explore 0.2 --langevin --iters 10000
   run manywell-vargrad-expl    --target manywell --objective vargrad --explore 0.2 --iters 25000
-  run manywell-flsubtb-lp      --target manywell --objective fl-subtb --langevin --iters 10000
+  run manywell-flsubtb-lp      --target manywell --objective fl-subtb --langevin --flow-embedding separate --iters 10000
+  run manywell-flsubtb-shared-lp --target manywell --objective fl-subtb --langevin --flow-embedding shared --iters 10000
   run manywell-pis-lp          --target manywell --objective pis --langevin --iters 10000
 ) &
 (
