@@ -94,9 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-policy", type=float, default=1e-3)
     p.add_argument("--lr-flow", type=float, default=None, help="default: 1e-1, or 1e-2 with SubTB")
     p.add_argument("--subtb-lambda", type=float, default=2.0)
-    p.add_argument("--flow-embedding", choices=("shared", "separate"), default="shared",
-                   help="SubTB state flow: a head on the policy's state/time embeddings (the paper's; the flow's "
-                        "loss also trains them), or a network with embeddings of its own")
+    p.add_argument("--flow-embedding", choices=("shared", "separate"), default=None,
+                   help="SubTB state flow: a head on the policy's state/time embeddings (the default, the paper's; "
+                        "the flow's loss also trains them), or a network with embeddings of its own")
     p.add_argument("--eval-samples", type=int, default=2000, help="also SMC particles / MALA chains")
     p.add_argument("--smc-temperatures", type=int, default=100)
     p.add_argument("--smc-mala-steps", type=int, default=5, help="MALA steps per SMC temperature")
@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method in ("dds", "dis"):  # simulation-based samplers on the VP reference
         args.objective, args.noising = "pis", "vp"
         args.langevin = args.langevin or args.method == "dis"
+    if args.objective in ("subtb", "fl-subtb"):
+        args.flow_embedding = args.flow_embedding or "shared"
+    elif args.flow_embedding is not None:
+        raise SystemExit(f"--flow-embedding is for --objective subtb or fl-subtb (a state flow), "
+                         f"got {args.objective} (method {args.method})")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -136,8 +141,6 @@ def main(argv: list[str] | None = None) -> dict:
                            learn_variance=args.learn_variance, noising=args.noising,
                            learn_backward=args.learn_backward, log_var_range=args.log_var_range).to(device)
     path = BoltzmannPath(target, sampler.reference)
-    if args.flow_embedding == "shared" and args.objective not in ("subtb", "fl-subtb"):
-        raise SystemExit(f"--flow-embedding shared needs --objective subtb or fl-subtb, got {args.objective}")
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda,
                                flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None).to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
-        "flow_embedding": args.flow_embedding if args.objective in ("subtb", "fl-subtb") else None,
+        "flow_embedding": args.flow_embedding,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
         "local_search": args.local_search, "teacher": args.teacher,

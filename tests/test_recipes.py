@@ -242,3 +242,11 @@ def test_variance_sweep_recipe(tmp_path):
     metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-lr0.1-lzbatch" / "metrics.json").read_text())
     assert metrics["log_z_init"] == "batch" and metrics["log_var_lr_scale"] == 0.1
     assert (tmp_path / "variance_sweep.png").stat().st_size > 0
+
+
+def test_flow_embedding_flag_needs_a_state_flow(tmp_path):
+    """--flow-embedding is refused (naming the flag) for objectives without a state flow."""
+    result = subprocess.run([sys.executable, "recipes/boltzmann.py", "--target", "gmm25", "--objective", "tb",
+                             "--flow-embedding", "shared", "--iters", "1", "--out", str(tmp_path / "run")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "--flow-embedding" in result.stderr
