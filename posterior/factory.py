@@ -11,6 +11,7 @@ from .reference import BrownianBridge, GaussianReference, VPNoising
 from .sampler import DiffusionSampler
 
 OBJECTIVES = ("tb", "vargrad", "subtb", "fl-subtb", "pis")
+STATE_FLOW_OBJECTIVES = ("subtb", "fl-subtb")  # objectives with a learned state flow
 
 
 NOISING = ("brownian", "vp")
@@ -49,13 +50,13 @@ def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float
     a policy whose state and time embeddings the state flow shares (see :class:`PISFlow`).
     """
     dim = dim if dim is not None else (path.dim if path is not None else None)
-    if flow_embeddings is not None and name not in ("subtb", "fl-subtb"):
+    if flow_embeddings is not None and name not in STATE_FLOW_OBJECTIVES:
         raise ValueError(f"flow_embeddings is for the SubTB objectives' state flow; objective {name!r} has none")
     if name == "tb":
         return TrajectoryBalance()
     if name == "vargrad":
         return VarGrad(group_size=group_size)
-    if name in ("subtb", "fl-subtb"):
+    if name in STATE_FLOW_OBJECTIVES:
         if dim is None:
             raise ValueError(f"objective {name!r} needs dim (or a path measure)")
         flow = PISFlow(dim, hidden=hidden, shared_embeddings=flow_embeddings)
@@ -68,4 +69,4 @@ def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float
 
 def default_flow_lr(name: str) -> float:
     """The paper's learning rate for log Z / flows: 1e-1, or 1e-2 with SubTB."""
-    return 1e-2 if name in ("subtb", "fl-subtb") else 1e-1
+    return 1e-2 if name in STATE_FLOW_OBJECTIVES else 1e-1

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.evaluation import evaluate  # noqa: E402
 from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
-from posterior.factory import NOISING, OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
+from posterior.factory import (NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES, default_flow_lr,  # noqa: E402
+                               make_objective, make_sampler)
 from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method in ("dds", "dis"):  # simulation-based samplers on the VP reference
         args.objective, args.noising = "pis", "vp"
         args.langevin = args.langevin or args.method == "dis"
-    if args.objective in ("subtb", "fl-subtb"):
+    if args.objective in STATE_FLOW_OBJECTIVES:
         args.flow_embedding = args.flow_embedding or "shared"
     elif args.flow_embedding is not None:
         raise SystemExit(f"--flow-embedding is for --objective subtb or fl-subtb (a state flow), "
