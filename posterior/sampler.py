@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_shape
+from .gaussian_steps import gaussian_step_log_density
 from .grids import check_grid
 from .networks import PISPolicy, TimeFeatures
 from .path_target import BoltzmannPath
@@ -81,14 +82,18 @@ class DiffusionSampler(nn.Module):
         return buf
 
     # ------------------------------------------------------------------ kernels
-    def _drift_and_log_var(self, out: Tensor, score: Tensor | None,
-                           langevin_scale: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Split raw network output (..., out_dim) into drift (..., d) and log-variance or None."""
+    def _drift_and_log_var(self, out: Tensor, score: Tensor | None, langevin_scale: Tensor | None,
+                           clip: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Split raw network output (..., out_dim) into drift (..., d) and log-variance or None.
+
+        With ``clip=False`` the drift is returned before clipping (for :meth:`log_pf_steps`,
+        which clips it inside its fused log-density)."""
         d = self.dim
         drift = out[..., :d]
         if langevin_scale is not None and score is not None:
             drift = drift + langevin_scale * score
-        drift = drift.clamp(-self.output_clip, self.output_clip)
+        if clip:
+            drift = drift.clamp(-self.output_clip, self.output_clip)
         log_var = None
         if self.policy.learn_variance:
             log_var = torch.tanh(out[..., d:]) * self.log_var_range + math.log(self.sigma2)
@@ -102,20 +107,21 @@ class DiffusionSampler(nn.Module):
         """Per-step policy log-densities, all steps at once; row 0 includes log p(x_0).
 
         Args:
-            states: (N + 1, B, d); times: (N + 1,); drift: (N, B, d);
+            states: (N + 1, B, d); times: (N + 1,);
+            drift: (N, B, d), before or after clipping: it is clipped here to ±output_clip
+                (clipping twice changes nothing);
             log_var: (N, B, d) learned log-variance (per unit of c), or None for sigma2.
         Returns:
             (N, B)
         """
         mean_scale, c = self.reference.forward_kernel(times)
-        c = c[:, None, None]
         previous = states[:-1] if mean_scale is None else mean_scale[:, None, None] * states[:-1]
-        residual = states[1:] - previous - drift * c
-        d = states.shape[-1]
+        increment = states[1:] - previous
         if log_var is None:
-            var = self.sigma2 * c[..., 0]
-            steps = -0.5 * (residual * residual).sum(-1) / var - 0.5 * d * (LOG_2PI + var.log())
+            steps = gaussian_step_log_density(drift, increment, c, self.sigma2 * c, self.output_clip)
         else:
+            c = c[:, None, None]
+            residual = increment - drift.clamp(-self.output_clip, self.output_clip) * c
             log_step_var = log_var + c.log()
             steps = -0.5 * ((residual * residual) * torch.exp(-log_step_var) + LOG_2PI + log_step_var).sum(-1)
         initial = self.reference.initial_log_prob(states[0])
@@ -124,20 +130,21 @@ class DiffusionSampler(nn.Module):
         return torch.cat([steps[:1] + initial, steps[1:]], dim=0)
 
     def evaluate_policy(self, states: Tensor, features: TimeFeatures, scores: Tensor | None,
-                        context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                        context: Tensor | None = None, clip: bool = True) -> tuple[Tensor, Tensor | None]:
         """Drift and log-variance at all non-terminal states in one batch.
 
         Args:
             states: (N + 1, B, d) or (N, B, d); only the first N time slices are used.
             features: time features of the N step times.
             scores: (N, B, d) clipped scores, required for a Langevin policy.
+            clip: clip the drift (False: leave it to :meth:`log_pf_steps`).
         Returns:
             drift (N, B, d), log_var (N, B, d) or None.
         """
         n = features.hidden_bias.shape[0]
         out = self.policy.batched(states[:n], features, context)
         scale = None if features.langevin_scale is None else features.langevin_scale[:, None, :]
-        return self._drift_and_log_var(out, scores, scale)
+        return self._drift_and_log_var(out, scores, scale, clip=clip)
 
     # ------------------------------------------------------------------ forward
     def forward_trajectories(self, batch_size: int, times: Tensor, path: BoltzmannPath, *,
@@ -177,7 +184,7 @@ class DiffusionSampler(nn.Module):
             outputs, record = recording
             out = self.policy.replay(outputs, state_tensor[:-1], record, features, context)
             scale = None if features.langevin_scale is None else features.langevin_scale[:, None, :]
-            drift_tensor, log_var_tensor = self._drift_and_log_var(out, score_tensor, scale)
+            drift_tensor, log_var_tensor = self._drift_and_log_var(out, score_tensor, scale, clip=False)
         with torch.set_grad_enabled(track_gradients):
             log_pf = self.log_pf_steps(state_tensor, times, drift_tensor, log_var_tensor)
             log_q_steps = path.log_q_steps(state_tensor, times)
@@ -271,7 +278,7 @@ class DiffusionSampler(nn.Module):
                 scores = self._clipped_score(path, flat).reshape(n, b, d)
         with torch.set_grad_enabled(track_gradients):
             features = self.policy.time_features(times[:-1])
-            drift, log_var = self.evaluate_policy(states, features, scores, context)
+            drift, log_var = self.evaluate_policy(states, features, scores, context, clip=False)
             log_pf = self.log_pf_steps(states, times, drift, log_var)
             log_q_steps = path.log_q_steps(states, times)
             log_reward = path.log_reward(samples)
