@@ -48,7 +48,7 @@ class GaussianStepLogDensity(torch.autograd.Function):
         log_density.sub_((0.5 * d * (LOG_2PI + var.log()))[:, None])
         # The mask of clipped entries is only needed (and only kept) when some entry was clipped.
         outside = None
-        if not math.isinf(clip) and ctx.needs_input_grad[0]:
+        if not math.isinf(clip) and ctx.needs_input_grad[0] and drift.numel() > 0:
             low, high = torch.aminmax(drift)
             if bool(low < -clip) or bool(high > clip):
                 outside = drift.abs() > clip

@@ -60,3 +60,10 @@ def test_differentiable_coefficients_are_refused():
     drift, increment, c, var = make_inputs(1.0)
     with pytest.raises(ValueError, match="c and var must be constants"):
         gaussian_step_log_density(drift, increment, c.requires_grad_(), var)
+
+
+def test_empty_batch_gives_empty_rows():
+    drift = torch.zeros(4, 0, 3, requires_grad=True)
+    c = torch.full((4,), 0.1)
+    out = gaussian_step_log_density(drift, torch.zeros(4, 0, 3), c, c, 1e4)
+    assert out.shape == (4, 0)
