@@ -12,7 +12,9 @@ so that, with the increment a_k = x_{k+1} - m_k x_k and the residual r_k = a_k -
 Written with autograd ops this is a chain of five elementwise passes over the (N, B, d)
 trajectory forward and as many backward (plus three for the clamp); it is the largest
 elementwise cost of a training iteration after the network itself. :class:`GaussianStepLogDensity`
-computes the forward in three passes, keeps r_k, and its backward is one or two passes.
+computes the forward in four passes (clip, residual, squared sum, and a min/max check of the
+clip), keeps r_k, and its backward is one pass per differentiable input (plus the clip mask
+only when some entry was clipped).
 """
 
 from __future__ import annotations
