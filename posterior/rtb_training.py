@@ -51,9 +51,14 @@ class RTBConfig:
 
 @dataclass
 class RTBHistory:
+    """Per-iteration records. ``batch_log_z`` is mean(log Q - log p_F) over the iteration's forward
+    batch, log Q = log p_prior(tau) + beta log r (an ELBO of log Z when the batch is on-policy;
+    None for iterations that trained on backward trajectories from the buffer)."""
+
     loss: list[float] = field(default_factory=list)
     log_z: list[float | None] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    batch_log_z: list[float | None] = field(default_factory=list)
 
     def median_seconds(self, skip: int = 3) -> float:
         values = self.seconds[skip:] or self.seconds
@@ -87,6 +92,7 @@ class RTBTrainer:
         self.buffer = (ReplayBuffer(_flat_size(posterior.prior.event_shape), config.buffer_size, rank_k=config.rank_k,
                                     device=self.device, dtype=dtype) if config.replay else None)
         self.iteration = 0
+        self.last_batch_log_z: float | None = None
         self.history = RTBHistory()
         self.peak_memory_bytes: int | None = None
 
@@ -106,6 +112,8 @@ class RTBTrainer:
                                                dtype=self.dtype)
             if self.buffer is not None:
                 self.buffer.add(traj.samples.detach().flatten(1), traj.log_reward.detach())
+        with torch.no_grad():
+            self.last_batch_log_z = None if backward else float(-self.objective.residual(traj).mean())
         self.optimizer.zero_grad(set_to_none=True)
         if cfg.per_step:
             loss = accumulate_gradients_per_step(self.posterior, traj, self.objective,
@@ -133,6 +141,7 @@ class RTBTrainer:
             self.history.seconds.append(time.perf_counter() - start)
             self.history.loss.append(loss)
             self.history.log_z.append(self.objective.log_z())
+            self.history.batch_log_z.append(self.last_batch_log_z)
             self.iteration += 1
             bar.update(1)
             if self.iteration % 20 == 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, Diffusion
 from posterior.factory import make_objective, make_sampler  # noqa: E402
 from posterior.guidance import guided_sample, sampling_importance_resampling  # noqa: E402
 from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
-from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
+from posterior.objectives import RelativeTrajectoryBalance, VarGrad  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from posterior.sample_quality import frechet_distance, mean_pairwise_distance  # noqa: E402
@@ -64,6 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4, help="RTB learning rate")
     p.add_argument("--hinge", type=float, default=0.1, help="RTB hinge on squared residuals")
+    p.add_argument("--rtb-objective", choices=("rtb", "vargrad"), default="rtb",
+                   help="rtb: learned scalar log Z (with --hinge); vargrad: the batch's own log Z estimate")
+    p.add_argument("--rtb-explore", type=float, default=0.0,
+                   help="RTB: extra per-step variance at the first iteration, decayed linearly to 0")
+    p.add_argument("--rtb-replay", action="store_true",
+                   help="RTB: rank-prioritized buffer of terminal states; every other iteration trains on "
+                        "backward (noised) trajectories from it")
+    p.add_argument("--rtb-step-fraction", type=float, default=1.0,
+                   help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
     p.add_argument("--freeze-below", type=float, default=NEAR_DETERMINISTIC_VARIANCE,
                    help="RTB: trailing steps with transition variance below this keep the prior's denoiser")
     p.add_argument("--dps-scale", type=float, default=1.0)
@@ -133,6 +143,12 @@ def load_or_train_classifier(args, images, labels, device) -> tuple[SmallCNN, fl
     return model.to(device).eval(), accuracy
 
 
+def final_batch_log_z(trainer: RTBTrainer, last: int = 50) -> float | None:
+    """Median of the last ``last`` forward batches' log Z estimates (None if there were none)."""
+    values = [v for v in trainer.history.batch_log_z if v is not None][-last:]
+    return statistics.median(values) if values else None
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -168,8 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
             frozen = prior.final_steps_below(args.freeze_below)
             posterior = DiffusionPosterior(prior, frozen_final_steps=frozen)
             path = DiffusionPriorPath(prior, log_r, beta=args.beta)
-            trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=args.hinge),
-                                 RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr, seed=args.seed))
+            objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
+            trainer = RTBTrainer(posterior, path, objective,
+                                 RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
+                                           explore=args.rtb_explore, replay=args.rtb_replay,
+                                           step_fraction=args.rtb_step_fraction, seed=args.seed))
             trainer.run(progress=not args.no_progress)
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()
@@ -177,7 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
                                                             track_gradients=False).samples for s in range(0, n, 64)])
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
-                     "frozen_final_steps": frozen}
+                     "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
+                     "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
+                     "final_batch_log_z": final_batch_log_z(trainer)}
         elif method == "noise":
             dim = args.size * args.size
             target = NoiseSpaceTarget(prior.ddim_solve, lambda x: likelihood(x), dim, beta=args.beta,

@@ -187,3 +187,22 @@ def test_schedule_buffers_follow_the_denoiser_device():
     mean = prior.step_mean(x, 3)
     assert mean.device.type == "meta" and mean.shape == (4, 3)
     assert prior.log_prob_step(mean, mean, 3).shape == (4,)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.5])
+def test_rtb_history_records_the_batch_log_z_of_forward_batches(beta):
+    from posterior.rtb_training import RTBConfig, RTBTrainer
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 10, (3,)).double()
+    posterior = DiffusionPosterior(prior).double()
+    # posterior = prior at the first iteration and log r = -1.3 everywhere: log Q - log p_F = -1.3 beta exactly
+    path = DiffusionPriorPath(prior, lambda x: x.new_full((x.shape[0],), -1.3), beta=beta)
+    trainer = RTBTrainer(posterior, path, VarGrad(), RTBConfig(iterations=1, batch_size=8, replay=True, seed=0),
+                         dtype=torch.float64)
+    trainer.run()
+    assert trainer.history.batch_log_z[0] == pytest.approx(-1.3 * beta, abs=1e-9)
+    trainer.config.iterations = 2  # the second iteration trains on backward trajectories from the buffer
+    trainer.run()
+    assert trainer.history.batch_log_z[1] is None
+    assert len(trainer.history.batch_log_z) == len(trainer.history.loss) == 2
