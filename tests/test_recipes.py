@@ -217,6 +217,21 @@ def test_mnist_classifier_guidance_recipe_contract(tmp_path):
     assert (tmp_path / "cache" / "ddpm14" / "config.json").exists()  # cached for the next run
 
 
+
+def test_mnist_classifier_guidance_rtb_options(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "cg"
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+          "--methods", "rtb", "--ddpm-iters", "2", "--ddpm-batch", "8", "--classifier-epochs", "1",
+          "--rtb-iters", "3", "--rtb-objective", "vargrad", "--rtb-replay", "--rtb-explore", "0.1",
+          "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"],
+         tmp_path)
+    entry = json.loads((out / "metrics.json").read_text())["methods"]["rtb"]
+    assert entry["rtb_objective"] == "vargrad" and entry["rtb_replay"] is True
+    assert entry["rtb_explore"] == 0.1 and entry["rtb_step_fraction"] == 0.5
+    assert entry["learned_log_z"] is None  # VarGrad learns no log Z ...
+    assert isinstance(entry["final_batch_log_z"], float)  # ... but the batch estimate is recorded
+
 def test_rtb_memory_recipe_contract(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "mem.json"
