@@ -54,12 +54,13 @@ def guided_sample(prior, log_reward: LogReward, batch_size: int, *, mode: str = 
 @torch.no_grad()
 def sampling_importance_resampling(prior, log_reward: LogReward, num_samples: int, *, pool: int = 1024,
                                    beta: float = 1.0, chunk: int = 256, generator: torch.Generator | None = None,
-                                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, float, float]:
+                                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, float, float, float]:
     """Resample ``num_samples`` from ``pool`` prior samples with weights r(x)^beta.
 
     Returns:
         samples (num_samples, *event_shape), denoiser evaluations per returned sample,
-        the effective sample size of the pool's weights (share of the pool).
+        the effective sample size of the pool's weights (share of the pool), and
+        log mean_pool r(x)^beta, the log of an unbiased estimate of Z = E_prior[r(x)^beta].
     """
     xs, logs = [], []
     for start in range(0, pool, chunk):
@@ -69,5 +70,6 @@ def sampling_importance_resampling(prior, log_reward: LogReward, num_samples: in
     x, log_w = torch.cat(xs), torch.cat(logs)
     probs = torch.softmax(log_w.double(), 0)
     ess = float(1.0 / (probs * probs).sum()) / pool
+    log_z = float(torch.logsumexp(log_w.double(), 0)) - math.log(pool)
     idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-    return x[idx], prior.num_steps * pool / num_samples, ess
+    return x[idx], prior.num_steps * pool / num_samples, ess, log_z

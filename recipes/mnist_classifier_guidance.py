@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
                                          mode="dps" if method == "dps" else "x0", scale=scale, generator=g)
             extra = {"scale": scale}
         else:
-            samples, nfe, ess = sampling_importance_resampling(prior, log_r, n, pool=args.sir_pool, beta=args.beta,
+            samples, nfe, ess, log_z = sampling_importance_resampling(prior, log_r, n, pool=args.sir_pool, beta=args.beta,
                                                                generator=g)
-            extra = {"pool": args.sir_pool, "pool_ess": ess}
+            extra = {"pool": args.sir_pool, "pool_ess": ess, "pool_log_z": log_z}
         seconds = time.perf_counter() - start
         with torch.no_grad():
             samples = samples.clamp(-1, 1)
