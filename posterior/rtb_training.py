@@ -64,6 +64,11 @@ class RTBHistory:
         values = self.seconds[skip:] or self.seconds
         return statistics.median(values) if values else float("nan")
 
+    def recent_batch_log_z(self, last: int = 50) -> float | None:
+        """Median of the last ``last`` forward batches' log Z estimates (None if there were none)."""
+        values = [v for v in self.batch_log_z if v is not None][-last:]
+        return statistics.median(values) if values else None
+
 
 class RTBTrainer:
     """Fine-tunes ``posterior`` toward p_prior(x) r(x)^beta.

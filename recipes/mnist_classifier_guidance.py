@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -143,12 +142,6 @@ def load_or_train_classifier(args, images, labels, device) -> tuple[SmallCNN, fl
     return model.to(device).eval(), accuracy
 
 
-def final_batch_log_z(trainer: RTBTrainer, last: int = 50) -> float | None:
-    """Median of the last ``last`` forward batches' log Z estimates (None if there were none)."""
-    values = [v for v in trainer.history.batch_log_z if v is not None][-last:]
-    return statistics.median(values) if values else None
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -198,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
-                     "final_batch_log_z": final_batch_log_z(trainer)}
+                     "final_batch_log_z": trainer.history.recent_batch_log_z()}
         elif method == "noise":
             dim = args.size * args.size
             target = NoiseSpaceTarget(prior.ddim_solve, lambda x: likelihood(x), dim, beta=args.beta,
@@ -223,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                                          mode="dps" if method == "dps" else "x0", scale=scale, generator=g)
             extra = {"scale": scale}
         else:
-            samples, nfe, ess, log_z = sampling_importance_resampling(prior, log_r, n, pool=args.sir_pool, beta=args.beta,
-                                                               generator=g)
+            samples, nfe, ess, log_z = sampling_importance_resampling(prior, log_r, n, pool=args.sir_pool,
+                                                                      beta=args.beta, generator=g)
             extra = {"pool": args.sir_pool, "pool_ess": ess, "pool_log_z": log_z}
         seconds = time.perf_counter() - start
         with torch.no_grad():

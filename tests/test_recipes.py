@@ -217,7 +217,6 @@ def test_mnist_classifier_guidance_recipe_contract(tmp_path):
     assert (tmp_path / "cache" / "ddpm14" / "config.json").exists()  # cached for the next run
 
 
-
 def test_mnist_classifier_guidance_rtb_options(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "cg"
@@ -231,6 +230,7 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert entry["rtb_explore"] == 0.1 and entry["rtb_step_fraction"] == 0.5
     assert entry["learned_log_z"] is None  # VarGrad learns no log Z ...
     assert isinstance(entry["final_batch_log_z"], float)  # ... but the batch estimate is recorded
+
 
 def test_rtb_memory_recipe_contract(tmp_path):
     pytest.importorskip("diffusers")
