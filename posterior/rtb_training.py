@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,8 @@ class RTBConfig:
             (noised) trajectories from it on odd iterations.
         buffer_size, rank_k: buffer capacity and rank weight k.
         seed: seeds all sampling noise.
+        checkpoint_every: with a checkpoint path, write a checkpoint every this many iterations
+            (and at the end of :meth:`RTBTrainer.run`); 0: only at the end.
     """
 
     iterations: int = 2000
@@ -47,6 +50,11 @@ class RTBConfig:
     buffer_size: int = 100_000
     rank_k: float = 0.01
     seed: int = 0
+    checkpoint_every: int = 0
+
+
+# settings that may change when a run is resumed: the budget and the checkpoint cadence
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_every")
 
 
 @dataclass
@@ -69,6 +77,16 @@ class RTBHistory:
         values = [v for v in self.batch_log_z if v is not None][-last:]
         return statistics.median(values) if values else None
 
+    def batch_log_z_curve(self, window: int = 100) -> list[tuple[int, float]]:
+        """(iterations done, median batch log Z of the forward batches in that window) for each
+        complete window of ``window`` iterations."""
+        curve = []
+        for end in range(window, len(self.batch_log_z) + 1, window):
+            values = [v for v in self.batch_log_z[end - window:end] if v is not None]
+            if values:
+                curve.append((end, statistics.median(values)))
+        return curve
+
 
 class RTBTrainer:
     """Fine-tunes ``posterior`` toward p_prior(x) r(x)^beta.
@@ -78,11 +96,16 @@ class RTBTrainer:
         path: the :class:`DiffusionPriorPath` (prior, reward, beta).
         objective: :class:`RelativeTrajectoryBalance` or :class:`VarGrad`.
         config: hyperparameters.
+        checkpoint_path: file for atomic checkpoints (None: none); :meth:`load` resumes the same run.
     """
 
     def __init__(self, posterior: DiffusionPosterior, path: DiffusionPriorPath, objective: Objective,
-                 config: RTBConfig, *, dtype: torch.dtype = torch.float32) -> None:
+                 config: RTBConfig, *, dtype: torch.dtype = torch.float32,
+                 checkpoint_path: str | Path | None = None) -> None:
+        if config.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
         self.posterior, self.path, self.objective, self.config = posterior, path, objective, config
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         trainable = [p for p in posterior.model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the posterior model has no trainable parameters")
@@ -151,7 +174,12 @@ class RTBTrainer:
             bar.update(1)
             if self.iteration % 20 == 0:
                 bar.set_postfix(loss=f"{loss:.3g}")
+            every = self.config.checkpoint_every
+            if self.checkpoint_path and every and self.iteration % every == 0:
+                self.save(self.checkpoint_path)
         bar.close()
+        if self.checkpoint_path:
+            self.save(self.checkpoint_path)
         if self.device.type == "cuda":
             self.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.device))
         return self.history
@@ -160,21 +188,28 @@ class RTBTrainer:
     def state_dict(self) -> dict:
         return {"model": self.posterior.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "iteration": self.iteration, "history": asdict(self.history),
+                "iteration": self.iteration, "history": asdict(self.history), "config": asdict(self.config),
                 "buffer": None if self.buffer is None else self.buffer.state_dict()}
 
     def save(self, path) -> None:
         checkpoint.save_atomic(self.state_dict(), path)
 
     def load(self, path) -> None:
+        """Resume from a checkpoint of the same run: every setting but the budget and the
+        checkpoint cadence must match (a ValueError names the ones that differ)."""
         state = checkpoint.load(path, map_location=self.device)
+        saved, current = state["config"], asdict(self.config)
+        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            raise ValueError(f"checkpoint {path} was written with different settings: "
+                             + ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in changed))
         self.posterior.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.restore_generator(self.generator, state["generator"])
         self.iteration = int(state["iteration"])
         self.history = RTBHistory(**state["history"])
-        if self.buffer is not None and state["buffer"] is not None:
+        if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
 
 

@@ -11,7 +11,8 @@ Writes DIR/metrics.json with one entry per method: mean_log_r (log p(c | x) unde
 class_share (share classified as c), diversity (mean pairwise distance of classifier features),
 frechet (Fréchet distance in that feature space to real digits of class c), seconds_train,
 seconds_per_sample, nfe_per_sample (denoiser evaluations per sample, training excluded); and
-DIR/<method>.png grids.
+DIR/<method>.png grids. RTB also records its batch log Z estimates (an ELBO, every 100 iterations)
+and keeps DIR/rtb_checkpoint.pt, so ``--resume`` continues a run (``--rtb-iters`` may grow).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "backward (noised) trajectories from it")
     p.add_argument("--rtb-step-fraction", type=float, default=1.0,
                    help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="RTB: write DIR/rtb_checkpoint.pt every this many iterations (and at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="RTB: continue from DIR/rtb_checkpoint.pt (same settings; --rtb-iters may grow)")
     p.add_argument("--freeze-below", type=float, default=NEAR_DETERMINISTIC_VARIANCE,
                    help="RTB: trailing steps with transition variance below this keep the prior's denoiser")
     p.add_argument("--dps-scale", type=float, default=1.0)
@@ -181,9 +186,14 @@ def main(argv: list[str] | None = None) -> dict:
             trainer = RTBTrainer(posterior, path, objective,
                                  RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
                                            explore=args.rtb_explore, replay=args.rtb_replay,
-                                           step_fraction=args.rtb_step_fraction, seed=args.seed))
+                                           step_fraction=args.rtb_step_fraction, seed=args.seed,
+                                           checkpoint_every=args.checkpoint_every),
+                                 checkpoint_path=out / "rtb_checkpoint.pt")
+            if args.resume and trainer.checkpoint_path.exists():
+                trainer.load(trainer.checkpoint_path)
+                print(f"resumed RTB from {trainer.checkpoint_path} at iteration {trainer.iteration}")
             trainer.run(progress=not args.no_progress)
-            train_seconds = time.perf_counter() - start
+            train_seconds = sum(trainer.history.seconds)  # every session of a resumed run
             start = time.perf_counter()
             with torch.no_grad():
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
@@ -191,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
-                     "final_batch_log_z": trainer.history.recent_batch_log_z()}
+                     "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
+                     "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}
         elif method == "noise":
             dim = args.size * args.size
             target = NoiseSpaceTarget(prior.ddim_solve, lambda x: likelihood(x), dim, beta=args.beta,

@@ -213,3 +213,49 @@ def test_rtb_history_records_the_batch_log_z_of_forward_batches(beta):
     trainer.run()
     assert trainer.history.batch_log_z[1] is None
     assert len(trainer.history.batch_log_z) == len(trainer.history.loss) == 2
+
+
+def _rtb_trainer(iterations, checkpoint_path=None, **overrides):
+    from posterior.rtb_training import RTBConfig, RTBTrainer
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
+    posterior = DiffusionPosterior(prior).double()
+    path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
+    settings = dict(iterations=iterations, batch_size=8, lr=1e-2, explore=0.3, replay=True, step_fraction=0.5,
+                    seed=4)
+    settings.update(overrides)
+    return RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=0.01).double(), RTBConfig(**settings),
+                      dtype=torch.float64, checkpoint_path=checkpoint_path)
+
+
+def test_rtb_trainer_resumed_from_a_checkpoint_continues_the_same_run(tmp_path):
+    straight = _rtb_trainer(6)
+    straight.run()
+    ckpt = tmp_path / "rtb.pt"
+    first = _rtb_trainer(6, ckpt, checkpoint_every=2)
+    first.config.iterations = 3  # stop part-way (odd: the next iteration is a buffer iteration)
+    first.run()
+    resumed = _rtb_trainer(6, ckpt, checkpoint_every=2)
+    resumed.load(ckpt)
+    assert resumed.iteration == 3 and len(resumed.buffer) == len(first.buffer) > 0
+    resumed.run()
+    for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters()):
+        assert torch.equal(a, b)
+    assert straight.objective.log_z() == resumed.objective.log_z()
+    assert straight.history.loss == resumed.history.loss
+    assert straight.history.batch_log_z == resumed.history.batch_log_z
+    assert resumed.history.batch_log_z_curve(window=2) == [
+        (2, straight.history.batch_log_z[0]), (4, straight.history.batch_log_z[2]),
+        (6, straight.history.batch_log_z[4])]  # one forward batch per window of two (replay alternates)
+
+
+def test_rtb_trainer_refuses_a_checkpoint_of_a_different_run(tmp_path):
+    ckpt = tmp_path / "rtb.pt"
+    _rtb_trainer(2, ckpt).run()
+    with pytest.raises(ValueError, match=r"lr=0.01 \(now 0.001\)"):
+        _rtb_trainer(4, ckpt, lr=1e-3).load(ckpt)
+    with pytest.raises(ValueError, match=r"replay=True \(now False\)"):
+        _rtb_trainer(4, ckpt, replay=False).load(ckpt)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _rtb_trainer(4, checkpoint_every=-1)

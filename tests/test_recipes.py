@@ -230,6 +230,18 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert entry["rtb_explore"] == 0.1 and entry["rtb_step_fraction"] == 0.5
     assert entry["learned_log_z"] is None  # VarGrad learns no log Z ...
     assert isinstance(entry["final_batch_log_z"], float)  # ... but the batch estimate is recorded
+    assert entry["rtb_iters"] == 3 and (out / "rtb_checkpoint.pt").exists()
+    # a longer budget resumes the same run from its checkpoint
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+          "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "5", "--rtb-objective", "vargrad", "--rtb-replay", "--rtb-explore", "0.1",
+          "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress",
+          "--resume"], tmp_path)
+    resumed = json.loads((out / "metrics.json").read_text())["methods"]["rtb"]
+    assert resumed["rtb_iters"] == 5
+    import torch
+
+    state = torch.load(out / "rtb_checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 5 and len(state["history"]["loss"]) == 5
 
 
 def test_rtb_memory_recipe_contract(tmp_path):
