@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from priors.diffusion import denoise
+
 from .networks import FourierMLP
 
 
@@ -35,7 +37,6 @@ class ResidualDenoiser(nn.Module):
                                         nn.Linear(hidden, hidden), nn.GELU(), last)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.base(x, t)
-        out = out.sample if hasattr(out, "sample") else out
+        out = denoise(self.base, x, t)
         h = self.state_embed(x) + self.time_embed(t.to(x.dtype) / self.scale)
         return out + self.correction(h)

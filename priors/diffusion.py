@@ -30,7 +30,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _denoise(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+def denoise(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
     """Call a diffusers-style denoiser; accepts outputs with ``.sample`` or plain tensors."""
     out = model(x, t)
     return out.sample if hasattr(out, "sample") else out
@@ -119,7 +119,7 @@ class DiffusionPrior(nn.Module):
         """x0_hat at step k (0 = first step from pure noise) for states x (B, *event_shape)."""
         model = self.denoiser if model is None else model
         t = self.timesteps[k].to(x.device).expand(x.shape[0])
-        out = _denoise(model, x, t)
+        out = denoise(model, x, t)
         a = self.alpha_t[k].to(x)
         if self.prediction_type == "epsilon":
             x0 = (x - (1 - a).sqrt() * out) / a.sqrt()
@@ -130,9 +130,13 @@ class DiffusionPrior(nn.Module):
         return x0.clamp(-self.clip_range, self.clip_range) if self.clip_sample else x0
 
     def step_mean(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
-        """Mean of the step-k transition from x (B, *event_shape)."""
+        """Mean of the step-k transition from x (B, *event_shape). A ``model`` with a method
+        ``step_mean_shift(x, k)`` (e.g. :class:`posterior.guided_denoiser.GuidedDenoiser`) has its
+        value added to the mean."""
         x0 = self.predict_x0(x, k, model)
-        return self.coef_x0[k].to(x) * x0 + self.coef_xt[k].to(x) * x
+        mean = self.coef_x0[k].to(x) * x0 + self.coef_xt[k].to(x) * x
+        shift = getattr(model, "step_mean_shift", None)
+        return mean if shift is None else mean + shift(x, k)
 
     def final_steps_below(self, variance: float) -> int:
         """How many trailing steps of the schedule have a transition variance below ``variance``

@@ -38,6 +38,7 @@ from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance, VarGrad  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
 from posterior.sample_quality import frechet_distance, mean_pairwise_distance  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
 from priors.ddpm_training import small_unet, train_ddpm  # noqa: E402
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "backward (noised) trajectories from it")
     p.add_argument("--rtb-step-fraction", type=float, default=1.0,
                    help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
+    p.add_argument("--rtb-guidance", type=float, default=0.0,
+                   help="RTB: initial scale w of the learned per-step guidance term w_k var_k grad log r(x0_prior) "
+                        "in the posterior's mean (1: first-order posterior correction; 0: off)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="RTB: write DIR/rtb_checkpoint.pt every this many iterations (and at the end)")
     p.add_argument("--resume", action="store_true",
@@ -180,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
         extra: dict = {}
         if method == "rtb":
             frozen = prior.final_steps_below(args.freeze_below)
-            posterior = DiffusionPosterior(prior, frozen_final_steps=frozen)
+            model = (GuidedDenoiser(prior.posterior_copy(), prior, lambda x: args.beta * likelihood(x),
+                                    init_scale=args.rtb_guidance) if args.rtb_guidance else None)
+            posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             path = DiffusionPriorPath(prior, log_r, beta=args.beta)
             objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
             trainer = RTBTrainer(posterior, path, objective,
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
+                     "rtb_guidance": args.rtb_guidance,
+                     "guidance_scales": model.scale.tolist() if model is not None else None,
                      "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}
         elif method == "noise":
             dim = args.size * args.size
