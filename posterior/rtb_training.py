@@ -27,7 +27,8 @@ from .replay_buffer import ReplayBuffer
 class RTBConfig:
     """Attributes:
         iterations, batch_size: optimizer steps and trajectories per step.
-        lr: Adam learning rate of the posterior model; lr_log_z: of log Z.
+        lr: Adam learning rate of the posterior model; lr_log_z: of log Z; lr_guidance: of a
+            guided model's per-step guidance scales (``model.guidance_parameters()``; None: lr).
         explore: extra per-step variance at iteration 0 (decays linearly to 0).
         per_step: accumulate the gradient one step at a time (exact, low memory).
         step_fraction: with per_step, the share of steps used per iteration (rescaled, unbiased).
@@ -43,6 +44,7 @@ class RTBConfig:
     batch_size: int = 64
     lr: float = 1e-3
     lr_log_z: float = 1e-1
+    lr_guidance: float | None = None
     explore: float = 0.0
     per_step: bool = True
     step_fraction: float = 1.0
@@ -106,10 +108,15 @@ class RTBTrainer:
             raise ValueError(f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
         self.posterior, self.path, self.objective, self.config = posterior, path, objective, config
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        trainable = [p for p in posterior.model.parameters() if p.requires_grad]
-        if not trainable:
+        guidance = getattr(posterior.model, "guidance_parameters", None)
+        guidance = list(guidance()) if guidance is not None and config.lr_guidance is not None else []
+        separate = {id(p) for p in guidance}
+        trainable = [p for p in posterior.model.parameters() if p.requires_grad and id(p) not in separate]
+        if not trainable and not guidance:
             raise ValueError("the posterior model has no trainable parameters")
-        groups = [{"params": trainable, "lr": config.lr}]
+        groups = [{"params": trainable, "lr": config.lr}] if trainable else []
+        if guidance:
+            groups.append({"params": guidance, "lr": config.lr_guidance})
         if list(objective.parameters()):
             groups.append({"params": list(objective.parameters()), "lr": config.lr_log_z})
         self.optimizer = torch.optim.Adam(groups)

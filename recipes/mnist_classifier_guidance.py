@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-guidance", type=float, default=0.0,
                    help="RTB: initial scale w of the learned per-step guidance term w_k var_k grad log r(x0_prior) "
                         "in the posterior's mean (1: first-order posterior correction; 0: off)")
+    p.add_argument("--rtb-guidance-schedule", choices=("constant", "signal"), default="signal",
+                   help="initial guidance scales: w for every step, or w * alpha_bar_k (off at pure noise)")
+    p.add_argument("--lr-guidance", type=float, default=1e-2, help="learning rate of the guidance scales")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="RTB: write DIR/rtb_checkpoint.pt every this many iterations (and at the end)")
     p.add_argument("--resume", action="store_true",
@@ -184,8 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
         extra: dict = {}
         if method == "rtb":
             frozen = prior.final_steps_below(args.freeze_below)
-            model = (GuidedDenoiser(prior.posterior_copy(), prior, lambda x: args.beta * likelihood(x),
-                                    init_scale=args.rtb_guidance) if args.rtb_guidance else None)
+            model = None
+            if args.rtb_guidance:
+                tempered = lambda x: args.beta * likelihood(x)  # noqa: E731
+                model = (GuidedDenoiser.signal_weighted(prior.posterior_copy(), prior, tempered, args.rtb_guidance)
+                         if args.rtb_guidance_schedule == "signal" else
+                         GuidedDenoiser(prior.posterior_copy(), prior, tempered, init_scale=args.rtb_guidance))
             posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             path = DiffusionPriorPath(prior, log_r, beta=args.beta)
             objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
                                            explore=args.rtb_explore, replay=args.rtb_replay,
                                            step_fraction=args.rtb_step_fraction, seed=args.seed,
+                                           lr_guidance=args.lr_guidance if model is not None else None,
                                            checkpoint_every=args.checkpoint_every),
                                  checkpoint_path=out / "rtb_checkpoint.pt")
             if args.resume and trainer.checkpoint_path.exists():
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
-                     "rtb_guidance": args.rtb_guidance,
+                     "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,
                      "guidance_scales": model.scale.tolist() if model is not None else None,
                      "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}
         elif method == "noise":

@@ -325,3 +325,25 @@ def test_guided_posterior_starts_closer_to_the_posterior_than_the_prior_does():
                          for w, m in zip((0.1, 0.2, 0.3, 0.4), (1.0, 0.0, -1.0, 0.0))))
     kl = {name: log_z - value for name, value in elbo.items()}  # measured: prior 11.1, guided 3.4
     assert 0 < kl["guided"] < 0.5 * kl["prior"], (log_z, elbo)
+
+
+def test_signal_weighted_guidance_scales_and_their_own_learning_rate():
+    from posterior.rtb_training import RTBConfig, RTBTrainer
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
+    guided = GuidedDenoiser.signal_weighted(prior.posterior_copy(), prior, _quadratic_log_r, 2.0).double()
+    torch.testing.assert_close(guided.scale.detach(), 2.0 * prior.alpha_t)
+    with pytest.raises(ValueError, match="init_scale"):
+        GuidedDenoiser(prior.posterior_copy(), prior, _quadratic_log_r, init_scale=torch.ones(5))
+    posterior = DiffusionPosterior(prior, guided)
+    path = DiffusionPriorPath(prior, _quadratic_log_r)
+    trainer = RTBTrainer(posterior, path, VarGrad(), RTBConfig(iterations=1, batch_size=8, lr=1e-5, lr_guidance=0.3),
+                         dtype=torch.float64)
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [1e-5, 0.3]
+    assert trainer.optimizer.param_groups[1]["params"] == [guided.scale]
+    before = guided.scale.detach().clone()
+    trainer.run()
+    # Adam's first step moves every scale with a nonzero gradient by lr exactly
+    step = (guided.scale.detach() - before).abs()
+    torch.testing.assert_close(step[step > 0], torch.full_like(step[step > 0], 0.3), rtol=1e-6, atol=0)
