@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
             with torch.no_grad():
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
                                                             track_gradients=False).samples for s in range(0, n, 64)])
+            if model is not None:  # each trained step also evaluates (and differentiates) the prior's denoiser
+                nfe = float(args.steps + posterior.trained_steps)
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,

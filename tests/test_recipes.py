@@ -246,6 +246,7 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     guided = json.loads((tmp_path / "guided" / "metrics.json").read_text())["methods"]["rtb"]
     assert guided["rtb_guidance"] == 1.0 and len(guided["guidance_scales"]) == 4
     assert all(abs(w - 1.0) < 0.01 for w in guided["guidance_scales"])  # two Adam steps of 1e-3
+    assert guided["nfe_per_sample"] == 4 + (4 - guided["frozen_final_steps"])  # the prior's denoiser on trained steps
     import torch
 
     state = torch.load(out / "rtb_checkpoint.pt", weights_only=False)
