@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from priors.diffusion import denoise
 
 from .checks import check_no_nan, check_shape
+from .guidance import log_reward_gradient
 
 
 class GuidedDenoiser(nn.Module):
@@ -82,13 +83,7 @@ class GuidedDenoiser(nn.Module):
         prior = self.prior
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            log_r = self._log_reward[0](prior.predict_x0(leaf, k))
-            check_shape(log_r, (x.shape[0],), "log_reward(x)")
-            check_no_nan(log_r, "log_reward")
-            finite = torch.isfinite(log_r)
-            (grad,) = torch.autograd.grad(log_r.where(finite, log_r.new_zeros(())).sum(), leaf)
-        grad = grad.where(finite.reshape((-1,) + (1,) * (grad.ndim - 1)), grad.new_zeros(()))
-        check_no_nan(grad, "gradient of log_reward")
+            grad = log_reward_gradient(self._log_reward[0], prior.predict_x0(leaf, k), leaf)
         if self.grad_clip is not None:
             grad = grad.clamp(-self.grad_clip, self.grad_clip)
         return grad * prior.step_var[k].to(grad)

@@ -169,6 +169,30 @@ def test_sir_approaches_the_exact_posterior_and_guidance_runs():
         assert float(samples[:, 0].mean()) > 0.0  # pulled toward the observation x_1 = 0.8
 
 
+@pytest.mark.parametrize("mode", ["dps", "x0"])
+def test_guided_sampling_skips_zero_density_and_reports_nan(mode):
+    """A -inf log r (zero density) gives no guidance, so the sample is the unguided one with the same
+    noise, not a step of inf or a silently zeroed NaN; a NaN log r raises."""
+    from posterior.guidance import guided_sample
+    prior, _ = _mixture_prior(steps=8)
+    prior = prior.float()
+
+    def log_r(x):
+        return torch.where(x[:, 0] > 0, -0.5 * (x[:, 0] - 0.8) ** 2 / 0.3, torch.full_like(x[:, 0], -math.inf))
+
+    def seeded(reward, scale):
+        return guided_sample(prior, reward, 32, mode=mode, scale=scale, generator=torch.Generator().manual_seed(3))[0]
+
+    zero_density = seeded(lambda x: torch.full_like(x[:, 0], -math.inf), 0.5)
+    torch.testing.assert_close(zero_density, seeded(log_r, 0.0), rtol=0, atol=0)
+    partly = seeded(log_r, 0.5)
+    assert bool(torch.isfinite(partly).all()) and not torch.equal(partly, zero_density)
+    with pytest.raises(ValueError, match="log_reward returned NaN"):
+        seeded(lambda x: torch.where(x[:, 0] > 0, x[:, 0], torch.full_like(x[:, 0], math.nan)), 0.5)
+    with pytest.raises(ValueError, match="differentiable in x"):
+        seeded(lambda x: log_r(x).detach(), 0.5)
+
+
 def test_gradient_checkpointing_gives_the_same_gradient():
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,))
