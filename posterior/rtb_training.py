@@ -19,6 +19,7 @@ import torch
 from . import checkpoint
 from .diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step
 from .exploration import LinearDecay
+from .lr_schedule import CosineDecay
 from .objectives.base import Objective
 from .replay_buffer import ReplayBuffer
 
@@ -38,6 +39,9 @@ class RTBConfig:
         seed: seeds all sampling noise.
         checkpoint_every: with a checkpoint path, write a checkpoint every this many iterations
             (and at the end of :meth:`RTBTrainer.run`); 0: only at the end.
+        lr_decay_horizon, lr_decay_final: cosine decay of the posterior's learning rates (lr and
+            lr_guidance; not lr_log_z) to ``lr_decay_final`` times their value over the first
+            ``lr_decay_horizon`` iterations, constant after; horizon 0: no decay.
     """
 
     iterations: int = 2000
@@ -53,6 +57,8 @@ class RTBConfig:
     rank_k: float = 0.01
     seed: int = 0
     checkpoint_every: int = 0
+    lr_decay_horizon: int = 0
+    lr_decay_final: float = 0.1
 
 
 # settings that may change when a run is resumed: the budget and the checkpoint cadence
@@ -117,9 +123,12 @@ class RTBTrainer:
         groups = [{"params": trainable, "lr": config.lr}] if trainable else []
         if guidance:
             groups.append({"params": guidance, "lr": config.lr_guidance})
+        self._decaying_groups = len(groups)  # the posterior's groups come first; log Z's rate stays
         if list(objective.parameters()):
             groups.append({"params": list(objective.parameters()), "lr": config.lr_log_z})
         self.optimizer = torch.optim.Adam(groups)
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
         self.device = posterior.prior.alpha_t.device
         self.dtype = dtype
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -161,6 +170,9 @@ class RTBTrainer:
         for name, p in self.posterior.model.named_parameters():
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 raise FloatingPointError(f"non-finite gradient in posterior parameter {name!r}")
+        multiplier = self.lr_decay(self.iteration)
+        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self._base_lrs)):
+            group["lr"] = base * multiplier if index < self._decaying_groups else base
         self.optimizer.step()
         return float(loss.detach())
 
@@ -205,11 +217,13 @@ class RTBTrainer:
         """Resume from a checkpoint of the same run: every setting but the budget and the
         checkpoint cadence must match (a ValueError names the ones that differ)."""
         state = checkpoint.load(path, map_location=self.device)
-        saved, current = state["config"], asdict(self.config)
-        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+        current = asdict(self.config)
+        # a setting added after the checkpoint was written counts as its default there
+        saved = {**asdict(RTBConfig()), **state["config"]}
+        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved[k] != current[k])
         if changed:
             raise ValueError(f"checkpoint {path} was written with different settings: "
-                             + ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in changed))
+                             + ", ".join(f"{k}={saved[k]!r} (now {current[k]!r})" for k in changed))
         self.posterior.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise-iters", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4, help="RTB learning rate")
+    p.add_argument("--lr-decay-horizon", type=int, default=0,
+                   help="RTB: cosine decay of --lr (and --lr-guidance) over this many iterations (0: constant)")
+    p.add_argument("--lr-decay-final", type=float, default=0.1,
+                   help="RTB: the learning rate's multiplier at the end of the decay")
     p.add_argument("--hinge", type=float, default=0.1, help="RTB hinge on squared residuals")
     p.add_argument("--rtb-objective", choices=("rtb", "vargrad"), default="rtb",
                    help="rtb: learned scalar log Z (with --hinge); vargrad: the batch's own log Z estimate")
@@ -201,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
                                            explore=args.rtb_explore, replay=args.rtb_replay,
                                            step_fraction=args.rtb_step_fraction, seed=args.seed,
                                            lr_guidance=args.lr_guidance if model is not None else None,
-                                           checkpoint_every=args.checkpoint_every),
+                                           checkpoint_every=args.checkpoint_every,
+                                           lr_decay_horizon=args.lr_decay_horizon,
+                                           lr_decay_final=args.lr_decay_final),
                                  checkpoint_path=out / "rtb_checkpoint.pt")
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
@@ -218,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
+                     "lr": args.lr, "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
                      "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,
                      "guidance_scales": model.scale.tolist() if model is not None else None,
                      "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}

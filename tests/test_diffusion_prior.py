@@ -254,7 +254,7 @@ def _rtb_trainer(iterations, checkpoint_path=None, **overrides):
     posterior = DiffusionPosterior(prior).double()
     path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
     settings = dict(iterations=iterations, batch_size=8, lr=1e-2, explore=0.3, replay=True, step_fraction=0.5,
-                    seed=4)
+                    seed=4, lr_decay_horizon=5, lr_decay_final=0.2)
     settings.update(overrides)
     return RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=0.01).double(), RTBConfig(**settings),
                       dtype=torch.float64, checkpoint_path=checkpoint_path)
@@ -290,6 +290,34 @@ def test_rtb_trainer_refuses_a_checkpoint_of_a_different_run(tmp_path):
         _rtb_trainer(4, ckpt, replay=False).load(ckpt)
     with pytest.raises(ValueError, match="checkpoint_every"):
         _rtb_trainer(4, checkpoint_every=-1)
+
+
+def test_rtb_trainer_decays_the_posterior_learning_rate_but_not_log_z(tmp_path):
+    from posterior.lr_schedule import CosineDecay
+    decay = CosineDecay(horizon=5, final=0.2)
+    assert decay(0) == 1.0 and decay(5) == decay(9) == pytest.approx(0.2)
+    assert decay(2.5) == pytest.approx(0.6) and CosineDecay(0, 0.2)(7) == 1.0
+    trainer = _rtb_trainer(7)
+    for i in range(7):
+        trainer.step()
+        trainer.iteration += 1
+        model_group, log_z_group = trainer.optimizer.param_groups
+        assert model_group["lr"] == pytest.approx(1e-2 * decay(i), rel=1e-12)
+        assert log_z_group["lr"] == trainer.config.lr_log_z
+    with pytest.raises(ValueError, match="lr decay horizon"):
+        _rtb_trainer(2, lr_decay_horizon=-1)
+    with pytest.raises(ValueError, match="final lr multiplier"):
+        _rtb_trainer(2, lr_decay_final=1.5)
+    # a checkpoint written before the schedule existed resumes when the schedule is off
+    ckpt = tmp_path / "old.pt"
+    old = _rtb_trainer(2, ckpt, lr_decay_horizon=0, lr_decay_final=0.1)
+    old.run()
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["lr_decay_horizon"], state["config"]["lr_decay_final"]
+    torch.save(state, ckpt)
+    _rtb_trainer(4, ckpt, lr_decay_horizon=0, lr_decay_final=0.1).load(ckpt)
+    with pytest.raises(ValueError, match="lr_decay_horizon=0"):
+        _rtb_trainer(4, ckpt).load(ckpt)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

@@ -223,7 +223,8 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
           "--methods", "rtb", "--ddpm-iters", "2", "--ddpm-batch", "8", "--classifier-epochs", "1",
           "--rtb-iters", "3", "--rtb-objective", "vargrad", "--rtb-replay", "--rtb-explore", "0.1",
-          "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"],
+          "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress",
+          "--lr-decay-horizon", "4", "--lr-decay-final", "0.5"],
          tmp_path)
     entry = json.loads((out / "metrics.json").read_text())["methods"]["rtb"]
     assert entry["rtb_objective"] == "vargrad" and entry["rtb_replay"] is True
@@ -231,11 +232,12 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert entry["learned_log_z"] is None  # VarGrad learns no log Z ...
     assert isinstance(entry["final_batch_log_z"], float)  # ... but the batch estimate is recorded
     assert entry["rtb_iters"] == 3 and (out / "rtb_checkpoint.pt").exists()
+    assert entry["lr_decay_horizon"] == 4 and entry["lr_decay_final"] == 0.5
     # a longer budget resumes the same run from its checkpoint
     _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "5", "--rtb-objective", "vargrad", "--rtb-replay", "--rtb-explore", "0.1",
           "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress",
-          "--resume"], tmp_path)
+          "--lr-decay-horizon", "4", "--lr-decay-final", "0.5", "--resume"], tmp_path)
     resumed = json.loads((out / "metrics.json").read_text())["methods"]["rtb"]
     assert resumed["rtb_iters"] == 5
     # the guided parametrization starts at its initial scale and records the learned ones
@@ -251,6 +253,7 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
 
     state = torch.load(out / "rtb_checkpoint.pt", weights_only=False)
     assert state["iteration"] == 5 and len(state["history"]["loss"]) == 5
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.5)  # the decay's end, kept after it
 
 
 def test_rtb_memory_recipe_contract(tmp_path):
