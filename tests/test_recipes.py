@@ -253,6 +253,16 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
 
     state = torch.load(out / "rtb_checkpoint.pt", weights_only=False)
     assert state["iteration"] == 5 and len(state["history"]["loss"]) == 5
+    # the per-step path KL report of that run, with the last step handed back to the prior
+    _run(["recipes/rtb_path_kl.py", "--run", str(out), "--cache", str(tmp_path / "cache"), "--classifier-epochs", "1",
+          "--samples", "8", "--frozen-final-steps", "1", "--exact", "--pool", "16", "--paths", "4",
+          "--continuations", "2"], tmp_path)
+    report = json.loads((out / "path_kl.json").read_text())
+    assert report["rtb_iters"] == 5 and report["frozen_final_steps"] == 1 and len(report["step_variance"]) == 4
+    sampler, exact = report["sampler"], report["exact"]
+    assert len(sampler["step_kl"]) == 4 and sampler["step_kl"][-1] == 0.0
+    assert sampler["elbo"] == pytest.approx(sampler["mean_log_reward"] - sampler["path_kl"], abs=1e-9)
+    assert len(exact["step_kl"]) == 4 and exact["elbo"] is None and isinstance(exact["start_bias"], float)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.5)  # the decay's end, kept after it
 
 

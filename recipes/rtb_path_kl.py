@@ -1,0 +1,111 @@
+"""Where a trained RTB / VarGrad posterior of the MNIST guidance recipe spends its KL, step by step,
+beside the exact posterior's decomposition on the same prior and schedule.
+
+    python recipes/rtb_path_kl.py --run DIR [--exact] [--frozen-final-steps M] [--json FILE]
+
+DIR is an output folder of ``recipes/mnist_classifier_guidance.py --methods rtb`` (its metrics.json
+and rtb_checkpoint.pt; the prior and classifier come from the same --cache). Prints, per step, the
+transition variance and the sampler's path KL E_q[log q_k - log p_k]; the ELBO, an importance-
+sampled log Z, the ESS and the spread of the log-weights. ``--exact`` adds the exact posterior's
+per-step KL (SIR paths, prior continuations for h_k; see ``posterior/path_kl.py``: its log h is
+biased low at early steps, and the report gives that bias at the first step). ``--frozen-final-steps``
+evaluates the same weights with more (or fewer) trailing steps left to the prior: a step whose KL
+buys little reward shows up as a higher ELBO when it is handed back to the prior.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mnist_classifier_guidance as guidance_recipe  # noqa: E402
+from constraints.classifier import ClassifierLikelihood  # noqa: E402
+from posterior import checkpoint  # noqa: E402
+from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
+from priors.diffusion import DiffusionPrior  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="output folder of mnist_classifier_guidance.py with an RTB checkpoint")
+    p.add_argument("--cache", default="runs/mnist_guidance_cache", help="the run's trained prior and classifier")
+    p.add_argument("--classifier-epochs", type=int, default=30, help="the run's --classifier-epochs")
+    p.add_argument("--samples", type=int, default=256, help="posterior trajectories for the sampler's report")
+    p.add_argument("--frozen-final-steps", type=int, default=None,
+                   help="trailing steps that use the prior's denoiser (default: the run's)")
+    p.add_argument("--exact", action="store_true", help="also the exact posterior's per-step KL")
+    p.add_argument("--pool", type=int, default=4096, help="--exact: prior trajectories for SIR")
+    p.add_argument("--paths", type=int, default=256, help="--exact: posterior paths")
+    p.add_argument("--continuations", type=int, default=16, help="--exact: prior continuations per path and step")
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="write the report here (default: RUN/path_kl.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    for needed in (run / "metrics.json", run / "rtb_checkpoint.pt"):
+        if not needed.exists():
+            raise SystemExit(f"{needed} not found: --run must be an RTB output folder of mnist_classifier_guidance.py")
+    metrics = json.loads((run / "metrics.json").read_text())
+    if "rtb" not in metrics.get("methods", {}):
+        raise SystemExit(f"{run / 'metrics.json'} has no RTB entry")
+    setup = guidance_recipe.parse_args(["--out", str(run), "--cache", args.cache, "--size", str(metrics["size"]),
+                                        "--steps", str(metrics["steps"]), "--classifier-epochs",
+                                        str(args.classifier_epochs)])
+    size = int(metrics["size"])
+    if not (Path(args.cache) / f"ddpm{size}" / "config.json").exists():
+        raise SystemExit(f"no trained prior in {args.cache}/ddpm{size}: pass the run's --cache")
+    if not (Path(args.cache) / f"classifier{size}-e{args.classifier_epochs}.safetensors").exists():
+        raise SystemExit(f"no classifier{size}-e{args.classifier_epochs} in {args.cache}: pass the run's "
+                         f"--cache and --classifier-epochs")
+    device = torch.device("cpu")
+    unet, scheduler, _ = guidance_recipe.load_or_train_prior(setup, None, device)
+    classifier, _ = guidance_recipe.load_or_train_classifier(setup, None, None, device)
+    prior = DiffusionPrior(unet, scheduler, int(metrics["steps"]), (1, size, size))
+    likelihood = ClassifierLikelihood(classifier, target_classes=int(metrics["target_class"]))
+    beta = float(metrics["beta"])
+    trained_frozen = int(metrics["methods"]["rtb"]["frozen_final_steps"])
+    frozen = trained_frozen if args.frozen_final_steps is None else args.frozen_final_steps
+    posterior = DiffusionPosterior(prior, frozen_final_steps=frozen)
+    state = checkpoint.load(run / "rtb_checkpoint.pt", map_location=device)
+    posterior.model.load_state_dict(state["model"])
+    path = DiffusionPriorPath(prior, likelihood, beta=beta)
+    generator = torch.Generator().manual_seed(args.seed)
+    sampler = sampler_path_kl(posterior, path, args.samples, generator=generator)
+    report = {"run": str(run), "rtb_iters": int(state["iteration"]), "frozen_final_steps": frozen,
+              "trained_frozen_final_steps": trained_frozen, "timesteps": prior.timesteps.tolist(),
+              "step_variance": prior.step_var.tolist(), "sampler": sampler.to_dict()}
+    exact = None
+    if args.exact:
+        exact = exact_posterior_path_kl(prior, lambda x: beta * likelihood(x), pool=args.pool, paths=args.paths,
+                                        continuations=args.continuations, generator=generator)
+        report["exact"] = exact.to_dict()
+        report["exact_settings"] = {"pool": args.pool, "paths": args.paths, "continuations": args.continuations}
+    print(f"{run}: {report['rtb_iters']} iterations, {frozen} frozen final steps")
+    print("step  timestep  variance  sampler KL" + ("  exact KL" if exact else ""))
+    for k, (t, v, kl) in enumerate(zip(report["timesteps"], report["step_variance"], sampler.step_kl)):
+        print(f"{k:4d}  {t:8d}  {v:8.4f}  {kl:10.3f}" + (f"  {exact.step_kl[k]:8.3f}" if exact else ""))
+    print(f"sampler: path KL {sampler.path_kl:.3f}, E[beta log r] {sampler.mean_log_reward:.3f}, ELBO {sampler.elbo:.3f}, "
+          f"IS log Z {sampler.log_z:.3f}, ESS {sampler.ess_share:.3f}, log-weight std {sampler.log_weight_std:.3f}")
+    if exact:
+        print(f"exact posterior: path KL {exact.path_kl:.3f}, E[beta log r] {exact.mean_log_reward:.3f}, "
+              f"SIR log Z {exact.log_z:.3f}, Monte Carlo bias of log h at the first step {exact.start_bias:.3f}")
+    checkpoint.write_json(report, args.json or run / "path_kl.json")
+    return report
+
+
+if __name__ == "__main__":
+    main()
