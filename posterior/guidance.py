@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_no_nan, check_shape
+from .metrics import effective_sample_size, log_z_importance
 
 LogReward = Callable[[Tensor], Tensor]
 
@@ -78,6 +79,22 @@ def guided_sample(prior, log_reward: LogReward, batch_size: int, *, mode: str = 
 
 
 @torch.no_grad()
+def prior_pool(prior, log_reward: LogReward, pool: int, *, chunk: int = 256, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, keep_paths: bool = False) -> tuple[Tensor, Tensor]:
+    """``pool`` prior samples drawn ``chunk`` at a time, with their log-rewards (pool,) in float64.
+
+    Returns the terminal states (pool, *event_shape), or with ``keep_paths`` the whole
+    trajectories (N + 1, pool, *event_shape).
+    """
+    xs, logs = [], []
+    for start in range(0, pool, chunk):
+        states = prior.sample(min(chunk, pool - start), generator=generator, dtype=dtype)
+        xs.append(states if keep_paths else states[-1])
+        logs.append(log_reward(states[-1]))
+    return torch.cat(xs, 1 if keep_paths else 0), torch.cat(logs).double()
+
+
+@torch.no_grad()
 def sampling_importance_resampling(prior, log_reward: LogReward, num_samples: int, *, pool: int = 1024,
                                    beta: float = 1.0, chunk: int = 256, generator: torch.Generator | None = None,
                                    dtype: torch.dtype = torch.float32) -> tuple[Tensor, float, float, float]:
@@ -88,14 +105,7 @@ def sampling_importance_resampling(prior, log_reward: LogReward, num_samples: in
         the effective sample size of the pool's weights (share of the pool), and
         log mean_pool r(x)^beta, the log of an unbiased estimate of Z = E_prior[r(x)^beta].
     """
-    xs, logs = [], []
-    for start in range(0, pool, chunk):
-        x = prior.sample(min(chunk, pool - start), generator=generator, dtype=dtype)[-1]
-        xs.append(x)
-        logs.append(beta * log_reward(x))
-    x, log_w = torch.cat(xs), torch.cat(logs)
-    probs = torch.softmax(log_w.double(), 0)
-    ess = float(1.0 / (probs * probs).sum()) / pool
-    log_z = float(torch.logsumexp(log_w.double(), 0)) - math.log(pool)
-    idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-    return x[idx], prior.num_steps * pool / num_samples, ess, log_z
+    x, log_w = prior_pool(prior, lambda x: beta * log_reward(x), pool, chunk=chunk, generator=generator, dtype=dtype)
+    idx = torch.multinomial(torch.softmax(log_w, 0), num_samples, replacement=True, generator=generator)
+    return (x[idx], prior.num_steps * pool / num_samples, float(effective_sample_size(log_w)),
+            float(log_z_importance(log_w)))

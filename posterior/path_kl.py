@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .checks import check_no_nan, check_shape
+from .guidance import prior_pool
+from .metrics import effective_sample_size, log_z_importance
 
 
 @dataclass
@@ -58,15 +58,13 @@ class PathKLReport:
 
 
 def _importance(log_w: Tensor) -> tuple[float, float, float]:
-    """log mean exp, ESS share and std of log-weights (n,); a -inf weight counts as a zero weight
-    (the std is over the finite ones)."""
-    n = log_w.numel()
+    """Importance log Z, ESS share and the std of the finite log-weights, for log-weights (n,) where
+    -inf is a zero weight."""
     finite = log_w[torch.isfinite(log_w)]
     if finite.numel() == 0:
         return -math.inf, 0.0, math.nan
-    log_z = float(torch.logsumexp(log_w, 0)) - math.log(n)
-    probs = torch.softmax(log_w, 0)
-    return log_z, float(1.0 / (probs * probs).sum()) / n, float(finite.std()) if finite.numel() > 1 else 0.0
+    std = float(finite.std()) if finite.numel() > 1 else 0.0
+    return float(log_z_importance(log_w)), float(effective_sample_size(log_w)), std
 
 
 @torch.no_grad()
@@ -92,14 +90,12 @@ def sampler_path_kl(posterior, path, num_samples: int, *, chunk: int = 64,
 
 
 @torch.no_grad()
-def exact_posterior_path_kl(prior, log_reward: Callable[[Tensor], Tensor], *, pool: int = 4096, paths: int = 256,
-                            continuations: int = 16, chunk: int = 256,
+def exact_posterior_path_kl(path, *, pool: int = 4096, paths: int = 256, continuations: int = 16, chunk: int = 256,
                             generator: torch.Generator | None = None) -> PathKLReport:
-    """Per-step path KL of the exact posterior ∝ p(tau) exp(log_reward(x_0)) on ``prior``'s schedule.
+    """Per-step path KL of the exact posterior ∝ p(tau) r(x_0)^beta of ``path`` (a
+    :class:`DiffusionPriorPath`: prior, reward and beta) on the prior's schedule.
 
     Args:
-        prior: a :class:`priors.DiffusionPrior`.
-        log_reward: x (B, *event_shape) -> (B,) beta * log r(x).
         pool: prior trajectories to resample from; paths: posterior paths kept (SIR).
         continuations: prior continuations per path and step for h_k (more: less bias).
     Costs about pool * N + paths * continuations * N * (N + 1) / 2 denoiser evaluations.
@@ -107,34 +103,18 @@ def exact_posterior_path_kl(prior, log_reward: Callable[[Tensor], Tensor], *, po
     if paths < 2 or continuations < 1 or pool < paths:
         raise ValueError(f"need paths >= 2, continuations >= 1 and pool >= paths; got pool={pool}, "
                          f"paths={paths}, continuations={continuations}")
-    steps = prior.num_steps
-
-    def reward(x: Tensor) -> Tensor:
-        value = log_reward(x)
-        check_shape(value, (x.shape[0],), "log_reward(x)")
-        return check_no_nan(value, "log_reward").double()
-
-    trajectories, log_w = [], []
-    for start in range(0, pool, chunk):
-        states = prior.sample(min(chunk, pool - start), generator=generator)
-        trajectories.append(states)
-        log_w.append(reward(states[-1]))
-    states, log_w = torch.cat(trajectories, 1), torch.cat(log_w)
+    prior = path.prior
+    states, log_w = prior_pool(prior, path.log_reward, pool, chunk=chunk, generator=generator, keep_paths=True)
     log_z, ess, _ = _importance(log_w)
     if log_z == -math.inf:
         raise ValueError(f"every one of the {pool} prior samples has zero reward; raise pool")
     chosen = states[:, torch.multinomial(torch.softmax(log_w, 0), paths, replacement=True, generator=generator)]
     log_h = []
-    for k in range(steps):  # log h_k at the state before step k, from prior continuations
-        estimates = []
-        for _ in range(continuations):
-            x = chosen[k]
-            for j in range(k, steps):
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = prior.step_mean(x, j) + prior.step_std(j) * noise
-            estimates.append(reward(x))
-        log_h.append(torch.logsumexp(torch.stack(estimates), 0) - math.log(continuations))
-    log_h.append(reward(chosen[-1]))
+    for k in range(prior.num_steps):  # log h_k at the state before step k, from prior continuations
+        estimates = [path.log_reward(prior.sample(paths, start=chosen[k], first_step=k, generator=generator)[-1])
+                     for _ in range(continuations)]
+        log_h.append(torch.logsumexp(torch.stack(estimates).double(), 0) - math.log(continuations))
+    log_h.append(path.log_reward(chosen[-1]).double())
     log_h = torch.stack(log_h)  # (N + 1, paths)
     if not bool(torch.isfinite(log_h).all()):
         raise ValueError(f"every one of the {continuations} continuations from some posterior state had zero "

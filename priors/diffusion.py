@@ -166,19 +166,33 @@ class DiffusionPrior(nn.Module):
     @torch.no_grad()
     def sample(self, batch_size: int, *, generator: torch.Generator | None = None, model: nn.Module | None = None,
                model_steps: int | None = None, explore: float = 0.0, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32, return_log_probs: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+               dtype: torch.dtype = torch.float32, return_log_probs: bool = False,
+               start: Tensor | None = None, first_step: int = 0) -> Tensor | tuple[Tensor, Tensor]:
         """Ancestral trajectories (N + 1, B, *event_shape) under ``model`` (default: the prior),
         with ``explore`` added to every step's variance (for off-policy exploration). With
         ``model_steps`` only the first that many steps use ``model``, the rest the prior's denoiser.
 
         With ``return_log_probs`` also the (N, B) per-step log-densities under the un-noised
         model (as :meth:`log_prob_steps` gives, without a second pass of the denoiser).
+
+        ``start`` (B, *event_shape) with ``first_step`` = k continues from given states before step k
+        instead of pure noise (on its device and dtype): (N + 1 - k, B, *event_shape), no log-probs.
         """
-        device = device if device is not None else self.alpha_t.device
-        shape = (batch_size,) + self.event_shape
-        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if start is None:
+            if first_step != 0:
+                raise ValueError(f"first_step={first_step} needs start (the states before that step)")
+            device = device if device is not None else self.alpha_t.device
+            x = torch.randn((batch_size,) + self.event_shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if tuple(start.shape[1:]) != tuple(self.event_shape) or not 0 <= first_step <= self.num_steps:
+                raise ValueError(f"start must have shape (B, {', '.join(map(str, self.event_shape))}) and first_step "
+                                 f"be in [0, {self.num_steps}]; got {tuple(start.shape)} and {first_step}")
+            if return_log_probs:
+                raise ValueError("return_log_probs is not available for a continuation (start)")
+            x, device, dtype = start, start.device, start.dtype
+        shape = x.shape
         states, rows = [x], []
-        for k in range(self.num_steps):
+        for k in range(first_step, self.num_steps):
             mean = self.step_mean(x, k, model if model_steps is None or k < model_steps else None)
             std = math.sqrt(float(self.step_var[k]) + explore)
             x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=dtype)

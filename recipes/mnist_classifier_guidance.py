@@ -191,14 +191,14 @@ def main(argv: list[str] | None = None) -> dict:
         extra: dict = {}
         if method == "rtb":
             frozen = prior.final_steps_below(args.freeze_below)
-            model = None
-            if args.rtb_guidance:
-                tempered = lambda x: args.beta * likelihood(x)  # noqa: E731
-                model = (GuidedDenoiser.signal_weighted(prior.posterior_copy(), prior, tempered, args.rtb_guidance)
-                         if args.rtb_guidance_schedule == "signal" else
-                         GuidedDenoiser(prior.posterior_copy(), prior, tempered, init_scale=args.rtb_guidance))
-            posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             path = DiffusionPriorPath(prior, log_r, beta=args.beta)
+            model = None
+            if args.rtb_guidance:  # guided by beta log r, as the path scores it
+                model = (GuidedDenoiser.signal_weighted(prior.posterior_copy(), prior, path.log_reward,
+                                                        args.rtb_guidance)
+                         if args.rtb_guidance_schedule == "signal" else
+                         GuidedDenoiser(prior.posterior_copy(), prior, path.log_reward, init_scale=args.rtb_guidance))
+            posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
             trainer = RTBTrainer(posterior, path, objective,
                                  RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
               "step_variance": prior.step_var.tolist(), "sampler": sampler.to_dict()}
     exact = None
     if args.exact:
-        exact = exact_posterior_path_kl(prior, lambda x: beta * likelihood(x), pool=args.pool, paths=args.paths,
-                                        continuations=args.continuations, generator=generator)
+        exact = exact_posterior_path_kl(path, pool=args.pool, paths=args.paths, continuations=args.continuations,
+                                        generator=generator)
         report["exact"] = exact.to_dict()
         report["exact_settings"] = {"pool": args.pool, "paths": args.paths, "continuations": args.continuations}
     print(f"{run}: {report['rtb_iters']} iterations, {frozen} frozen final steps")

@@ -207,6 +207,24 @@ def test_gradient_checkpointing_gives_the_same_gradient():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_sampling_continues_from_given_states():
+    """start/first_step run the same ancestral steps as a full sample from the state before step k."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 7, (3,)).double()
+    full = prior.sample(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(prior.sample(5, start=start, generator=generator), full, rtol=0, atol=0)
+    tail = prior.sample(5, start=full[4], first_step=4, generator=torch.Generator().manual_seed(1))
+    assert tail.shape == (4, 5, 3) and torch.equal(tail[0], full[4]) and tail.dtype == torch.float64
+    with pytest.raises(ValueError, match="needs start"):
+        prior.sample(5, first_step=2)
+    with pytest.raises(ValueError, match="start must have shape"):
+        prior.sample(5, start=full[0, :, :2], first_step=2)
+    with pytest.raises(ValueError, match="return_log_probs"):
+        prior.sample(5, start=full[2], first_step=2, return_log_probs=True)
+
+
 def test_log_probs_recorded_while_sampling_equal_a_second_pass():
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 7, (3,))

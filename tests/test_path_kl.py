@@ -67,7 +67,7 @@ def test_path_kl_of_a_constant_mean_shift_is_its_gaussian_kl():
 
 def test_exact_posterior_path_kl_starts_at_log_z_and_sums_to_the_posterior_kl():
     prior = _mixture_prior(10).double()
-    report = exact_posterior_path_kl(prior, _log_r, pool=4000, paths=200, continuations=64,
+    report = exact_posterior_path_kl(DiffusionPriorPath(prior, _log_r), pool=4000, paths=200, continuations=64,
                                      generator=torch.Generator().manual_seed(3))
     # h_0 at pure noise is E[r] = Z: its Monte Carlo log is within a few hundredths of SIR's log Z
     assert abs(report.start_bias) < 0.05
@@ -79,12 +79,14 @@ def test_exact_posterior_path_kl_starts_at_log_z_and_sums_to_the_posterior_kl():
 
 def test_exact_posterior_path_kl_of_a_constant_reward_is_zero_and_bad_settings_raise():
     prior = _mixture_prior(5).double()
-    report = exact_posterior_path_kl(prior, lambda x: x.new_full((x.shape[0],), -1.5), pool=64, paths=16,
-                                     continuations=2, generator=torch.Generator().manual_seed(4))
+    constant = DiffusionPriorPath(prior, lambda x: x.new_full((x.shape[0],), -1.5))
+    report = exact_posterior_path_kl(constant, pool=64, paths=16, continuations=2,
+                                     generator=torch.Generator().manual_seed(4))
     assert report.step_kl == [0.0] * 5 and report.log_z == pytest.approx(-1.5) and report.start_bias == 0.0
     with pytest.raises(ValueError, match="pool >= paths"):
-        exact_posterior_path_kl(prior, _log_r, pool=8, paths=16)
+        exact_posterior_path_kl(DiffusionPriorPath(prior, _log_r), pool=8, paths=16)
     with pytest.raises(ValueError, match="zero reward; raise pool"):
-        exact_posterior_path_kl(prior, lambda x: x.new_full((x.shape[0],), -math.inf), pool=16, paths=4)
+        exact_posterior_path_kl(DiffusionPriorPath(prior, lambda x: x.new_full((x.shape[0],), -math.inf)), pool=16,
+                                paths=4)
     with pytest.raises(ValueError, match="log_reward returned NaN"):
-        exact_posterior_path_kl(prior, lambda x: x[:, 0] * math.nan, pool=16, paths=4)
+        exact_posterior_path_kl(DiffusionPriorPath(prior, lambda x: x[:, 0] * math.nan), pool=16, paths=4)
