@@ -44,6 +44,28 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
     generator.set_state(state.to("cpu", torch.uint8))
 
 
+def check_same_settings(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any],
+                        resumable: tuple[str, ...], source: str) -> None:
+    """Refuse to resume a run whose settings differ from its checkpoint's.
+
+    Args:
+        saved: the settings stored in the checkpoint (a dataclass as a dict).
+        current: the settings of the run that resumes.
+        defaults: every setting's default; one missing from ``saved`` (added after the checkpoint
+            was written) counts as its default there.
+        resumable: settings that may change on resume (e.g. the budget).
+        source: names the checkpoint in the error.
+
+    Raises:
+        ValueError: naming each differing setting with its saved and current value.
+    """
+    saved = {**defaults, **saved}
+    changed = sorted(k for k in current if k not in resumable and saved.get(k) != current[k])
+    if changed:
+        raise ValueError(f"checkpoint {source} was written with different settings: "
+                         + ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in changed))
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_atomic`."""
     return torch.load(Path(path), map_location=map_location, weights_only=False)

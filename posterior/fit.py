@@ -126,7 +126,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, log_var_lr_scale: float = 1.0,
         explore: float = 0.0, log_z_init: str = "zero",
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
-        lr_policy: float = 1e-3, lr_flow: float | None = None, seed: int = 0,
+        lr_policy: float = 1e-3, lr_flow: float | None = None, lr_decay_horizon: int = 0,
+        lr_decay_final: float = 0.1, seed: int = 0,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
         process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
@@ -151,6 +152,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         encoder: "mlp", "cnn" or "auto" (cnn for image-shaped conditions).
         log_var_lr_scale: with ``learn_variance``, the log-variance's learning rate relative to
             ``lr_policy`` (see :class:`posterior.training.TrainingConfig`).
+        lr_decay_horizon, lr_decay_final: cosine decay of ``lr_policy`` to ``lr_decay_final`` times
+            its value over the first ``lr_decay_horizon`` iterations (0: constant rate).
         log_z_init: "tb" only: "zero", or "batch" to start log Z (the shared offset of log Z(y)) at
             the first batch's estimate; use it with ``learn_variance`` and ``explore`` (see
             :class:`posterior.training.TrainingConfig`).
@@ -196,6 +199,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
                             lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
                             explore=explore, log_var_lr_scale=log_var_lr_scale, log_z_init=log_z_init,
+                            lr_decay_horizon=lr_decay_horizon, lr_decay_final=lr_decay_final,
                             seed=seed + 1_000_003 * process_index,
                             checkpoint_every=checkpoint_every)
     name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -61,6 +60,8 @@ def wasserstein2(samples: Tensor, reference: Tensor) -> float:
     y = reference.detach().double().cpu().numpy()
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("wasserstein2 needs finite samples")
+    import ot  # POT, needed for W2 only
+
     cost = ot.dist(x, y, metric="sqeuclidean")
     a = np.full(len(x), 1.0 / len(x))
     b = np.full(len(y), 1.0 / len(y))

@@ -217,13 +217,8 @@ class RTBTrainer:
         """Resume from a checkpoint of the same run: every setting but the budget and the
         checkpoint cadence must match (a ValueError names the ones that differ)."""
         state = checkpoint.load(path, map_location=self.device)
-        current = asdict(self.config)
-        # a setting added after the checkpoint was written counts as its default there
-        saved = {**asdict(RTBConfig()), **state["config"]}
-        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved[k] != current[k])
-        if changed:
-            raise ValueError(f"checkpoint {path} was written with different settings: "
-                             + ", ".join(f"{k}={saved[k]!r} (now {current[k]!r})" for k in changed))
+        checkpoint.check_same_settings(state["config"], asdict(self.config), asdict(RTBConfig()),
+                                       _RESUMABLE_CHANGES, str(path))
         self.posterior.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])

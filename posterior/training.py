@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .exploration import LinearDecay
 from .grids import random_grid, uniform_grid
+from .lr_schedule import CosineDecay
 from .buffer_training import ReplayTraining
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
@@ -51,6 +52,9 @@ class TrainingConfig:
             variance is pushed to its lower bound and the sampler collapses (25GMM, T >= 32).
             Starting log Z at the batch estimate removes that lag; use it for TB with a learned
             variance and exploration.
+        lr_decay_horizon, lr_decay_final: cosine decay of the policy's learning rate to
+            ``lr_decay_final`` times ``lr_policy`` over the first ``lr_decay_horizon`` iterations,
+            constant after (horizon 0: no decay). log Z and flows keep ``lr_flow``.
         seed: seeds the noise generator (the same seed gives the same run).
         checkpoint_every: write a checkpoint every this many iterations (0: never).
     """
@@ -69,10 +73,13 @@ class TrainingConfig:
     grad_clip: float | None = None
     log_var_lr_scale: float = 1.0
     log_z_init: str = "zero"
+    lr_decay_horizon: int = 0
+    lr_decay_final: float = 0.1
     seed: int = 0
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
+        CosineDecay(self.lr_decay_horizon, self.lr_decay_final)  # validates both
         for name in ("iterations", "batch_size", "steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -87,6 +94,10 @@ class TrainingConfig:
         if self.steps_max is not None and (self.train_grid != "random" or self.steps_max < self.steps):
             raise ValueError(f"steps_max needs train_grid='random' and steps_max >= steps, got "
                              f"{self.steps_max} with {self.train_grid!r} and steps={self.steps}")
+
+
+# settings that may change when a run is resumed: the budget and the checkpoint cadence
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_every")
 
 
 @dataclass
@@ -140,6 +151,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.exploration = LinearDecay(config.explore, config.explore_horizon or config.iterations)
+        self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
         self.times = uniform_grid(config.steps, device=self.device, dtype=self.dtype)
         self.history = TrainingHistory()
         self.iteration = 0
@@ -232,7 +244,9 @@ class Trainer:
         return self.sampler.policy
 
     def _optimizer_step(self) -> None:
-        """Adam step; the learned log-variance rows take ``config.log_var_lr_scale`` of theirs."""
+        """Adam step at this iteration's policy rate (``config.lr_decay_*``); the learned
+        log-variance rows take ``config.log_var_lr_scale`` of theirs."""
+        self.optimizer.param_groups[0]["lr"] = self.config.lr_policy * self.lr_decay(self.iteration)
         scale = self.config.log_var_lr_scale
         rows = self.policy.log_variance_rows() if scale != 1.0 else []
         before = [r.clone() for r in rows]
@@ -302,7 +316,10 @@ class Trainer:
         self.load_state_dict(checkpoint.load(path, map_location=self.device), source=str(path))
 
     def load_state_dict(self, state: dict, source: str = "state") -> None:
-        """Restore from :meth:`state_dict` (``source`` names it in error messages)."""
+        """Restore from :meth:`state_dict` (``source`` names it in error messages). Every setting
+        but the budget and the checkpoint cadence must match the checkpoint's (ValueError)."""
+        checkpoint.check_same_settings(state["config"], asdict(self.config), asdict(TrainingConfig()),
+                                       _RESUMABLE_CHANGES, source)
         self.sampler.load_state_dict(state["sampler"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--explore-horizon", type=int, default=None,
                    help="iterations over which exploration decays (default: all; 5000 with --explore-step-std)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
+    p.add_argument("--lr-decay-horizon", type=int, default=0,
+                   help="cosine decay of the policy's learning rate over this many iterations (0: constant)")
+    p.add_argument("--lr-decay-final", type=float, default=0.1, help="the rate at the decay's end, relative to the start")
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-range", type=float, default=4.0,
                    help="learned log-variance within ± this of log sigma2")
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip,
-                            log_var_lr_scale=args.log_var_lr_scale, log_z_init=args.log_z_init)
+                            log_var_lr_scale=args.log_var_lr_scale, log_z_init=args.log_z_init,
+                            lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final)
     replay = None
     if args.buffer != "none" or args.local_search or args.teacher:
         replay_config = ReplayConfig(
@@ -187,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
         "langevin": args.langevin, "explore": args.explore,
         "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
+        "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
         "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,

@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-condition", type=int, default=10)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--langevin", action="store_true")
+    p.add_argument("--lr", type=float, default=1e-3, help="the policy's (and condition encoder's) learning rate")
+    p.add_argument("--lr-decay-horizon", type=int, default=0,
+                   help="cosine decay of --lr over this many iterations (0: constant rate)")
+    p.add_argument("--lr-decay-final", type=float, default=0.1, help="the rate at the decay's end, relative to --lr")
     p.add_argument("--explore", type=float, default=0.0)
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-lr-scale", type=float, default=1.0,
@@ -66,12 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ls-every", type=int, default=100)
     p.add_argument("--ls-steps", type=int, default=200)
     p.add_argument("--encoder", default="cnn", choices=["cnn", "mlp"])
+    p.add_argument("--hidden", type=int, default=64, help="width of the policy and the condition encoder")
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--eval-k", type=int, default=2000, help="K for log Ẑ, log Ẑ_RW and the encoder baselines")
     p.add_argument("--reference-k", type=int, default=10_000, help="K of the large-K IWAE reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the checkpoint in --out as it stands (no training; --iters is ignored)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="runs/mnist_vae_posterior")
     return p.parse_args(argv)
@@ -126,15 +133,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         replay = posterior.ReplayConfig(prioritization="uniform" if args.buffer == "uniform" else "rank",
                                         local_search=args.local_search, ls_every=args.ls_every,
                                         ls_steps=args.ls_steps, ls_burn_in=args.ls_steps // 2)
+    iterations, resume = args.iters, args.resume
+    if args.eval_only:
+        iterations, resume = checkpoint_iteration(out / "checkpoint.pt"), True
     start = time.perf_counter()
     model = posterior.fit(prior=VAEDecoderPrior(vae.decode_probs, vae.latent_dim), reward=likelihood,
-                          conditions=conditions.to(device), objective=args.objective, iterations=args.iters,
+                          conditions=conditions.to(device), objective=args.objective, iterations=iterations,
                           batch_size=args.batch, samples_per_condition=args.samples_per_condition, steps=args.steps,
                           langevin=args.langevin, learn_variance=args.learn_variance,
                           log_var_lr_scale=args.log_var_lr_scale, explore=args.explore,
-                          log_z_init=args.log_z_init,
-                          encoder=args.encoder, seed=args.seed, device=device, checkpoint_dir=out,
-                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          log_z_init=args.log_z_init, lr_policy=args.lr, lr_decay_horizon=args.lr_decay_horizon,
+                          lr_decay_final=args.lr_decay_final,
+                          encoder=args.encoder, hidden=args.hidden, seed=args.seed, device=device, checkpoint_dir=out,
+                          checkpoint_every=args.checkpoint_every, resume=resume,
                           progress=not args.no_progress, process_index=accelerator.process_index,
                           gradient_sync=sync, log=accelerator.log if trackers else None, replay=replay)
     train_seconds = time.perf_counter() - start
@@ -173,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         "sampler_beats_encoder_iwae": metrics["sampler_log_z_rw"] > metrics["encoder_iwae"],
         "seconds_per_iter": history.median_seconds(), "train_wall_seconds": train_seconds,
         "iters": len(history.loss), "objective": args.objective, "langevin": args.langevin,
-        "explore": args.explore, "learn_variance": args.learn_variance,
+        "explore": args.explore, "learn_variance": args.learn_variance, "lr": args.lr, "hidden": args.hidden,
+        "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
         "conditions_per_iter": args.batch * accelerator.num_processes,
         "trajectories_per_iter": args.batch * accelerator.num_processes * args.samples_per_condition,
         "processes": accelerator.num_processes, "device": str(device), "vae": vae_source, "conditions": data_source,
@@ -184,6 +196,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     save_grid(model, vae, images[:10], out / "posterior_samples.png", steps=args.steps, seed=args.seed)
     accelerator.print(json.dumps({k: metrics[k] for k in keys + ["seconds_per_iter", "iters"]}, indent=2))
     return metrics
+
+
+def checkpoint_iteration(path: Path) -> int:
+    """The iteration a run's checkpoint reached (for --eval-only)."""
+    if not path.exists():
+        raise FileNotFoundError(f"--eval-only needs a checkpoint: {path} does not exist (train with --out first)")
+    from posterior.checkpoint import load
+
+    return int(load(path)["iteration"])
 
 
 @torch.no_grad()

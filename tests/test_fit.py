@@ -74,7 +74,7 @@ def test_conditional_tb_resume_continues_the_same_run(tmp_path):
     decoder, y = _linear_problem(seed=1)
     kwargs = dict(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
                   objective="tb", batch_size=3, samples_per_condition=4, steps=8, seed=5, progress=False,
-                  explore=0.3)
+                  explore=0.3, lr_decay_horizon=6, lr_decay_final=0.2)
     full = posterior.fit(iterations=8, **kwargs)
 
     class Crash(GaussianObservation):  # the process dies in the 6th iteration
@@ -94,6 +94,8 @@ def test_conditional_tb_resume_continues_the_same_run(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed.training_history.loss == full.training_history.loss
+    policy_group, log_z_group = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert policy_group["lr"] == pytest.approx(0.2 * 1e-3) and log_z_group["lr"] == 0.1  # decayed; log Z's not
 
 
 def test_fit_rejects_bad_input():

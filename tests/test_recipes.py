@@ -16,7 +16,8 @@ def _run(args, tmp_path):
     return result
 
 
-@pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher"],
+@pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher",
+                                    "--lr-decay-horizon", "5"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
                                     "--flow-embedding", "shared"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
@@ -31,6 +32,7 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
                 "seconds_total", "energy_evals", "local_search_share"):
         assert key in metrics
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
+    assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
     assert (out / "samples.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     # resume: a longer budget continues from the checkpoint
     _run(["recipes/boltzmann.py", *extra, "--iters", "9", "--batch", "16", "--steps", "8",
@@ -148,6 +150,25 @@ def test_mnist_recipe_contract_and_resume(tmp_path):
     assert (out / "sampler" / "model.safetensors").exists()
     _run(["recipes/mnist_vae_posterior.py", *TINY, "--iters", "9", "--resume", "--out", str(out)], tmp_path)
     assert json.loads((out / "metrics.json").read_text())["iters"] == 9
+    # --eval-only evaluates the checkpoint as it stands, whatever --iters says
+    (out / "metrics.json").unlink()
+    _run(["recipes/mnist_vae_posterior.py", *TINY, "--iters", "50", "--eval-only", "--out", str(out)], tmp_path)
+    assert json.loads((out / "metrics.json").read_text())["iters"] == 9
+    with pytest.raises(AssertionError, match="--eval-only needs a checkpoint"):
+        _run(["recipes/mnist_vae_posterior.py", *TINY, "--eval-only", "--out", str(tmp_path / "none")], tmp_path)
+    import torch
+
+    # a wider network with a decaying rate; resuming with another schedule is refused, naming it
+    wide = tmp_path / "wide"
+    _run(["recipes/mnist_vae_posterior.py", *TINY, "--hidden", "32", "--lr", "2e-3", "--lr-decay-horizon", "4",
+          "--lr-decay-final", "0.5", "--out", str(wide)], tmp_path)
+    entry = json.loads((wide / "metrics.json").read_text())
+    assert (entry["hidden"], entry["lr"], entry["lr_decay_horizon"], entry["lr_decay_final"]) == (32, 2e-3, 4, 0.5)
+    policy_group = torch.load(wide / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert policy_group["lr"] == pytest.approx(1e-3)
+    with pytest.raises(AssertionError, match=r"lr_decay_horizon=4 \(now 5\)"):
+        _run(["recipes/mnist_vae_posterior.py", *TINY, "--hidden", "32", "--lr", "2e-3", "--lr-decay-horizon", "5",
+              "--lr-decay-final", "0.5", "--iters", "8", "--resume", "--out", str(wide)], tmp_path)
 
 
 @needs_mnist

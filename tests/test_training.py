@@ -11,13 +11,14 @@ from posterior.path_target import BoltzmannPath
 from posterior.training import Trainer, TrainingConfig
 
 
-def _trainer(objective="tb", iterations=8, checkpoint=None, target=None, langevin=False):
+def _trainer(objective="tb", iterations=8, checkpoint=None, target=None, langevin=False, **settings):
     torch.manual_seed(0)
     sampler = make_sampler(2, 1.0, langevin=langevin)
     target = target or GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]))
     path = BoltzmannPath(target, sampler.reference)
     obj = make_objective(objective, path)
-    config = TrainingConfig(iterations=iterations, batch_size=32, steps=10, explore=0.5, checkpoint_every=4, seed=3)
+    config = TrainingConfig(**{**dict(iterations=iterations, batch_size=32, steps=10, explore=0.5,
+                                      checkpoint_every=4, seed=3), **settings})
     return Trainer(sampler, obj, path, config, checkpoint_path=checkpoint)
 
 
@@ -37,6 +38,41 @@ def test_resume_continues_the_same_run(tmp_path, objective):
     for (name, a), b in zip(full.sampler.state_dict().items(), resumed.sampler.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed.history.loss == full.history.loss
+
+
+def test_policy_learning_rate_decays_but_log_z_rate_stays(tmp_path):
+    from posterior.lr_schedule import CosineDecay
+
+    decay = CosineDecay(horizon=4, final=0.25)
+    trainer = _trainer("tb", iterations=6, lr_decay_horizon=4, lr_decay_final=0.25)
+    for i in range(6):
+        trainer.step()
+        trainer.iteration += 1
+        policy_group, log_z_group = trainer.optimizer.param_groups
+        assert policy_group["lr"] == pytest.approx(1e-3 * decay(i), rel=1e-12)
+        assert log_z_group["lr"] == trainer.config.lr_flow
+    assert policy_group["lr"] == pytest.approx(2.5e-4)
+    with pytest.raises(ValueError, match="lr decay horizon"):
+        TrainingConfig(lr_decay_horizon=-1)
+    with pytest.raises(ValueError, match="final lr multiplier"):
+        TrainingConfig(lr_decay_final=2.0)
+
+
+def test_resume_refuses_changed_settings_but_not_a_longer_budget(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    _trainer("tb", iterations=4, checkpoint=ckpt, lr_decay_horizon=8).run(progress=False)
+    _trainer("tb", iterations=12, checkpoint=ckpt, lr_decay_horizon=8, checkpoint_every=2).load(ckpt)
+    with pytest.raises(ValueError, match=r"lr_decay_horizon=8 \(now 6\)"):
+        _trainer("tb", checkpoint=ckpt, lr_decay_horizon=6).load(ckpt)
+    with pytest.raises(ValueError, match=r"explore=0.5 \(now 0.2\)"):
+        _trainer("tb", checkpoint=ckpt, lr_decay_horizon=8, explore=0.2).load(ckpt)
+    # a checkpoint written before a setting existed resumes with that setting at its default
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["lr_decay_horizon"], state["config"]["lr_decay_final"]
+    torch.save(state, ckpt)
+    assert _trainer("tb", checkpoint=ckpt).load(ckpt) is None
+    with pytest.raises(ValueError, match=r"lr_decay_horizon=0 \(now 8\)"):
+        _trainer("tb", checkpoint=ckpt, lr_decay_horizon=8).load(ckpt)
 
 
 class HalfPlane(torch.nn.Module):
