@@ -176,7 +176,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     device = torch.device(device) if device is not None else torch.device("cpu")
     if space == "data":
         return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy,
-                             explore, seed, progress)
+                             explore, seed, progress, lr_decay_horizon, lr_decay_final)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if conditions is not None:
@@ -229,7 +229,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
 
 
 def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective: str, iterations: int,
-                  batch_size: int, lr: float, explore: float, seed: int, progress: bool):
+                  batch_size: int, lr: float, explore: float, seed: int, progress: bool,
+                  lr_decay_horizon: int, lr_decay_final: float):
     """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward."""
     from priors.diffusion import DiffusionPrior
 
@@ -258,7 +259,8 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE))
     obj = VarGrad() if objective == "vargrad" else RelativeTrajectoryBalance()
     trainer = RTBTrainer(posterior, DiffusionPriorPath(prior, log_r), obj,
-                         RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed))
+                         RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed,
+                                     lr_decay_horizon=lr_decay_horizon, lr_decay_final=lr_decay_final))
     trainer.run(progress=progress)
     posterior.training_history = trainer.history
     return posterior

@@ -205,6 +205,9 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
     data = posterior.fit(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
                          objective="rtb", iterations=2, batch_size=4, progress=False)
     assert isinstance(data, DiffusionPosterior) and len(data.training_history.loss) == 2
+    with pytest.raises(ValueError, match="final lr multiplier"):  # the decay reaches RTB's settings
+        posterior.fit(prior=prior, reward=lambda x: -(x ** 2).sum(-1), space="data", iterations=1,
+                      lr_decay_horizon=2, lr_decay_final=1.5, progress=False)
     with pytest.raises(ValueError, match="space='data' trains one unconditional posterior"):
         posterior.fit(prior=prior, reward=likelihood, conditions=y, space="data", iterations=1, progress=False)
     with pytest.raises(ValueError, match="space='data' needs a priors.DiffusionPrior"):
