@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class CosineDecay:
@@ -32,3 +34,10 @@ class CosineDecay:
             return 1.0
         progress = min(iteration / self.horizon, 1.0)
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def set_rates(self, optimizer: torch.optim.Optimizer, base_lrs: list[float], iteration: int) -> None:
+        """Set the first ``len(base_lrs)`` parameter groups of ``optimizer`` to their base rate
+        times this iteration's multiplier; later groups (e.g. log Z) keep their rates."""
+        multiplier = self(iteration)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * multiplier

@@ -123,11 +123,10 @@ class RTBTrainer:
         groups = [{"params": trainable, "lr": config.lr}] if trainable else []
         if guidance:
             groups.append({"params": guidance, "lr": config.lr_guidance})
-        self._decaying_groups = len(groups)  # the posterior's groups come first; log Z's rate stays
+        self._decaying_lrs = [group["lr"] for group in groups]  # the posterior's groups; log Z's rate stays
         if list(objective.parameters()):
             groups.append({"params": list(objective.parameters()), "lr": config.lr_log_z})
         self.optimizer = torch.optim.Adam(groups)
-        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
         self.device = posterior.prior.alpha_t.device
         self.dtype = dtype
@@ -170,9 +169,7 @@ class RTBTrainer:
         for name, p in self.posterior.model.named_parameters():
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 raise FloatingPointError(f"non-finite gradient in posterior parameter {name!r}")
-        multiplier = self.lr_decay(self.iteration)
-        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self._base_lrs)):
-            group["lr"] = base * multiplier if index < self._decaying_groups else base
+        self.lr_decay.set_rates(self.optimizer, self._decaying_lrs, self.iteration)
         self.optimizer.step()
         return float(loss.detach())
 

@@ -246,7 +246,7 @@ class Trainer:
     def _optimizer_step(self) -> None:
         """Adam step at this iteration's policy rate (``config.lr_decay_*``); the learned
         log-variance rows take ``config.log_var_lr_scale`` of theirs."""
-        self.optimizer.param_groups[0]["lr"] = self.config.lr_policy * self.lr_decay(self.iteration)
+        self.lr_decay.set_rates(self.optimizer, [self.config.lr_policy], self.iteration)
         scale = self.config.log_var_lr_scale
         rows = self.policy.log_variance_rows() if scale != 1.0 else []
         before = [r.clone() for r in rows]

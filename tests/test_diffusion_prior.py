@@ -311,17 +311,13 @@ def test_rtb_trainer_refuses_a_checkpoint_of_a_different_run(tmp_path):
 
 
 def test_rtb_trainer_decays_the_posterior_learning_rate_but_not_log_z(tmp_path):
+    from lr_checks import assert_rates_follow_decay
     from posterior.lr_schedule import CosineDecay
     decay = CosineDecay(horizon=5, final=0.2)
     assert decay(0) == 1.0 and decay(5) == decay(9) == pytest.approx(0.2)
     assert decay(2.5) == pytest.approx(0.6) and CosineDecay(0, 0.2)(7) == 1.0
     trainer = _rtb_trainer(7)
-    for i in range(7):
-        trainer.step()
-        trainer.iteration += 1
-        model_group, log_z_group = trainer.optimizer.param_groups
-        assert model_group["lr"] == pytest.approx(1e-2 * decay(i), rel=1e-12)
-        assert log_z_group["lr"] == trainer.config.lr_log_z
+    assert_rates_follow_decay(trainer, 7, 1e-2, decay, trainer.config.lr_log_z)
     with pytest.raises(ValueError, match="lr decay horizon"):
         _rtb_trainer(2, lr_decay_horizon=-1)
     with pytest.raises(ValueError, match="final lr multiplier"):
