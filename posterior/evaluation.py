@@ -55,3 +55,28 @@ def evaluate(sampler: DiffusionSampler, path: BoltzmannPath, *, num_samples: int
             out["w2_floor"] = metrics.wasserstein2(exact_reference[:num_samples], exact)
     out["samples"] = samples.cpu()
     return out
+
+
+REPEATED_METRICS = ("log_z_elbo", "log_z_rw", "ess", "delta_log_z", "delta_log_z_rw", "eubo", "w2", "w2_floor")
+
+
+def summarize_repeats(results: list[dict[str, Any]],
+                      keys: tuple[str, ...] = REPEATED_METRICS) -> dict[str, Any]:
+    """Mean, standard deviation (ddof 1; 0 for one result) and values of each metric over independent evaluations.
+
+    Args:
+        results: R >= 1 dicts from :func:`evaluate`; a key that is None in any of them is left out.
+    Returns:
+        {"count": R, key: {"mean", "std", "values"} for each key present in every result}.
+    """
+    if not results:
+        raise ValueError("results: expected at least one evaluation, got none")
+    summary: dict[str, Any] = {"count": len(results)}
+    for key in keys:
+        values = [r.get(key) for r in results]
+        if any(v is None for v in values):
+            continue
+        v = torch.tensor(values, dtype=torch.float64)
+        std = float(v.std()) if len(values) > 1 else 0.0
+        summary[key] = {"mean": float(v.mean()), "std": std, "values": [float(x) for x in values]}
+    return summary

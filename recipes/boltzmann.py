@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
-from posterior.evaluation import evaluate  # noqa: E402
+from posterior.evaluation import evaluate, summarize_repeats  # noqa: E402
 from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
 from posterior.factory import (NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES, default_flow_lr,  # noqa: E402
                                make_objective, make_sampler)
@@ -32,6 +32,9 @@ from posterior.reference import BrownianBridge  # noqa: E402
 from posterior.smc import annealed_smc, long_run_mala  # noqa: E402
 from posterior.teacher import make_teacher  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
+
+
+EVAL_REPEAT_SEED_STRIDE = 1_000  # seed offset between independent evaluations of one run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SubTB state flow: a head on the policy's state/time embeddings (the default, the paper's; "
                         "the flow's loss also trains them), or a network with embeddings of its own")
     p.add_argument("--eval-samples", type=int, default=2000, help="also SMC particles / MALA chains")
+    p.add_argument("--eval-repeats", type=int, default=1,
+                   help="independent evaluations (fresh trajectories and exact sets); metrics.json keeps the first "
+                        "as the run's numbers and adds eval_repeats with mean, std and values of each metric. "
+                        "With --resume on a finished run: re-evaluate its checkpoint without training")
     p.add_argument("--smc-temperatures", type=int, default=100)
     p.add_argument("--smc-mala-steps", type=int, default=5, help="MALA steps per SMC temperature")
     p.add_argument("--mala-steps", type=int, default=10_000, help="long-run MALA: steps per chain")
@@ -115,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
+    if args.eval_repeats < 1:
+        p.error(f"--eval-repeats: expected an integer >= 1, got {args.eval_repeats}")
     if args.explore_step_std is not None:  # one convention inside: variance per unit time
         args.explore = explore_from_step_std(args.explore_step_std, args.steps)
         if args.explore_horizon is None:
@@ -175,15 +184,15 @@ def main(argv: list[str] | None = None) -> dict:
     evaluations = dict(path.evaluations)  # training cost, before evaluation adds its own
     eval_steps = args.eval_steps or (100 if args.train_grid == "random" else args.steps)
 
-    gen = torch.Generator(device=device).manual_seed(10_000 + args.seed)
-    exact = exact_ref = None
-    if target.has_exact_samples:
-        exact = target.sample(args.eval_samples, generator=gen)
-        exact_ref = target.sample(args.eval_samples, generator=gen)
     eval_start = time.perf_counter()
-    result = evaluate(sampler, path, num_samples=args.eval_samples, steps=eval_steps, seed=args.seed + 1,
-                      log_z=target.log_z, exact_samples=exact, exact_reference=exact_ref)
+    repeats = [evaluate_once(args, sampler, path, target, eval_steps, device, repeat=r)
+               for r in range(args.eval_repeats)]
+    result, exact = repeats[0]
     samples = result.pop("samples")
+    for other, _ in repeats[1:]:
+        other.pop("samples")
+    if args.eval_repeats > 1:
+        result["eval_repeats"] = summarize_repeats([r for r, _ in repeats])
     result.update(mode_coverage(target, samples))
     seconds_total = sum(history.seconds)
     replay_stats = {} if replay is None else replay.stats()
@@ -223,8 +232,29 @@ def main(argv: list[str] | None = None) -> dict:
                                      "w2", "w2_floor", "ess", "iters", "seconds_per_iter", "seconds_total",
                                      "energy_evals", "local_search_share")}
     shown.update(mode_coverage(target, samples))
+    if "eval_repeats" in metrics:
+        shown["eval_repeats"] = {k: (f"{v['mean']:.4g} ± {v['std']:.2g}" if isinstance(v, dict) else v)
+                                 for k, v in metrics["eval_repeats"].items()}
     print(json.dumps(shown, indent=2))
     return metrics
+
+
+def evaluate_once(args: argparse.Namespace, sampler, path: BoltzmannPath, target, eval_steps: int,
+                  device: torch.device, repeat: int = 0) -> tuple[dict, torch.Tensor | None]:
+    """One evaluation of ``sampler`` with its own sampling seed and its own two exact sets.
+
+    Repeat 0 is the run's reported evaluation; repeats r > 0 draw fresh trajectories and exact samples.
+    Returns (the metrics of :func:`evaluate`, the (K, d) exact samples W2 was measured against, or None).
+    """
+    offset = EVAL_REPEAT_SEED_STRIDE * repeat
+    gen = torch.Generator(device=device).manual_seed(10_000 + args.seed + offset)
+    exact = exact_ref = None
+    if target.has_exact_samples:
+        exact = target.sample(args.eval_samples, generator=gen)
+        exact_ref = target.sample(args.eval_samples, generator=gen)
+    result = evaluate(sampler, path, num_samples=args.eval_samples, steps=eval_steps, seed=args.seed + 1 + offset,
+                      log_z=target.log_z, exact_samples=exact, exact_reference=exact_ref)
+    return result, exact
 
 
 def mode_coverage(target, samples: torch.Tensor) -> dict:

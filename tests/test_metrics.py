@@ -55,3 +55,20 @@ def test_wasserstein2_exact_values():
     assert metrics.wasserstein2(a, a.repeat(2, 1)) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="samples and reference"):
         metrics.wasserstein2(x, torch.randn(5, 3))
+
+
+def test_summarize_repeats_mean_std_and_missing_metrics():
+    from posterior.evaluation import summarize_repeats
+
+    results = [{"log_z_rw": 1.0, "w2": None, "ess": 0.5}, {"log_z_rw": 2.0, "w2": 3.0, "ess": 0.5},
+               {"log_z_rw": 4.0, "w2": 3.5, "ess": 0.5}]
+    summary = summarize_repeats(results)
+    assert summary["count"] == 3
+    assert summary["log_z_rw"]["mean"] == pytest.approx(7 / 3)
+    assert summary["log_z_rw"]["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
+                                                                  + (4 - 7 / 3) ** 2) / 2))
+    assert summary["log_z_rw"]["values"] == [1.0, 2.0, 4.0] and summary["ess"]["std"] == 0.0
+    assert "w2" not in summary  # None in one evaluation: not summarized rather than averaged over a subset
+    assert summarize_repeats(results[:1])["log_z_rw"]["std"] == 0.0
+    with pytest.raises(ValueError, match="results"):
+        summarize_repeats([])

@@ -56,6 +56,33 @@ def test_every_table_preset_parses_under_the_recipe(monkeypatch):
         boltzmann.parse_args(["--flow-embedding", "both", "--out", "unused"])
 
 
+def test_boltzmann_eval_repeats_and_re_evaluation(tmp_path):
+    """--eval-repeats adds mean/std over independent evaluations; repeat 0 is the run's own evaluation, and
+    --resume on a finished run re-evaluates its checkpoint without training."""
+    out = tmp_path / "run"
+    common = ["recipes/boltzmann.py", "--target", "gmm25", "--objective", "tb", "--iters", "4", "--batch", "16",
+              "--steps", "8", "--eval-samples", "64", "--no-progress", "--out", str(out)]
+    _run([*common, "--eval-repeats", "3"], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    repeats = metrics["eval_repeats"]
+    assert repeats["count"] == 3
+    values = repeats["delta_log_z_rw"]["values"]
+    assert len(values) == 3 and values[0] == metrics["delta_log_z_rw"]
+    assert len(set(values)) == 3  # fresh trajectories per repeat
+    assert repeats["w2"]["values"][0] == metrics["w2"] and len(set(repeats["w2_floor"]["values"])) == 3
+    mean = sum(values) / 3
+    assert repeats["delta_log_z_rw"]["mean"] == pytest.approx(mean)
+    assert repeats["delta_log_z_rw"]["std"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 2) ** 0.5)
+    history = json.loads((out / "history.json").read_text())
+    _run([*common, "--resume", "--eval-repeats", "2"], tmp_path)
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["iters"] == 4 and json.loads((out / "history.json").read_text()) == history
+    assert again["delta_log_z_rw"] == metrics["delta_log_z_rw"] and again["w2"] == metrics["w2"]
+    assert again["eval_repeats"]["delta_log_z_rw"]["values"] == values[:2]
+    bad = subprocess.run([sys.executable, *common, "--eval-repeats", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--eval-repeats" in bad.stderr
+
+
 @pytest.mark.parametrize("method", ["smc", "mala", "dds"])
 def test_boltzmann_recipe_baselines(tmp_path, method):
     out = tmp_path / method
