@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "eval_repeats" in metrics:
         shown["eval_repeats"] = {k: (f"{v['mean']:.4g} ± {v['std']:.2g}" if isinstance(v, dict) else v)
                                  for k, v in metrics["eval_repeats"].items()}
-    print(json.dumps(shown, indent=2))
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
     return metrics
 
 
