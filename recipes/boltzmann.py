@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
                for r in range(args.eval_repeats)]
     result, exact = repeats[0]
     samples = result.pop("samples")
-    for other, _ in repeats[1:]:
-        other.pop("samples")
-    if args.eval_repeats > 1:
+    if args.eval_repeats > 1:  # summarize_repeats reads only the metrics, not the other repeats' samples
         result["eval_repeats"] = summarize_repeats([r for r, _ in repeats])
     result.update(mode_coverage(target, samples))
     seconds_total = sum(history.seconds)
