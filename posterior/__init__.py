@@ -1,6 +1,7 @@
 """posterior: amortized samplers of p(x | y) ∝ p(x) r(x, y) with diffusion-structured policies."""
 
 from .conditional_sampler import ConditionalSampler, build_conditional_sampler
+from .cpu_allocator import retain_freed_memory
 from .fit import fit
 from .grids import random_grid, uniform_grid
 from .buffer_training import ReplayConfig, ReplayTraining
@@ -16,5 +17,5 @@ __all__ = [
     "BoltzmannPath", "BrownianBridge", "ConditionalSampler", "DiffusionSampler", "PISFlow", "PISPolicy",
     "PathIntegral", "ReplayConfig", "ReplayTraining", "SubTrajectoryBalance", "Trainer", "TrainingConfig",
     "Trajectories", "TrajectoryBalance", "VPNoising", "VarGrad", "build_conditional_sampler", "fit",
-    "random_grid", "uniform_grid",
+    "random_grid", "retain_freed_memory", "uniform_grid",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_no_nan, check_shape
+from .cpu_allocator import retain_freed_memory
 from .conditional_sampler import ConditionalSampler, build_conditional_sampler
 from .factory import OBJECTIVES, default_flow_lr, make_objective
 from .buffer_training import ReplayConfig, ReplayTraining
@@ -132,7 +133,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
         process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
         log: Callable[[dict[str, float], int], None] | None = None, log_every: int = 50,
-        replay: ReplayConfig | None = None) -> "ConditionalSampler | DiffusionPosterior":
+        replay: ReplayConfig | None = None,
+        retain_cpu_memory: bool = True) -> "ConditionalSampler | DiffusionPosterior":
     """Train an amortized sampler of p(x | y) ∝ p(x) r(x, y) for every condition y.
 
     Args:
@@ -168,12 +170,17 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             iteration), e.g. ``accelerator.log`` for TensorBoard or other trackers.
         replay: a :class:`ReplayConfig` to alternate forward updates with backward updates from a
             replay buffer (and MALA local search); every stored sample keeps its condition.
+        retain_cpu_memory: on the CPU, keep freed tensor memory in the process heap for reuse
+            (:func:`posterior.cpu_allocator.retain_freed_memory`, a process-wide glibc setting)
+            instead of page-faulting fresh buffers every iteration; False leaves malloc as it is.
     Returns:
         the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
     """
     if space not in ("noise", "data"):
         raise ValueError(f"space must be 'noise' or 'data', got {space!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if retain_cpu_memory and device.type == "cpu":
+        retain_freed_memory()
     if space == "data":
         return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy,
                              explore, seed, progress, lr_decay_horizon, lr_decay_final)

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
+from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.evaluation import evaluate, summarize_repeats  # noqa: E402
 from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
 from posterior.factory import (NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES, default_flow_lr,  # noqa: E402
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"got {args.objective} (method {args.method})")
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()  # reuse freed CPU buffers instead of page-faulting fresh ones each iteration
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.checkpoint import write_json  # noqa: E402
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
@@ -67,9 +68,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (see posterior/cpu_allocator.py)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        retain_freed_memory()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     target = make_target(args.target, dim=args.dim).to(device)
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
               "local_search": args.local_search,
               "seconds_per_iter": seconds, "mean_seconds_per_iter": mean_seconds,
               "floor_seconds": floor, "floor_ratio": seconds / floor,
-              "device": str(device), "threads": torch.get_num_threads()}
+              "device": str(device), "threads": torch.get_num_threads(),
+              "retain_freed_memory": not args.default_allocator}
     print(json.dumps(result, indent=2))
     if args.json:
         write_json(result, args.json)

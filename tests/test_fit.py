@@ -1,5 +1,6 @@
 """posterior.fit on a linear-Gaussian decoder, where the posterior and log p(y) are exact."""
 
+import importlib
 import math
 
 import pytest
@@ -170,6 +171,18 @@ def test_fit_reports_to_a_logger():
                   log=lambda values, step: seen.append((step, values)), log_every=3)
     assert [step for step, _ in seen] == [3, 6]
     assert set(seen[0][1]) == {"loss", "log_z_batch", "seconds_per_iter"}
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_fit_retains_freed_cpu_memory_unless_told_not_to(monkeypatch, retain):
+    calls = []
+    fit_module = importlib.import_module("posterior.fit")  # posterior.fit is the function
+    monkeypatch.setattr(fit_module, "retain_freed_memory", lambda: calls.append(1) or True)
+    decoder, y = _linear_problem()
+    posterior.fit(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                  iterations=1, batch_size=2, samples_per_condition=2, steps=4, progress=False,
+                  retain_cpu_memory=retain)
+    assert calls == ([1] if retain else [])
 
 
 @pytest.mark.parametrize("objective", ["subtb", "fl-subtb", "pis"])
