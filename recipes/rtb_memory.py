@@ -1,5 +1,6 @@
 """Peak memory and time per RTB iteration: full graph, gradient checkpointing, exact per-step
-gradient accumulation, and per-step accumulation on a random quarter of the steps.
+gradient accumulation, per-step accumulation on a random quarter of the steps, and per-step
+accumulation with rank-8 LoRA adapters on a frozen copy of the UNet (``per_step_lora``).
 
     python recipes/rtb_memory.py --json FILE [--size 14] [--steps 20] [--batch 16] [--iters 3] [--device cpu]
 
@@ -24,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from posterior.checkpoint import write_json  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from priors.ddpm_training import small_unet  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 
 MODES = {"full": dict(per_step=False), "checkpoint": dict(per_step=False, checkpoint=True),
-         "per_step": dict(per_step=True), "per_step_quarter": dict(per_step=True, step_fraction=0.25)}
+         "per_step": dict(per_step=True), "per_step_quarter": dict(per_step=True, step_fraction=0.25),
+         "per_step_lora": dict(per_step=True, lora_rank=8)}
 
 
 def run_mode(args: argparse.Namespace, mode: str) -> dict:
@@ -41,7 +44,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     unet = small_unet(args.size, widths=tuple(args.widths)).to(device)
     prior = DiffusionPrior(unet, DDPMScheduler(num_train_timesteps=1000), args.steps, (1, args.size, args.size))
     options = MODES[mode]
-    posterior = DiffusionPosterior(prior, checkpoint_steps=options.get("checkpoint", False))
+    model = lora_denoiser(unet, rank=options["lora_rank"]) if "lora_rank" in options else None
+    posterior = DiffusionPosterior(prior, model, checkpoint_steps=options.get("checkpoint", False))
     path = DiffusionPriorPath(prior, lambda x: -x.flatten(1).square().mean(-1))
     trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(),
                          RTBConfig(iterations=args.iters + 1, batch_size=args.batch, per_step=options["per_step"],
@@ -65,7 +69,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     return {"mode": mode, "seconds_per_iter": statistics.median(seconds[1:]), "peak_memory_mb": peak / 2 ** 20,
-            "parameters": sum(p.numel() for p in unet.parameters())}
+            "parameters": sum(p.numel() for p in unet.parameters()),
+            "trainable_parameters": trainable_parameter_count(posterior.model)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -29,6 +29,7 @@ import mnist_classifier_guidance as guidance_recipe  # noqa: E402
 from constraints.classifier import ClassifierLikelihood  # noqa: E402
 from posterior import checkpoint  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.lora import lora_denoiser  # noqa: E402
 from posterior.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 
@@ -79,7 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     beta = float(metrics["beta"])
     trained_frozen = int(metrics["methods"]["rtb"]["frozen_final_steps"])
     frozen = trained_frozen if args.frozen_final_steps is None else args.frozen_final_steps
-    posterior = DiffusionPosterior(prior, frozen_final_steps=frozen)
+    entry = metrics["methods"]["rtb"]
+    if entry.get("rtb_guidance"):
+        raise SystemExit(f"{run} trained a guided posterior (--rtb-guidance); this report reads plain and LoRA runs")
+    lora_rank = int(entry.get("rtb_lora") or 0)  # runs from before LoRA have no key: a full copy
+    model = lora_denoiser(prior.denoiser, rank=lora_rank, alpha=entry.get("lora_alpha")) if lora_rank else None
+    posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     state = checkpoint.load(run / "rtb_checkpoint.pt", map_location=device)
     posterior.model.load_state_dict(state["model"])
     path = DiffusionPriorPath(prior, likelihood, beta=beta)

@@ -297,6 +297,15 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert guided["rtb_guidance"] == 1.0 and len(guided["guidance_scales"]) == 4
     assert all(abs(w - 1.0) < 0.01 for w in guided["guidance_scales"])  # two Adam steps of 1e-3
     assert guided["nfe_per_sample"] == 4 + (4 - guided["frozen_final_steps"])  # the prior's denoiser on trained steps
+    # LoRA adapters on a frozen copy of the prior: fewer trainable parameters, the path-KL report reads the run
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
+          "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "2", "--rtb-lora", "2",
+          "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"], tmp_path)
+    lora = json.loads((tmp_path / "lora" / "metrics.json").read_text())["methods"]["rtb"]
+    assert lora["rtb_lora"] == 2 and 0 < lora["trainable_parameters"] < entry["trainable_parameters"] / 4
+    _run(["recipes/rtb_path_kl.py", "--run", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
+          "--classifier-epochs", "1", "--samples", "4"], tmp_path)
+    assert json.loads((tmp_path / "lora" / "path_kl.json").read_text())["rtb_iters"] == 2
     import torch
 
     state = torch.load(out / "rtb_checkpoint.pt", weights_only=False)
@@ -318,10 +327,12 @@ def test_rtb_memory_recipe_contract(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "mem.json"
     _run(["recipes/rtb_memory.py", "--size", "8", "--steps", "2", "--batch", "2", "--iters", "1",
-          "--modes", "full,per_step", "--json", str(out)], tmp_path)
+          "--modes", "full,per_step_lora", "--json", str(out)], tmp_path)
     report = json.loads(out.read_text())
-    assert [m["mode"] for m in report["modes"]] == ["full", "per_step"]
+    assert [m["mode"] for m in report["modes"]] == ["full", "per_step_lora"]
     assert all(m["seconds_per_iter"] > 0 and m["peak_memory_mb"] >= 0 for m in report["modes"])
+    full, lora = report["modes"]
+    assert full["trainable_parameters"] == full["parameters"] > 4 * lora["trainable_parameters"] > 0
 
 
 def test_variance_sweep_recipe(tmp_path):
