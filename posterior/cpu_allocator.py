@@ -5,8 +5,8 @@ A training iteration on the CPU allocates and frees the same large buffers every
 With glibc's defaults, buffers above its mmap threshold (adaptive, at most 32 MiB) are mapped
 afresh on every allocation and unmapped on free, and a heap top larger than the trim threshold
 is returned to the OS, so each iteration touches its big buffers as new pages: one page fault
-per 4 KiB. On the 2-core project machine that cost 10-20 ms of a 50 ms TB iteration on Manywell-32
-(see BENCHMARKS.md, "Speed"). :func:`retain_freed_memory` raises both thresholds with
+per 4 KiB. On the 2-core project machine that cost 11% of a TB iteration on Manywell-32 (medians
+0.0487 -> 0.0431 s; BENCHMARKS.md, "Speed"). :func:`retain_freed_memory` raises both thresholds with
 ``mallopt`` so the heap keeps and reuses that memory: resident memory stays at the run's peak
 (plus at most ``trim_threshold`` of free heap top) instead of shrinking between iterations.
 
