@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     prior = DiffusionPrior(unet, scheduler, int(metrics["steps"]), (1, size, size))
     likelihood = ClassifierLikelihood(classifier, target_classes=int(metrics["target_class"]))
     beta = float(metrics["beta"])
-    trained_frozen = int(metrics["methods"]["rtb"]["frozen_final_steps"])
-    frozen = trained_frozen if args.frozen_final_steps is None else args.frozen_final_steps
     entry = metrics["methods"]["rtb"]
+    trained_frozen = int(entry["frozen_final_steps"])
+    frozen = trained_frozen if args.frozen_final_steps is None else args.frozen_final_steps
     if entry.get("rtb_guidance"):
         raise SystemExit(f"{run} trained a guided posterior (--rtb-guidance); this report reads plain and LoRA runs")
     lora_rank = int(entry.get("rtb_lora") or 0)  # runs from before LoRA have no key: a full copy
