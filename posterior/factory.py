@@ -42,18 +42,22 @@ def make_sampler(dim: int, sigma2: float, *, langevin: bool = False, learn_varia
 
 def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float = 2.0,
                    hidden: int = 64, group_size: int | None = None, dim: int | None = None,
-                   flow_embeddings: PISPolicy | None = None) -> Objective:
+                   flow_embeddings: PISPolicy | None = None, separate_replay_log_z: bool = False) -> Objective:
     """Objective by name: one of :data:`OBJECTIVES`.
 
     ``path`` is used by FL-SubTB only (log R at intermediate states; None: each batch's own
     ``Trajectories.path``); ``dim`` defaults to ``path.dim``. ``flow_embeddings``: (SubTB)
     a policy whose state and time embeddings the state flow shares (see :class:`PISFlow`).
+    ``separate_replay_log_z``: (TB) a second learned log Z for replayed backward batches (see
+    :class:`TrajectoryBalance`).
     """
     dim = dim if dim is not None else (path.dim if path is not None else None)
     if flow_embeddings is not None and name not in STATE_FLOW_OBJECTIVES:
         raise ValueError(f"flow_embeddings is for the SubTB objectives' state flow; objective {name!r} has none")
+    if separate_replay_log_z and name != "tb":
+        raise ValueError(f"separate_replay_log_z is for objective 'tb' (a learned scalar log Z), got {name!r}")
     if name == "tb":
-        return TrajectoryBalance()
+        return TrajectoryBalance(separate_replay_log_z=separate_replay_log_z)
     if name == "vargrad":
         return VarGrad(group_size=group_size)
     if name in STATE_FLOW_OBJECTIVES:

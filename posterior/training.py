@@ -167,7 +167,8 @@ class Trainer:
         Returns:
             (loss, batch ELBO of log Z).
         """
-        if self.replay is not None and self.replay.is_backward_step(self.iteration):
+        replayed = self.replay is not None and self.replay.is_backward_step(self.iteration)
+        if replayed:
             samples, conditions = self.replay.backward_batch(self.iteration, self.path_for, self.backward_count(),
                                                              self.generator)
             traj = self.backward_trajectories(samples, conditions)
@@ -178,7 +179,7 @@ class Trainer:
                 self.replay.observe(traj, self.batch_conditions)
         if self.iteration == 0 and self.config.log_z_init == "batch":
             self.objective.warm_start_log_z(traj, average=self._mean_across_processes)
-        loss = self.objective.loss(traj)
+        loss = self.objective.replay_loss(traj) if replayed else self.objective.loss(traj)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {float(loss)} at iteration {self.iteration}: log_reward range "

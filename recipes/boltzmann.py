@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-k", type=float, default=0.01, help="k of the rank weights 1 / (k N + rank)")
     p.add_argument("--local-search", action="store_true",
                    help="MALA local search from buffer states (implies --buffer rank unless given)")
+    p.add_argument("--replay-log-z", choices=("shared", "separate"), default="shared",
+                   help="TB with a buffer: one learned log Z for all batches, or a second one for the backward "
+                        "batches from the buffer (keeps TB from fitting the buffer's sampling distribution)")
     p.add_argument("--ls-every", type=int, default=100)
     p.add_argument("--ls-steps", type=int, default=200)
     p.add_argument("--ls-burn-in", type=int, default=100)
@@ -142,6 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.flow_embedding is not None:
         raise SystemExit(f"--flow-embedding is for --objective subtb or fl-subtb (a state flow), "
                          f"got {args.objective} (method {args.method})")
+    uses_replay = args.buffer != "none" or args.local_search or args.teacher
+    if args.replay_log_z == "separate" and (args.objective != "tb" or not uses_replay):
+        raise SystemExit(f"--replay-log-z separate is for --objective tb with a buffer (--buffer, --local-search "
+                         f"or --teacher), got --objective {args.objective} and buffer {args.buffer}")
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()  # reuse freed CPU buffers instead of page-faulting fresh ones each iteration
@@ -157,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
                            learn_backward=args.learn_backward, log_var_range=args.log_var_range).to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda,
-                               flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None).to(device)
+                               flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None,
+                               separate_replay_log_z=args.replay_log_z == "separate").to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
                             train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                             log_var_lr_scale=args.log_var_lr_scale, log_z_init=args.log_z_init,
                             lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final)
     replay = None
-    if args.buffer != "none" or args.local_search or args.teacher:
+    if uses_replay:
         replay_config = ReplayConfig(
             prioritization="uniform" if args.buffer == "uniform" else "rank", capacity=args.buffer_size,
             rank_k=args.rank_k, local_search=args.local_search, ls_every=args.ls_every, ls_steps=args.ls_steps,
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         "flow_embedding": args.flow_embedding,
         "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
-        "local_search": args.local_search, "teacher": args.teacher,
+        "local_search": args.local_search, "teacher": args.teacher, "replay_log_z": args.replay_log_z,
         "teacher_target_power": args.teacher_target_power if args.teacher else None,
         "train_grid": args.train_grid, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
@@ -219,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
                                if replay_stats and seconds_total > 0 else 0.0),
         **replay_stats,
         "eval_seconds": time.perf_counter() - eval_start,
-        "learned_log_z": objective.log_z(), "config": asdict(config), "seed": args.seed,
+        "learned_log_z": objective.log_z(),
+        "learned_replay_log_z": (float(objective.replay_log_z_param.detach())
+                                 if getattr(objective, "replay_log_z_param", None) is not None else None), "config": asdict(config), "seed": args.seed,
         "device": str(device), "threads": torch.get_num_threads(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -11,7 +11,8 @@ from posterior.path_target import BoltzmannPath
 from posterior.training import Trainer, TrainingConfig
 
 
-def _trainer(iterations=8, checkpoint=None, local_search=True, objective="tb", train_grid="uniform"):
+def _trainer(iterations=8, checkpoint=None, local_search=True, objective="tb", train_grid="uniform",
+             separate_replay_log_z=False):
     torch.manual_seed(0)
     sampler = make_sampler(2, 1.0)
     target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]))
@@ -20,8 +21,8 @@ def _trainer(iterations=8, checkpoint=None, local_search=True, objective="tb", t
                                          ls_burn_in=10, ls_step_size=0.05), dim=2)
     config = TrainingConfig(iterations=iterations, batch_size=32, steps=10, explore=0.5, checkpoint_every=4,
                             seed=3, train_grid=train_grid)
-    return Trainer(sampler, make_objective(objective, path), path, config, checkpoint_path=checkpoint,
-                   replay=replay)
+    objective = make_objective(objective, path, separate_replay_log_z=separate_replay_log_z)
+    return Trainer(sampler, objective, path, config, checkpoint_path=checkpoint, replay=replay)
 
 
 def test_updates_alternate_and_forward_states_fill_the_buffer():
@@ -31,6 +32,22 @@ def test_updates_alternate_and_forward_states_fill_the_buffer():
     assert trainer.replay.ls_buffer is None
     stored = trainer.replay.buffer
     torch.testing.assert_close(stored.log_rewards[:96], trainer.path.log_reward(stored.states[:96]))
+
+
+def test_separate_replay_log_z_trains_on_backward_batches_only():
+    trainer = _trainer(iterations=4, local_search=False, separate_replay_log_z=True)
+    main, replayed = trainer.objective.log_z_param, trainer.objective.replay_log_z_param
+    for iteration in range(4):
+        before = float(main), float(replayed)
+        trainer.step()
+        trainer.iteration += 1
+        moved = float(main) != before[0], float(replayed) != before[1]
+        assert moved == ((False, True) if iteration % 2 else (True, False)), iteration
+
+
+def test_separate_replay_log_z_is_for_tb_only():
+    with pytest.raises(ValueError, match="separate_replay_log_z"):
+        _trainer(objective="vargrad", separate_replay_log_z=True)
 
 
 def test_local_search_feeds_its_buffer_with_states_of_the_target():

@@ -220,3 +220,42 @@ def test_flow_with_shared_embeddings_reads_and_trains_the_policys_embeddings():
     trainer.step()
     assert not torch.equal(policy.state_embed.weight, embed_before)
     assert not torch.equal(objective.flow.joint[1].weight, head_before)
+
+
+def test_separate_replay_log_z_removes_the_pull_toward_the_buffer_distribution():
+    """At the exact sampler every residual is -log Z, so a TB batch's policy gradient is
+    (c - log Z) * grad mean log p_F: with one shared log Z c away from log Z, a backward batch
+    from buffer states fits p_F toward the buffer (maximum likelihood on the buffer's states);
+    with a replay log Z of its own at log Z, the same batch gives no policy gradient at all."""
+    sigma2, log_z, offset = 1.0, 0.7, -1.5
+    sampler, path, _ = _setup([0.0, 0.0], [math.sqrt(sigma2)] * 2, log_z, sigma2)
+    params = list(sampler.policy.parameters())
+    buffer_states = 3.0 + 0.1 * torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    times = uniform_grid(20, dtype=torch.float64)
+
+    def replay_batch():
+        return sampler.backward_trajectories(buffer_states, times, path, generator=torch.Generator().manual_seed(3))
+
+    def grads(value):
+        return [torch.zeros_like(p) if g is None else g
+                for p, g in zip(params, torch.autograd.grad(value, params, allow_unused=True))]
+
+    shared = TrajectoryBalance(log_z_init=log_z + offset).double()
+    shared_grads = grads(shared.replay_loss(replay_batch()))
+    likelihood_grads = grads(offset * replay_batch().log_pf.mean())  # same noise: the same trajectories
+    for g, e in zip(shared_grads, likelihood_grads):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-10)
+    assert sum(float(g.abs().sum()) for g in shared_grads) > 1e-3
+
+    separate = TrajectoryBalance(log_z_init=log_z + offset, separate_replay_log_z=True).double()
+    with torch.no_grad():
+        separate.replay_log_z_param.fill_(log_z)
+    traj = replay_batch()
+    assert sum(float(g.abs().sum()) for g in grads(separate.replay_loss(traj))) < 1e-10
+    # forward batches keep the main log Z
+    assert float(separate.loss(traj).detach()) == pytest.approx(0.5 * offset ** 2, rel=1e-6)
+
+def test_separate_replay_log_z_is_refused_with_a_conditional_log_z():
+    from posterior.objectives.log_partition import ConditionalLogZ
+    with pytest.raises(ValueError, match="separate_replay_log_z"):
+        TrajectoryBalance(conditional_log_z=ConditionalLogZ(8), separate_replay_log_z=True)

@@ -17,7 +17,7 @@ def _run(args, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher",
-                                    "--lr-decay-horizon", "5"],
+                                    "--lr-decay-horizon", "5", "--replay-log-z", "separate"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
                                     "--flow-embedding", "shared"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
@@ -33,6 +33,9 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert key in metrics
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
     assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
+    separate = "--replay-log-z" in extra
+    assert metrics["replay_log_z"] == ("separate" if separate else "shared")
+    assert (metrics["learned_replay_log_z"] is not None) == separate
     assert (out / "samples.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     # resume: a longer budget continues from the checkpoint
     _run(["recipes/boltzmann.py", *extra, "--iters", "9", "--batch", "16", "--steps", "8",
@@ -54,6 +57,15 @@ def test_every_table_preset_parses_under_the_recipe(monkeypatch):
         assert args.out == "unused", name
     with pytest.raises(SystemExit):
         boltzmann.parse_args(["--flow-embedding", "both", "--out", "unused"])
+
+
+def test_separate_replay_log_z_needs_tb_with_a_buffer(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import boltzmann
+
+    for flags in (["--objective", "vargrad", "--local-search"], ["--objective", "tb"]):
+        with pytest.raises(SystemExit, match="--replay-log-z separate"):
+            boltzmann.main([*flags, "--replay-log-z", "separate", "--out", str(tmp_path / "run")])
 
 
 def test_boltzmann_eval_repeats_and_re_evaluation(tmp_path):

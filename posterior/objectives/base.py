@@ -38,6 +38,11 @@ class Objective(nn.Module):
     def loss(self, traj: Trajectories) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def replay_loss(self, traj: Trajectories) -> Tensor:
+        """Loss on backward trajectories from a replay buffer (off-policy batches); the same as
+        :meth:`loss` unless an objective keeps separate parameters for such batches."""
+        return self.loss(traj)
+
     def log_z(self) -> float | None:
         """The objective's own estimate of log Z (learned), if it has one."""
         return None

@@ -19,13 +19,24 @@ class TrajectoryBalance(Objective):
     identically and log Z equals the true log-partition function. With
     ``conditional_log_z`` (conditional TB), log Z(y) is a function of the trajectory's
     condition context (``Trajectories.context``).
+
+    ``separate_replay_log_z``: backward batches from a replay buffer get a learned scalar log Z
+    of their own (:meth:`replay_loss`). With one shared log Z, which settles between the
+    on-policy batches' mean residual (ELBO side) and the buffer batches' (EUBO side), the buffer
+    batches keep a non-zero mean residual, and its gradient, E_buffer[grad log p_F] times that
+    offset, fits p_F by maximum likelihood to the buffer's sampling distribution (rank-
+    prioritized: the high-reward modes). Each batch kind then has zero mean residual at its own
+    log Z, as in VarGrad, while both log Z still have the true log Z as their optimum.
     """
 
     def __init__(self, log_z_init: float = 0.0, min_log_reward: float = -1e4,
-                 conditional_log_z: ConditionalLogZ | None = None) -> None:
+                 conditional_log_z: ConditionalLogZ | None = None, separate_replay_log_z: bool = False) -> None:
         super().__init__(min_log_reward)
         self.log_z_param = scalar_log_z(log_z_init)
         self.conditional_log_z = conditional_log_z
+        if separate_replay_log_z and conditional_log_z is not None:
+            raise ValueError("separate_replay_log_z is for a scalar log Z, not a conditional log Z(y)")
+        self.replay_log_z_param = scalar_log_z(log_z_init) if separate_replay_log_z else None
 
     def log_z_of(self, traj: Trajectories) -> Tensor:
         """(B,) or scalar learned log Z of each trajectory's condition."""
@@ -51,9 +62,18 @@ class TrajectoryBalance(Objective):
             total, count = average(total), average(count)
         if count > 0:
             self.log_z_param.fill_(total / count)
+            if self.replay_log_z_param is not None:
+                self.replay_log_z_param.fill_(total / count)
 
     def loss(self, traj: Trajectories) -> Tensor:
         residual = self.log_z_of(traj) + self.residual(traj)
+        return 0.5 * (residual * residual).mean()
+
+    def replay_loss(self, traj: Trajectories) -> Tensor:
+        """TB loss on replayed (backward) trajectories, with the replay log Z when it is separate."""
+        if self.replay_log_z_param is None:
+            return self.loss(traj)
+        residual = self.replay_log_z_param + self.residual(traj)
         return 0.5 * (residual * residual).mean()
 
     def log_z(self) -> float | None:
