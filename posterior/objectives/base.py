@@ -47,6 +47,10 @@ class Objective(nn.Module):
         """The objective's own estimate of log Z (learned), if it has one."""
         return None
 
+    def replay_log_z(self) -> float | None:
+        """The learned log Z of replayed batches, if the objective keeps a separate one."""
+        return None
+
     def warm_start_log_z(self, traj: Trajectories, average: Callable[[Tensor], Tensor] | None = None) -> None:
         """Set the learned log Z to the batch's estimate mean(log Q - log p_F) (objectives with one).
 

@@ -66,15 +66,20 @@ class TrajectoryBalance(Objective):
                 self.replay_log_z_param.fill_(total / count)
 
     def loss(self, traj: Trajectories) -> Tensor:
-        residual = self.log_z_of(traj) + self.residual(traj)
-        return 0.5 * (residual * residual).mean()
+        return self._squared_residual(self.log_z_of(traj), traj)
 
     def replay_loss(self, traj: Trajectories) -> Tensor:
         """TB loss on replayed (backward) trajectories, with the replay log Z when it is separate."""
         if self.replay_log_z_param is None:
             return self.loss(traj)
-        residual = self.replay_log_z_param + self.residual(traj)
+        return self._squared_residual(self.replay_log_z_param, traj)
+
+    def _squared_residual(self, log_z: Tensor, traj: Trajectories) -> Tensor:
+        residual = log_z + self.residual(traj)
         return 0.5 * (residual * residual).mean()
 
     def log_z(self) -> float | None:
         return None if self.conditional_log_z is not None else float(self.log_z_param.detach())
+
+    def replay_log_z(self) -> float | None:
+        return None if self.replay_log_z_param is None else float(self.replay_log_z_param.detach())
