@@ -370,3 +370,18 @@ def test_flow_embedding_flag_needs_a_state_flow(tmp_path):
                              "--flow-embedding", "shared", "--iters", "1", "--out", str(tmp_path / "run")],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "--flow-embedding" in result.stderr
+
+
+def test_w2_floor_recipe_contract(tmp_path):
+    out = tmp_path / "w2.json"
+    _run(["recipes/w2_floor.py", "--dim", "8", "--betas", "1,3", "--n", "400", "--repeats", "2",
+          "--json", str(out)], tmp_path)
+    result = json.loads(out.read_text())
+    assert len(result["floor"]["values"]) == 2 and result["floor"]["mean"] > 0
+    exact, sharp = result["tempered"]
+    assert (exact["beta"], sharp["beta"]) == (1.0, 3.0)
+    assert abs(exact["deep_share"]["mean"] - 0.843) < 0.04  # exact share of x1 > 0
+    assert sharp["deep_share"]["mean"] > exact["deep_share"]["mean"] + 0.05
+    assert abs(sharp["gaussian_std"]["mean"] - 3 ** -0.5) < 0.05
+    with pytest.raises(AssertionError):
+        _run(["recipes/w2_floor.py", "--betas", "1,-2", "--n", "10"], tmp_path)

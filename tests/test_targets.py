@@ -247,9 +247,10 @@ def test_funnel_bad_dim() -> None:
 
 
 # ------------------------------------------------------------------ Manywell
-def double_well_cdf():
+def double_well_cdf(beta: float = 1.0):
     grid = np.linspace(-5.0, 5.0, 200_001)
-    dens = np.exp(double_well_log_density(grid) - double_well_log_density(grid).max())
+    log_dens = beta * double_well_log_density(grid)
+    dens = np.exp(log_dens - log_dens.max())
     cdf = integrate.cumulative_trapezoid(dens, grid, initial=0.0)
     cdf /= cdf[-1]
     return lambda t: np.interp(t, grid, cdf)
@@ -268,6 +269,33 @@ def test_manywell_samples() -> None:
     w, m, s = (0.2, 0.8), (-1.7, 1.7), 0.5
     proposal_cdf = lambda t: w[0] * stats.norm.cdf(t, m[0], s) + w[1] * stats.norm.cdf(t, m[1], s)  # noqa: E731
     assert stats.kstest(x[:, 0].numpy(), proposal_cdf).pvalue < P_REJECT
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+def test_manywell_tempered_samples(beta: float) -> None:
+    target = Manywell(8).to(F64)
+    x = target.sample_tempered(N_KS, beta, gen(12))
+    assert x.shape == (N_KS, 8) and x.dtype == F64
+    for j in (0, 6):  # double-well coordinates
+        assert stats.kstest(x[:, j].numpy(), double_well_cdf(beta)).pvalue > P_ACCEPT
+        assert stats.kstest(x[:, j].numpy(), double_well_cdf(1.0)).pvalue < P_REJECT  # power: β is applied
+    for j in (1, 7):  # Gaussian coordinates, std β^(-1/2)
+        assert stats.kstest(x[:, j].numpy(), stats.norm(0.0, beta**-0.5).cdf).pvalue > P_ACCEPT
+        assert stats.kstest(x[:, j].numpy(), stats.norm().cdf).pvalue < P_REJECT
+
+
+def test_manywell_tempered_at_beta_one_is_the_exact_sampler() -> None:
+    target = Manywell(4)
+    tempered, exact = target.sample_tempered(N_KS, 1.0, gen(13)), target.sample(N_KS, gen(14))
+    for j in range(4):
+        assert stats.ks_2samp(tempered[:, j].numpy(), exact[:, j].numpy()).pvalue > P_ACCEPT
+    torch.testing.assert_close(target.sample_tempered(50, 1.5, gen(15)), target.sample_tempered(50, 1.5, gen(15)))
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan"), float("inf"), True])
+def test_manywell_tempered_bad_beta(beta: float) -> None:
+    with pytest.raises(ValueError, match="beta"):
+        Manywell(4).sample_tempered(10, beta)
 
 
 def test_manywell_sampler_reproducible() -> None:
