@@ -38,10 +38,10 @@ def test_separate_replay_log_z_trains_on_backward_batches_only():
     trainer = _trainer(iterations=4, local_search=False, separate_replay_log_z=True)
     main, replayed = trainer.objective.log_z_param, trainer.objective.replay_log_z_param
     for iteration in range(4):
-        before = float(main), float(replayed)
+        before = main.item(), replayed.item()
         trainer.step()
         trainer.iteration += 1
-        moved = float(main) != before[0], float(replayed) != before[1]
+        moved = main.item() != before[0], replayed.item() != before[1]
         assert moved == ((False, True) if iteration % 2 else (True, False)), iteration
 
 
