@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,13 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints import Manywell  # noqa: E402
 from posterior.checkpoint import write_json  # noqa: E402
+from posterior.evaluation import summarize_repeats  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
-
-
-def summary(values: list[float]) -> dict:
-    """Mean, std (0 for one value) and the values themselves."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
 
 
 def parse_betas(text: str) -> list[float]:
@@ -60,21 +54,22 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     target = Manywell(args.dim)
     g = torch.Generator().manual_seed(args.seed)
-    floor = [wasserstein2(target.sample(args.n, g), target.sample(args.n, g)) for _ in range(args.repeats)]
+    floor = [{"w2": wasserstein2(target.sample(args.n, g), target.sample(args.n, g))} for _ in range(args.repeats)]
+    keys = ("w2", "deep_share", "gaussian_std")
     rows = []
     for beta in betas:
-        w2, deep, gauss_std = [], [], []
+        repeats = []
         for _ in range(args.repeats):
             x = target.sample_tempered(args.n, beta, g)
-            w2.append(wasserstein2(x, target.sample(args.n, g)))
-            deep.append(float((x[:, 0::2] > 0).double().mean()))
-            gauss_std.append(float(x[:, 1::2].std()))
-        rows.append({"beta": beta, "w2": summary(w2), "deep_share": summary(deep),
-                     "gaussian_std": summary(gauss_std)})
+            repeats.append({"w2": wasserstein2(x, target.sample(args.n, g)),
+                            "deep_share": float((x[:, 0::2] > 0).double().mean()),
+                            "gaussian_std": float(x[:, 1::2].std())})
+        stats = summarize_repeats(repeats, keys)
+        rows.append({"beta": beta, **{key: stats[key] for key in keys}})
         print(f"beta {beta:g}: W2 {rows[-1]['w2']['mean']:.3f} ± {rows[-1]['w2']['std']:.3f}"
               f"  deep share {rows[-1]['deep_share']['mean']:.3f}", flush=True)
     result = {"target": "manywell", "dim": args.dim, "n": args.n, "repeats": args.repeats, "seed": args.seed,
-              "floor": summary(floor), "tempered": rows}
+              "floor": summarize_repeats(floor, ("w2",))["w2"], "tempered": rows}
     print(json.dumps({"floor": result["floor"]["mean"],
                       "w2_by_beta": {r["beta"]: r["w2"]["mean"] for r in rows}}, indent=2))
     if args.json:
