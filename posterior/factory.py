@@ -31,11 +31,15 @@ def make_reference(dim: int, sigma2: float, noising: str = "brownian", *, learn_
 
 def make_sampler(dim: int, sigma2: float, *, langevin: bool = False, learn_variance: bool = False,
                  hidden: int = 64, harmonics: int = 64, joint_layers: int = 2, noising: str = "brownian",
-                 learn_backward: bool = False, log_var_range: float = 4.0) -> DiffusionSampler:
+                 learn_backward: bool = False, log_var_range: float = 4.0,
+                 langevin_per_dimension: bool = True) -> DiffusionSampler:
     """PIS-architecture diffusion sampler for a d-dimensional target, on the named noising process
-    (``log_var_range``: with a learned variance, its log lies within ± this of log sigma2)."""
+    (``log_var_range``: with a learned variance, its log lies within ± this of log sigma2;
+    ``langevin_per_dimension``: with ``langevin``, a time-dependent scale of the score per
+    dimension, or one shared by all dimensions as in the paper's public code's default)."""
     policy = PISPolicy(dim, hidden=hidden, harmonics=harmonics, joint_layers=joint_layers,
-                       learn_variance=learn_variance, langevin=langevin)
+                       learn_variance=learn_variance, langevin=langevin,
+                       langevin_per_dimension=langevin_per_dimension)
     reference = make_reference(dim, sigma2, noising, learn_backward=learn_backward, hidden=hidden)
     return DiffusionSampler(policy, sigma2, reference=reference, log_var_range=log_var_range)
 

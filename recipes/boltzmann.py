@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--explore-horizon", type=int, default=None,
                    help="iterations over which exploration decays (default: all; 5000 with --explore-step-std)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
+    p.add_argument("--langevin-scale", choices=("per-dimension", "shared"), default="per-dimension",
+                   help="with --langevin: the score's time-dependent scale has one entry per dimension, or one "
+                        "shared by all dimensions (the paper's public code's default)")
     p.add_argument("--lr-decay-horizon", type=int, default=0,
                    help="cosine decay of the policy's learning rate over this many iterations (0: constant)")
     p.add_argument("--lr-decay-final", type=float, default=0.1, help="the rate at the decay's end, relative to the start")
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         return run_baseline(args, target, out, device)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin,
                            learn_variance=args.learn_variance, noising=args.noising,
-                           learn_backward=args.learn_backward, log_var_range=args.log_var_range).to(device)
+                           learn_backward=args.learn_backward, log_var_range=args.log_var_range,
+                           langevin_per_dimension=args.langevin_scale == "per-dimension").to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda,
                                flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None,
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     replay_stats = {} if replay is None else replay.stats()
     metrics = {
         "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
-        "langevin": args.langevin, "explore": args.explore,
+        "langevin": args.langevin, "langevin_scale": args.langevin_scale if args.langevin else None,
+        "explore": args.explore,
         "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
         "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
         "learn_variance": args.learn_variance,

@@ -11,12 +11,13 @@ from posterior.path_target import BoltzmannPath
 from posterior.sampler import DiffusionSampler
 
 
-@pytest.mark.parametrize("langevin,learn_variance,context", [
-    (False, False, False), (True, False, False), (False, True, False), (True, True, True)])
-def test_replayed_gradients_equal_recomputed(langevin, learn_variance, context):
+@pytest.mark.parametrize("langevin,learn_variance,context,per_dimension", [
+    (False, False, False, True), (True, False, False, True), (False, True, False, True), (True, True, True, True),
+    (True, False, False, False)])
+def test_replayed_gradients_equal_recomputed(langevin, learn_variance, context, per_dimension):
     torch.manual_seed(0)
     dim, batch, hidden = 3, 16, 64
-    policy = PISPolicy(dim, langevin=langevin, learn_variance=learn_variance)
+    policy = PISPolicy(dim, langevin=langevin, learn_variance=learn_variance, langevin_per_dimension=per_dimension)
     for p in policy.parameters():  # leave the zero-initialized start: make every path non-trivial
         torch.nn.init.normal_(p, std=0.3)
     sampler = DiffusionSampler(policy, sigma2=1.3).double()
@@ -58,3 +59,20 @@ def test_reusing_the_workspace_before_backward_raises():
     sampler.forward_trajectories(8, times, path)  # overwrites the recorded activations
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         first.log_pf.sum().backward()
+
+
+@pytest.mark.parametrize("per_dimension", [True, False])
+def test_shared_langevin_scale_multiplies_every_coordinate_alike(per_dimension):
+    torch.manual_seed(0)
+    dim, steps, batch = 4, 5, 6
+    policy = PISPolicy(dim, langevin=True, langevin_per_dimension=per_dimension)
+    torch.nn.init.normal_(policy.langevin_scale.mlp[-1].weight, std=0.5)  # zero-init joint output: drift = scale · score
+    sampler = DiffusionSampler(policy, sigma2=1.0)
+    features = policy.time_features(torch.linspace(0.0, 0.8, steps))
+    assert features.langevin_scale.shape == (steps, dim if per_dimension else 1)
+    scores = torch.randn(steps, batch, dim)
+    drift, _ = sampler.evaluate_policy(torch.randn(steps, batch, dim), features, scores)
+    ratio = drift / scores  # (N, B, d): the scale each coordinate's score got
+    torch.testing.assert_close(ratio, ratio[:, :1, :].expand_as(ratio))  # the scale depends on time only
+    spread = (ratio - ratio[..., :1]).abs().max().item()
+    assert (spread > 1e-3) if per_dimension else (spread < 1e-6)

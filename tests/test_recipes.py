@@ -19,7 +19,7 @@ def _run(args, tmp_path):
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher",
                                     "--lr-decay-horizon", "5", "--replay-log-z", "separate"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
-                                    "--flow-embedding", "shared"],
+                                    "--flow-embedding", "shared", "--langevin-scale", "shared"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
                                     "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random",
                                     "--noising", "vp", "--learn-backward"]])
@@ -33,6 +33,8 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert key in metrics
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
     assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
+    assert metrics["langevin_scale"] == (("shared" if "--langevin-scale" in extra else "per-dimension")
+                                         if "--langevin" in extra else None)
     separate = "--replay-log-z" in extra
     assert metrics["replay_log_z"] == ("separate" if separate else "shared")
     assert (metrics["learned_replay_log_z"] is not None) == separate
