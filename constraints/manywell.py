@@ -40,21 +40,31 @@ def proposal_log_density(x1: np.ndarray | float) -> np.ndarray:
     return np_logsumexp(np.stack(comps), axis=0)
 
 
-def double_well_log_z1() -> float:
-    """``log ∫ exp(-x⁴ + 6x² + 0.5x) dx`` by adaptive quadrature in float64."""
+def _double_well_log_integral(lower: float, upper: float) -> float:
+    """``log ∫_lower^upper exp(-x⁴ + 6x² + 0.5x) dx`` by adaptive quadrature in float64."""
     # Shift by the maximum of the integrand for numerical stability.
     grid = np.linspace(-4.0, 4.0, 8001)
     shift = float(double_well_log_density(grid).max())
     val, _ = integrate.quad(
         lambda t: math.exp(double_well_log_density(t) - shift),
-        -8.0,  # integrand < exp(-3700) of its peak beyond |x| = 8
-        8.0,
-        points=_PROP_MEANS,
+        lower,
+        upper,
+        points=[p for p in _PROP_MEANS if lower < p < upper],
         epsabs=0.0,
         epsrel=1e-13,
         limit=200,
     )
     return math.log(val) + shift
+
+
+def double_well_log_z1() -> float:
+    """``log ∫ exp(-x⁴ + 6x² + 0.5x) dx`` by adaptive quadrature in float64."""
+    return _double_well_log_integral(-8.0, 8.0)  # integrand < exp(-3700) of its peak beyond |x| = 8
+
+
+def double_well_shallow_mass() -> float:
+    """Probability of the shallow well, ``P(x1 < 0)``, of the normalized double-well coordinate."""
+    return math.exp(_double_well_log_integral(-8.0, 0.0) - double_well_log_z1())
 
 
 def envelope_log_m() -> float:
@@ -83,6 +93,7 @@ class Manywell(BoltzmannTarget):
         log_z = self.n_wells * (self.log_z1 + 0.5 * math.log(2 * math.pi))
         super().__init__(dim=dim, name="manywell", reference_variance=1.0, log_z=log_z)
         self.log_envelope = envelope_log_m()
+        self.shallow_mass = double_well_shallow_mass()  # P(x1 < 0) in every pair
 
     def log_reward(self, x: Tensor) -> Tensor:
         """(B, dim) -> (B,) unnormalized log density."""
@@ -110,6 +121,17 @@ class Manywell(BoltzmannTarget):
             ]
         )
         return torch.logsumexp(comps, dim=0)
+
+    def shallow_well_shares(self, x: Tensor) -> Tensor:
+        """(B, dim) -> (dim/2,) share of the samples in each pair's shallow well (x1 < 0).
+
+        The exact share is ``shallow_mass`` (about 0.156) in every pair; a pair
+        near 0 has lost its shallow well (mode collapse), one far above it over-covers it.
+        """
+        self.check_input(x)
+        if x.shape[0] == 0:
+            raise ValueError("x: expected at least one sample, got shape (0, dim)")
+        return (x[:, 0::2] < 0).to(x.dtype).mean(0)
 
     def sample_double_well(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n,) exact samples of the 1-D density ``∝ exp(-x⁴ + 6x² + 0.5x)`` by rejection."""

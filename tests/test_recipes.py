@@ -33,6 +33,9 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert key in metrics
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
     assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
+    if "manywell" in extra:  # per-pair shallow-well shares (dim 4: two pairs)
+        assert metrics["shallow_wells_total"] == 2 and 0 <= metrics["shallow_share_min"] <= metrics["shallow_share_max"]
+        assert metrics["shallow_share_exact"] == pytest.approx(0.1557, abs=1e-3)
     assert metrics["langevin_scale"] == (("shared" if "--langevin-scale" in extra else "per-dimension")
                                          if "--langevin" in extra else None)
     separate = "--replay-log-z" in extra

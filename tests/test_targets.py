@@ -271,6 +271,21 @@ def test_manywell_samples() -> None:
     assert stats.kstest(x[:, 0].numpy(), proposal_cdf).pvalue < P_REJECT
 
 
+def test_manywell_shallow_well_mass_and_shares() -> None:
+    target = Manywell(8).to(F64)
+    assert target.shallow_mass == pytest.approx(double_well_cdf()(0.0), abs=1e-6)  # independent trapezoid CDF
+    x = target.sample(N_KS, gen(16))
+    shares = target.shallow_well_shares(x)
+    assert shares.shape == (4,)
+    binomial_std = math.sqrt(target.shallow_mass * (1 - target.shallow_mass) / N_KS)
+    assert (shares - target.shallow_mass).abs().max() < 4 * binomial_std
+    collapsed = x.clone()
+    collapsed[:, 2] = collapsed[:, 2].abs()  # pair 1 loses its shallow well
+    torch.testing.assert_close(target.shallow_well_shares(collapsed)[1], torch.zeros((), dtype=F64))
+    with pytest.raises(ValueError, match="x"):
+        target.shallow_well_shares(x[:0])
+
+
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_manywell_tempered_samples(beta: float) -> None:
     target = Manywell(8).to(F64)
