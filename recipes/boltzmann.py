@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method in ("dds", "dis"):  # simulation-based samplers on the VP reference
         args.objective, args.noising = "pis", "vp"
         args.langevin = args.langevin or args.method == "dis"
+    if args.langevin_scale != "per-dimension" and not args.langevin:
+        raise SystemExit(f"--langevin-scale {args.langevin_scale} is for the Langevin parametrization: add --langevin "
+                         f"(or --method dis)")
     if args.objective in STATE_FLOW_OBJECTIVES:
         args.flow_embedding = args.flow_embedding or "shared"
     elif args.flow_embedding is not None:

@@ -64,6 +64,14 @@ def test_every_table_preset_parses_under_the_recipe(monkeypatch):
         boltzmann.parse_args(["--flow-embedding", "both", "--out", "unused"])
 
 
+def test_langevin_scale_without_langevin_is_refused(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import boltzmann
+
+    with pytest.raises(SystemExit, match="--langevin-scale shared is for the Langevin"):
+        boltzmann.main(["--langevin-scale", "shared", "--out", str(tmp_path / "run")])
+
+
 def test_separate_replay_log_z_needs_tb_with_a_buffer(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import boltzmann
