@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.repeats):
             x = target.sample_tempered(args.n, beta, g)
             repeats.append({"w2": wasserstein2(x, target.sample(args.n, g)),
-                            "deep_share": float((x[:, 0::2] > 0).double().mean()),
+                            "deep_share": 1.0 - float(target.shallow_well_shares(x.double()).mean()),
                             "gaussian_std": float(x[:, 1::2].std())})
         stats = summarize_repeats(repeats, keys)
         rows.append({"beta": beta, **{key: stats[key] for key in keys}})
