@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from . import metrics
 from .condition_encoders import make_condition_encoder
 from .conditional_path import ConditionalReward, bind_conditions
-from .factory import make_sampler
+from .factory import langevin_per_dimension, make_sampler
 from .grids import uniform_grid
 from .path_target import BoltzmannPath
 from .sampler import DiffusionSampler
@@ -178,12 +178,15 @@ class ConditionalSampler(nn.Module):
 
 def build_conditional_sampler(*, dim: int, reward: Any, sigma2: float = 1.0, cond_shape: tuple[int, ...] | None = None,
                               encoder: str = "mlp", langevin: bool = False, learn_variance: bool = False,
-                              hidden: int = 64) -> ConditionalSampler:
-    """A :class:`ConditionalSampler` from plain settings (recorded for :meth:`save_pretrained`)."""
+                              hidden: int = 64, langevin_scale: str = "per-dimension") -> ConditionalSampler:
+    """A :class:`ConditionalSampler` from plain settings (recorded for :meth:`save_pretrained`;
+    ``langevin_scale``: see :func:`posterior.factory.langevin_per_dimension`)."""
+    per_dimension = langevin_per_dimension(langevin_scale, langevin)
     config = {"dim": int(dim), "sigma2": float(sigma2), "cond_shape": None if cond_shape is None else list(cond_shape),
               "encoder": encoder, "langevin": bool(langevin), "learn_variance": bool(learn_variance),
-              "hidden": int(hidden)}
-    sampler = make_sampler(dim, sigma2, langevin=langevin, learn_variance=learn_variance, hidden=hidden)
+              "hidden": int(hidden), "langevin_scale": langevin_scale}
+    sampler = make_sampler(dim, sigma2, langevin=langevin, learn_variance=learn_variance, hidden=hidden,
+                           langevin_per_dimension=per_dimension)
     enc = None if cond_shape is None else make_condition_encoder(encoder, tuple(cond_shape), hidden)
     return ConditionalSampler(sampler, reward, enc, config)
 

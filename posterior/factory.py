@@ -15,6 +15,7 @@ STATE_FLOW_OBJECTIVES = ("subtb", "fl-subtb")  # objectives with a learned state
 
 
 NOISING = ("brownian", "vp")
+LANGEVIN_SCALES = ("per-dimension", "shared")  # the Langevin score scale: one per dimension, or one for all
 
 
 def make_reference(dim: int, sigma2: float, noising: str = "brownian", *, learn_backward: bool = False,
@@ -42,6 +43,19 @@ def make_sampler(dim: int, sigma2: float, *, langevin: bool = False, learn_varia
                        langevin_per_dimension=langevin_per_dimension)
     reference = make_reference(dim, sigma2, noising, learn_backward=learn_backward, hidden=hidden)
     return DiffusionSampler(policy, sigma2, reference=reference, log_var_range=log_var_range)
+
+
+def langevin_per_dimension(langevin_scale: str, langevin: bool) -> bool:
+    """Whether the Langevin scale has one entry per dimension, from its name (:data:`LANGEVIN_SCALES`).
+
+    "shared" is the paper's public code's default; it needs ``langevin`` (the scale is part of the
+    Langevin parametrization), so asking for it without raises instead of being ignored.
+    """
+    if langevin_scale not in LANGEVIN_SCALES:
+        raise ValueError(f"langevin_scale must be one of {LANGEVIN_SCALES}, got {langevin_scale!r}")
+    if langevin_scale != "per-dimension" and not langevin:
+        raise ValueError(f"langevin_scale={langevin_scale!r} is for the Langevin parametrization: pass langevin=True")
+    return langevin_scale == "per-dimension"
 
 
 def make_objective(name: str, path: BoltzmannPath | None, *, subtb_lambda: float = 2.0,

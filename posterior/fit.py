@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 from pathlib import Path
@@ -124,7 +125,8 @@ def _validate(reward: Any, conditions: Tensor | None, device: torch.device) -> N
 def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, objective: str = "vargrad",
         space: str = "noise",
         iterations: int = 5000, batch_size: int = 32, samples_per_condition: int = 10, steps: int = 100,
-        sigma2: float = 1.0, langevin: bool = False, learn_variance: bool = False, log_var_lr_scale: float = 1.0,
+        sigma2: float = 1.0, langevin: bool = False, langevin_scale: str = "per-dimension",
+        learn_variance: bool = False, log_var_lr_scale: float = 1.0,
         explore: float = 0.0, log_z_init: str = "zero",
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
         lr_policy: float = 1e-3, lr_flow: float | None = None, lr_decay_horizon: int = 0,
@@ -146,12 +148,19 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             N(z; 0, I) r(f(z), y) (f: the decoder, or a diffusion prior's deterministic DDIM solve);
             "data" (diffusion priors, unconditional): fine-tune the prior into the posterior with
             relative trajectory balance (see :func:`posterior.rtb_training.RTBTrainer`), which
-            returns a :class:`posterior.diffusion_posterior.DiffusionPosterior`.
+            returns a :class:`posterior.diffusion_posterior.DiffusionPosterior`. It uses
+            iterations, batch_size, lr_policy, lr_flow (log Z's rate), explore, the lr decay, seed,
+            device (must be the prior's), checkpoint_dir / checkpoint_every / resume and progress;
+            the noise-space sampler's settings (steps, langevin, hidden, replay, ...) are refused
+            when not at their defaults.
         conditions: (N, *cond_shape) training conditions, or None for an unconditional target.
         objective: one of "tb" (conditional TB with a learned log Z(y)), "vargrad", "subtb",
             "fl-subtb", "pis".
         batch_size: conditions per iteration; ``samples_per_condition`` trajectories each.
         encoder: "mlp", "cnn" or "auto" (cnn for image-shaped conditions).
+        langevin: Langevin parametrization of the drift (NN1(x, t) + NN2(t) * clipped score);
+            ``langevin_scale`` "per-dimension" (NN2 has d outputs) or "shared" (one output, the
+            paper's public code's default).
         log_var_lr_scale: with ``learn_variance``, the log-variance's learning rate relative to
             ``lr_policy`` (see :class:`posterior.training.TrainingConfig`).
         lr_decay_horizon, lr_decay_final: cosine decay of ``lr_policy`` to ``lr_decay_final`` times
@@ -178,12 +187,20 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     """
     if space not in ("noise", "data"):
         raise ValueError(f"space must be 'noise' or 'data', got {space!r}")
+    if space == "data":
+        noise_space_settings = dict(samples_per_condition=samples_per_condition, steps=steps, sigma2=sigma2,
+                                    langevin=langevin, langevin_scale=langevin_scale, learn_variance=learn_variance,
+                                    log_var_lr_scale=log_var_lr_scale, log_z_init=log_z_init, encoder=encoder,
+                                    hidden=hidden, latent_dim=latent_dim, process_index=process_index,
+                                    gradient_sync=gradient_sync, log=log, log_every=log_every, replay=replay)
+        ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+        return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy, lr_flow,
+                             explore, seed, progress, lr_decay_horizon, lr_decay_final,
+                             None if device is None else torch.device(device), ckpt, checkpoint_every, resume,
+                             retain_cpu_memory, noise_space_settings)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if retain_cpu_memory and device.type == "cpu":
         retain_freed_memory()
-    if space == "data":
-        return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy,
-                             explore, seed, progress, lr_decay_horizon, lr_decay_final)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if conditions is not None:
@@ -199,8 +216,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         encoder = "cnn" if cond_shape is not None and (len(cond_shape) == 3 or _is_square(cond_shape)) else "mlp"
     torch.manual_seed(seed)  # network initialization; sampling noise uses the trainer's generator
     model = build_conditional_sampler(dim=int(target.dim), reward=target, sigma2=sigma2, cond_shape=cond_shape,
-                                      encoder=encoder, langevin=langevin, learn_variance=learn_variance,
-                                      hidden=hidden).to(device)
+                                      encoder=encoder, langevin=langevin, langevin_scale=langevin_scale,
+                                      learn_variance=learn_variance, hidden=hidden).to(device)
     obj = _make_objective(objective, model, target, conditional=conditions is not None,
                           samples_per_condition=samples_per_condition, hidden=hidden).to(device)
     config = TrainingConfig(iterations=iterations, batch_size=batch_size, steps=steps, lr_policy=lr_policy,
@@ -235,10 +252,23 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     return model
 
 
+def _refuse_noise_space_settings(given: dict[str, Any]) -> None:
+    """space="data" fine-tunes the prior's own denoiser: refuse the noise-space sampler's settings
+    (``given``: fit's argument name -> value) that differ from fit's defaults, instead of ignoring them."""
+    defaults = inspect.signature(fit).parameters
+    changed = [name for name, value in given.items() if value != defaults[name].default]
+    if changed:
+        raise ValueError(f"space='data' fine-tunes the diffusion prior itself and does not use {', '.join(changed)} "
+                         f"(settings of the noise-space sampler): leave them at their defaults or use space='noise'")
+
+
 def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective: str, iterations: int,
-                  batch_size: int, lr: float, explore: float, seed: int, progress: bool,
-                  lr_decay_horizon: int, lr_decay_final: float):
-    """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward."""
+                  batch_size: int, lr: float, lr_log_z: float | None, explore: float, seed: int, progress: bool,
+                  lr_decay_horizon: int, lr_decay_final: float, device: torch.device | None,
+                  checkpoint_path: Path | None, checkpoint_every: int, resume: bool, retain_cpu_memory: bool,
+                  noise_space_settings: dict[str, Any]):
+    """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward, on the
+    prior's device (``device``, when given, must be that one); ``lr_log_z`` None keeps RTBConfig's default."""
     from priors.diffusion import DiffusionPrior
 
     from .diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath
@@ -248,11 +278,19 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
     if not isinstance(prior, DiffusionPrior):
         raise ValueError(f"space='data' needs a priors.DiffusionPrior, got {type(prior).__name__}; "
                          "use space='noise' for decoders and generators")
+    _refuse_noise_space_settings(noise_space_settings)
     if conditions is not None:
         raise ValueError("space='data' trains one unconditional posterior (a class-conditional posterior "
                          "denoiser is not supported yet): pass conditions=None, or use space='noise'")
     if objective not in ("tb", "rtb", "vargrad"):
         raise ValueError(f"objective for space='data' must be 'rtb' (alias 'tb') or 'vargrad', got {objective!r}")
+    prior_device = prior.alpha_t.device
+    if device is not None and (device.type != prior_device.type
+                               or (device.index is not None and device.index != prior_device.index)):
+        raise ValueError(f"device {device} differs from the diffusion prior's device {prior_device}: space='data' "
+                         f"fine-tunes a copy of the prior where it is; move the prior (prior.to(device)) first")
+    if retain_cpu_memory and prior_device.type == "cpu":
+        retain_freed_memory()
     log_r = reward.log_likelihood if hasattr(reward, "log_likelihood") else reward
     torch.manual_seed(seed)
     model = prior.posterior_copy()
@@ -265,9 +303,14 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
     # the near-deterministic end of the schedule stays the prior's (see DiffusionPosterior)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE))
     obj = VarGrad() if objective == "vargrad" else RelativeTrajectoryBalance()
+    log_z_lr = {} if lr_log_z is None else {"lr_log_z": lr_log_z}
     trainer = RTBTrainer(posterior, DiffusionPriorPath(prior, log_r), obj,
                          RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed,
-                                     lr_decay_horizon=lr_decay_horizon, lr_decay_final=lr_decay_final))
+                                   lr_decay_horizon=lr_decay_horizon, lr_decay_final=lr_decay_final,
+                                   checkpoint_every=checkpoint_every, **log_z_lr),
+                         checkpoint_path=checkpoint_path)
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        trainer.load(checkpoint_path)
     trainer.run(progress=progress)
     posterior.training_history = trainer.history
     return posterior

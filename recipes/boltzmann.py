@@ -23,8 +23,8 @@ from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.evaluation import evaluate, summarize_repeats  # noqa: E402
 from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
-from posterior.factory import (NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES, default_flow_lr,  # noqa: E402
-                               make_objective, make_sampler)
+from posterior.factory import (LANGEVIN_SCALES, NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES,  # noqa: E402
+                               default_flow_lr, make_objective, make_sampler)
 from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--explore-horizon", type=int, default=None,
                    help="iterations over which exploration decays (default: all; 5000 with --explore-step-std)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
-    p.add_argument("--langevin-scale", choices=("per-dimension", "shared"), default="per-dimension",
+    p.add_argument("--langevin-scale", choices=LANGEVIN_SCALES, default="per-dimension",
                    help="with --langevin: the score's time-dependent scale has one entry per dimension, or one "
                         "shared by all dimensions (the paper's public code's default)")
     p.add_argument("--lr-decay-horizon", type=int, default=0,

@@ -197,15 +197,21 @@ def test_fit_trains_with_every_objective(objective):
     assert torch.isfinite(est["rw"]).all()
 
 
-def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
+def _ring_diffusion_prior():
+    """A 5-step DDPM prior on 2-D points whose denoiser is a ring mixture's exact score."""
     diffusers = pytest.importorskip("diffusers")
-    from posterior.diffusion_posterior import DiffusionPosterior
     from priors.diffusion import DiffusionPrior
     from priors.gaussian_mixture import MixtureDenoiser, ring_mixture
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     mixture = ring_mixture(4, radius=1.0, std=0.2)
-    prior = DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod).float(), scheduler, 5, (2,))
+    return DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod).float(), scheduler, 5, (2,))
+
+
+def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
+    from posterior.diffusion_posterior import DiffusionPosterior
+
+    prior = _ring_diffusion_prior()
 
     def likelihood(x, y):
         return -0.5 * ((x - y) ** 2).sum(-1) / 0.1
@@ -225,6 +231,47 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
         posterior.fit(prior=prior, reward=likelihood, conditions=y, space="data", iterations=1, progress=False)
     with pytest.raises(ValueError, match="space='data' needs a priors.DiffusionPrior"):
         posterior.fit(prior=lambda z: z, latent_dim=2, reward=likelihood, conditions=y, space="data", progress=False)
+
+
+def test_fit_in_data_space_refuses_noise_space_settings_and_resumes_the_same_run(tmp_path):
+    prior = _ring_diffusion_prior()
+    kwargs = dict(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data", objective="rtb",
+                  batch_size=4, seed=3, progress=False)
+    with pytest.raises(ValueError, match="does not use steps, langevin "):
+        posterior.fit(iterations=1, steps=50, langevin=True, **kwargs)
+    with pytest.raises(ValueError, match="does not use replay"):
+        posterior.fit(iterations=1, replay=posterior.ReplayConfig(), **kwargs)
+    with pytest.raises(ValueError, match="device cuda differs from the diffusion prior's device cpu"):
+        posterior.fit(iterations=1, device="cuda", **kwargs)
+    whole = posterior.fit(iterations=4, **kwargs)
+    first = posterior.fit(iterations=2, checkpoint_dir=tmp_path, **kwargs)
+    assert (tmp_path / "checkpoint.pt").exists() and len(first.training_history.loss) == 2
+    resumed = posterior.fit(iterations=4, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert resumed.training_history.loss == whole.training_history.loss
+    for a, b in zip(resumed.model.parameters(), whole.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    slow_log_z = posterior.fit(iterations=1, lr_flow=1e-6, **kwargs).training_history.log_z[0]
+    fast_log_z = posterior.fit(iterations=1, **kwargs).training_history.log_z[0]
+    assert abs(slow_log_z) < 1e-5 < abs(fast_log_z)  # lr_flow is log Z's learning rate
+
+
+def test_fit_langevin_scale_is_per_dimension_or_shared(tmp_path):
+    decoder, y = _linear_problem()
+    kwargs = dict(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                  iterations=2, batch_size=2, samples_per_condition=2, steps=4, progress=False)
+    for scale, width in (("per-dimension", 2), ("shared", 1)):
+        model = posterior.fit(langevin=True, langevin_scale=scale, **kwargs)
+        assert model.sampler.policy.langevin_scale(torch.zeros(3)).shape == (3, width)
+    model.save_pretrained(tmp_path / "shared")
+    loaded = ConditionalSampler.from_pretrained(tmp_path / "shared", reward=model.reward)
+    assert loaded.sampler.policy.langevin_scale(torch.zeros(3)).shape == (3, 1)
+    a = model.sample(y[:2], 5, steps=4, generator=torch.Generator().manual_seed(3))
+    b = loaded.sample(y[:2], 5, steps=4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="langevin_scale must be one of"):
+        posterior.fit(langevin=True, langevin_scale="per-step", **kwargs)
+    with pytest.raises(ValueError, match="pass langevin=True"):
+        posterior.fit(langevin_scale="shared", **kwargs)
 
 
 @pytest.mark.parametrize("objective", ["vargrad", "tb"])
