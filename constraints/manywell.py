@@ -67,6 +67,18 @@ def double_well_shallow_mass() -> float:
     return math.exp(_double_well_log_integral(-8.0, 0.0) - double_well_log_z1())
 
 
+def double_well_std(lower: float, upper: float) -> float:
+    """Standard deviation of the double-well coordinate restricted to ``[lower, upper]`` (a well:
+    ``(0, 8)`` deep, ``(-8, 0)`` shallow), by adaptive quadrature in float64."""
+    grid = np.linspace(lower, upper, 8001)
+    shift = float(double_well_log_density(grid).max())
+    moments = [integrate.quad(lambda t, k=k: t ** k * math.exp(double_well_log_density(t) - shift), lower, upper,
+                              points=[p for p in _PROP_MEANS if lower < p < upper], epsabs=0.0, epsrel=1e-12,
+                              limit=200)[0] for k in range(3)]
+    mean = moments[1] / moments[0]
+    return math.sqrt(moments[2] / moments[0] - mean * mean)
+
+
 def envelope_log_m() -> float:
     """``log M`` with ``exp(f(x)) <= M q(x)`` for all x (grid max times a safety margin)."""
     grid = np.linspace(-8.0, 8.0, 160_001)
@@ -94,6 +106,9 @@ class Manywell(BoltzmannTarget):
         super().__init__(dim=dim, name="manywell", reference_variance=1.0, log_z=log_z)
         self.log_envelope = envelope_log_m()
         self.shallow_mass = double_well_shallow_mass()  # P(x1 < 0) in every pair
+        # exact spreads (see well_spreads): x1 within each well, and the Gaussian coordinates
+        self.exact_spreads = {"deep_well_std": double_well_std(0.0, 8.0),
+                              "shallow_well_std": double_well_std(-8.0, 0.0), "gaussian_std": 1.0}
 
     def log_reward(self, x: Tensor) -> Tensor:
         """(B, dim) -> (B,) unnormalized log density."""
@@ -132,6 +147,25 @@ class Manywell(BoltzmannTarget):
         if x.shape[0] == 0:
             raise ValueError("x: expected at least one sample, got shape (0, dim)")
         return (x[:, 0::2] < 0).to(x.dtype).mean(0)
+
+    def well_spreads(self, x: Tensor) -> dict[str, float | None]:
+        """(B, dim) -> the spread of the samples, pooled over pairs, against ``exact_spreads``.
+
+        ``deep_well_std`` / ``shallow_well_std``: the std of x1 among the samples in that well
+        (None with fewer than two there); ``gaussian_std``: the std of the Gaussian coordinates
+        x2 (exact 1). A sampler that is right on the well shares can still be too wide or too
+        narrow inside them, which these show and the shares do not.
+        """
+        self.check_input(x)
+        if x.shape[0] < 2:
+            raise ValueError(f"x: expected at least two samples, got shape {tuple(x.shape)}")
+        x1 = x[:, 0::2]
+
+        def std(values: Tensor) -> float | None:
+            return float(values.std()) if values.numel() >= 2 else None
+
+        return {"deep_well_std": std(x1[x1 >= 0]), "shallow_well_std": std(x1[x1 < 0]),
+                "gaussian_std": float(x[:, 1::2].std())}
 
     def sample_double_well(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n,) exact samples of the 1-D density ``∝ exp(-x⁴ + 6x² + 0.5x)`` by rejection."""

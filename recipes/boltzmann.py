@@ -278,7 +278,8 @@ def mode_coverage(target, samples: torch.Tensor) -> dict:
     """For targets with known modes: how many hold >= 1% of the samples (all: 25 for 25GMM).
 
     Manywell: the shallow-well share of every double-well pair (exact: about 0.156 in each), its
-    range over pairs, and how many pairs kept their shallow well (share >= 1%).
+    range over pairs, how many pairs kept their shallow well (share >= 1%), and the spread inside
+    the wells and of the Gaussian coordinates (``Manywell.well_spreads``) beside the exact values.
     """
     finite = samples[torch.isfinite(samples).all(-1)]
     if hasattr(target, "mode_shares"):
@@ -288,7 +289,9 @@ def mode_coverage(target, samples: torch.Tensor) -> dict:
         shares = target.shallow_well_shares(finite)
         return {"shallow_share_exact": target.shallow_mass, "shallow_share_mean": float(shares.mean()),
                 "shallow_share_min": float(shares.min()), "shallow_share_max": float(shares.max()),
-                "shallow_wells_covered": int((shares >= 0.01).sum()), "shallow_wells_total": int(shares.numel())}
+                "shallow_wells_covered": int((shares >= 0.01).sum()), "shallow_wells_total": int(shares.numel()),
+                **(target.well_spreads(finite) if finite.shape[0] >= 2 else {}),
+                **{f"{name}_exact": value for name, value in target.exact_spreads.items()}}
     return {}
 
 

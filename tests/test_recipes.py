@@ -35,6 +35,8 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
     assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
     if "manywell" in extra:  # per-pair shallow-well shares (dim 4: two pairs)
         assert metrics["shallow_wells_total"] == 2 and 0 <= metrics["shallow_share_min"] <= metrics["shallow_share_max"]
+        assert metrics["gaussian_std_exact"] == 1.0 and metrics["gaussian_std"] > 0
+        assert 0.15 < metrics["deep_well_std_exact"] < 0.3 and "shallow_well_std" in metrics
         assert metrics["shallow_share_exact"] == pytest.approx(0.1557, abs=1e-3)
     assert metrics["langevin_scale"] == (("shared" if "--langevin-scale" in extra else "per-dimension")
                                          if "--langevin" in extra else None)

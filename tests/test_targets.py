@@ -286,6 +286,30 @@ def test_manywell_shallow_well_mass_and_shares() -> None:
         target.shallow_well_shares(x[:0])
 
 
+def test_manywell_well_spreads() -> None:
+    """Exact stds by quadrature against an independent trapezoid on a grid; exact samples' spreads
+    match them; a sampler too narrow in its Gaussian coordinates reads as such."""
+    target = Manywell(8).to(F64)
+    grid = np.linspace(-5.0, 5.0, 200_001)
+    dens = np.exp(double_well_log_density(grid) - double_well_log_density(grid).max())
+    for name, side in (("deep_well_std", grid >= 0), ("shallow_well_std", grid < 0)):
+        w = dens * side
+        mean = integrate.trapezoid(w * grid, grid) / integrate.trapezoid(w, grid)
+        var = integrate.trapezoid(w * (grid - mean) ** 2, grid) / integrate.trapezoid(w, grid)
+        assert target.exact_spreads[name] == pytest.approx(math.sqrt(var), rel=1e-5)
+    assert 0.15 < target.exact_spreads["deep_well_std"] < 0.3  # a narrow well, not the whole coordinate
+    x = target.sample(N_KS, gen(17))
+    spreads = target.well_spreads(x)
+    for name, value in spreads.items():
+        assert value == pytest.approx(target.exact_spreads[name], rel=0.04), name
+    narrow = x.clone()
+    narrow[:, 1::2] *= 0.9
+    assert target.well_spreads(narrow)["gaussian_std"] == pytest.approx(0.9 * spreads["gaussian_std"])
+    assert target.well_spreads(x.abs())["shallow_well_std"] is None  # every shallow well lost
+    with pytest.raises(ValueError, match="at least two samples"):
+        target.well_spreads(x[:1])
+
+
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_manywell_tempered_samples(beta: float) -> None:
     target = Manywell(8).to(F64)
