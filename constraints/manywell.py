@@ -40,21 +40,22 @@ def proposal_log_density(x1: np.ndarray | float) -> np.ndarray:
     return np_logsumexp(np.stack(comps), axis=0)
 
 
-def _double_well_log_integral(lower: float, upper: float) -> float:
-    """``log ∫_lower^upper exp(-x⁴ + 6x² + 0.5x) dx`` by adaptive quadrature in float64."""
-    # Shift by the maximum of the integrand for numerical stability.
+def _double_well_moments(lower: float, upper: float, powers: tuple[int, ...] = (0,)) -> tuple[list[float], float]:
+    """``∫_lower^upper x^k exp(-x⁴ + 6x² + 0.5x - shift) dx`` for each k in ``powers``, and ``shift``
+    (the integrand's maximum, for numerical stability), by adaptive quadrature in float64."""
     grid = np.linspace(-4.0, 4.0, 8001)
     shift = float(double_well_log_density(grid).max())
-    val, _ = integrate.quad(
-        lambda t: math.exp(double_well_log_density(t) - shift),
-        lower,
-        upper,
-        points=[p for p in _PROP_MEANS if lower < p < upper],
-        epsabs=0.0,
-        epsrel=1e-13,
-        limit=200,
-    )
-    return math.log(val) + shift
+    values = [integrate.quad(lambda t, k=k: t ** k * math.exp(double_well_log_density(t) - shift), lower, upper,
+                             points=[p for p in _PROP_MEANS if lower < p < upper], epsabs=0.0, epsrel=1e-13,
+                             limit=200)[0]
+              for k in powers]
+    return values, shift
+
+
+def _double_well_log_integral(lower: float, upper: float) -> float:
+    """``log ∫_lower^upper exp(-x⁴ + 6x² + 0.5x) dx``."""
+    (mass,), shift = _double_well_moments(lower, upper)
+    return math.log(mass) + shift
 
 
 def double_well_log_z1() -> float:
@@ -69,14 +70,10 @@ def double_well_shallow_mass() -> float:
 
 def double_well_std(lower: float, upper: float) -> float:
     """Standard deviation of the double-well coordinate restricted to ``[lower, upper]`` (a well:
-    ``(0, 8)`` deep, ``(-8, 0)`` shallow), by adaptive quadrature in float64."""
-    grid = np.linspace(lower, upper, 8001)
-    shift = float(double_well_log_density(grid).max())
-    moments = [integrate.quad(lambda t, k=k: t ** k * math.exp(double_well_log_density(t) - shift), lower, upper,
-                              points=[p for p in _PROP_MEANS if lower < p < upper], epsabs=0.0, epsrel=1e-12,
-                              limit=200)[0] for k in range(3)]
-    mean = moments[1] / moments[0]
-    return math.sqrt(moments[2] / moments[0] - mean * mean)
+    ``(0, 8)`` deep, ``(-8, 0)`` shallow)."""
+    (m0, m1, m2), _ = _double_well_moments(lower, upper, (0, 1, 2))
+    mean = m1 / m0
+    return math.sqrt(m2 / m0 - mean * mean)
 
 
 def envelope_log_m() -> float:
