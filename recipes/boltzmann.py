@@ -24,7 +24,7 @@ from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.evaluation import evaluate, summarize_repeats  # noqa: E402
 from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
 from posterior.factory import (LANGEVIN_SCALES, NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES,  # noqa: E402
-                               default_flow_lr, make_objective, make_sampler)
+                               default_flow_lr, langevin_per_dimension, make_objective, make_sampler)
 from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin,
                            learn_variance=args.learn_variance, noising=args.noising,
                            learn_backward=args.learn_backward, log_var_range=args.log_var_range,
-                           langevin_per_dimension=args.langevin_scale == "per-dimension").to(device)
+                           langevin_per_dimension=langevin_per_dimension(args.langevin_scale, args.langevin)).to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda,
                                flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None,

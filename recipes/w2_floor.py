@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
             x = target.sample_tempered(args.n, beta, g)
             repeats.append({"w2": wasserstein2(x, target.sample(args.n, g)),
                             "deep_share": 1.0 - float(target.shallow_well_shares(x.double()).mean()),
-                            "gaussian_std": float(x[:, 1::2].std())})
+                            "gaussian_std": target.well_spreads(x)["gaussian_std"]})
         stats = summarize_repeats(repeats, keys)
         rows.append({"beta": beta, **{key: stats[key] for key in keys}})
         print(f"beta {beta:g}: W2 {rows[-1]['w2']['mean']:.3f} ± {rows[-1]['w2']['std']:.3f}"
