@@ -19,6 +19,8 @@ _PROP_MEANS: tuple[float, float] = (-1.7, 1.7)
 _PROP_STD: float = 0.5
 # Multiplicative safety margin on the numerically found envelope constant.
 _ENVELOPE_MARGIN: float = 1.2
+# The region between the two wells: |x1| < this (the wells sit at about ±1.7 with std about 0.22).
+BARRIER_HALF_WIDTH: float = 1.0
 
 
 def double_well_log_density(x1: Tensor | np.ndarray | float) -> Tensor | np.ndarray | float:
@@ -65,7 +67,12 @@ def double_well_log_z1() -> float:
 
 def double_well_shallow_mass() -> float:
     """Probability of the shallow well, ``P(x1 < 0)``, of the normalized double-well coordinate."""
-    return math.exp(_double_well_log_integral(-8.0, 0.0) - double_well_log_z1())
+    return double_well_mass(-8.0, 0.0)
+
+
+def double_well_mass(lower: float, upper: float) -> float:
+    """Probability of ``[lower, upper]`` under the normalized double-well coordinate."""
+    return math.exp(_double_well_log_integral(lower, upper) - double_well_log_z1())
 
 
 def double_well_std(lower: float, upper: float) -> float:
@@ -103,9 +110,11 @@ class Manywell(BoltzmannTarget):
         super().__init__(dim=dim, name="manywell", reference_variance=1.0, log_z=log_z)
         self.log_envelope = envelope_log_m()
         self.shallow_mass = double_well_shallow_mass()  # P(x1 < 0) in every pair
-        # exact spreads (see well_spreads): x1 within each well, and the Gaussian coordinates
+        # exact spreads (see well_spreads): x1 within each well, between the wells, and the Gaussian coordinates
         self.exact_spreads = {"deep_well_std": double_well_std(0.0, 8.0),
-                              "shallow_well_std": double_well_std(-8.0, 0.0), "gaussian_std": 1.0}
+                              "shallow_well_std": double_well_std(-8.0, 0.0),
+                              "barrier_share": double_well_mass(-BARRIER_HALF_WIDTH, BARRIER_HALF_WIDTH),
+                              "gaussian_std": 1.0}
 
     def log_reward(self, x: Tensor) -> Tensor:
         """(B, dim) -> (B,) unnormalized log density."""
@@ -149,9 +158,11 @@ class Manywell(BoltzmannTarget):
         """(B, dim) -> the spread of the samples, pooled over pairs, against ``exact_spreads``.
 
         ``deep_well_std`` / ``shallow_well_std``: the std of x1 among the samples in that well
-        (None with fewer than two there); ``gaussian_std``: the std of the Gaussian coordinates
-        x2 (exact 1). A sampler that is right on the well shares can still be too wide or too
-        narrow inside them, which these show and the shares do not.
+        (None with fewer than two there); ``barrier_share``: the share of x1 values between the
+        wells, ``|x1| < BARRIER_HALF_WIDTH`` (exact about 0.004), where a sampler that has not
+        decided between the wells leaves mass; ``gaussian_std``: the std of the Gaussian
+        coordinates x2 (exact 1). A sampler that is right on the well shares can still be too
+        wide or too narrow inside them, which these show and the shares do not.
         """
         self.check_input(x)
         if x.shape[0] < 2:
@@ -162,6 +173,7 @@ class Manywell(BoltzmannTarget):
             return float(values.std()) if values.numel() >= 2 else None
 
         return {"deep_well_std": std(x1[x1 >= 0]), "shallow_well_std": std(x1[x1 < 0]),
+                "barrier_share": float((x1.abs() < BARRIER_HALF_WIDTH).to(x.dtype).mean()),
                 "gaussian_std": float(x[:, 1::2].std())}
 
     def sample_double_well(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-decay-horizon", type=int, default=0,
                    help="cosine decay of the policy's learning rate over this many iterations (0: constant)")
     p.add_argument("--lr-decay-final", type=float, default=0.1, help="the rate at the decay's end, relative to the start")
+    p.add_argument("--hidden", type=int, default=64,
+                   help="width of the policy network's hidden layers and time embedding (64: the paper's)")
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-range", type=float, default=4.0,
                    help="learned log-variance within ± this of log sigma2")
@@ -140,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.hidden < 1:
+        raise SystemExit(f"--hidden must be a positive width, got {args.hidden}")
     if args.method in ("dds", "dis"):  # simulation-based samplers on the VP reference
         args.objective, args.noising = "pis", "vp"
         args.langevin = args.langevin or args.method == "dis"
@@ -165,12 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     target = make_target(args.target, dim=args.dim, pines_path=args.pines).to(device)
     if args.method in ("smc", "mala"):
         return run_baseline(args, target, out, device)
-    sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin,
+    sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin, hidden=args.hidden,
                            learn_variance=args.learn_variance, noising=args.noising,
                            learn_backward=args.learn_backward, log_var_range=args.log_var_range,
                            langevin_per_dimension=langevin_per_dimension(args.langevin_scale, args.langevin)).to(device)
     path = BoltzmannPath(target, sampler.reference)
-    objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda,
+    objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda, hidden=args.hidden,
                                flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None,
                                separate_replay_log_z=args.replay_log_z == "separate").to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         "explore": args.explore,
         "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
         "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
-        "learn_variance": args.learn_variance,
+        "hidden": args.hidden, "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "flow_embedding": args.flow_embedding,

@@ -19,7 +19,7 @@ def _run(args, tmp_path):
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher",
                                     "--lr-decay-horizon", "5", "--replay-log-z", "separate"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
-                                    "--flow-embedding", "shared", "--langevin-scale", "shared"],
+                                    "--flow-embedding", "shared", "--langevin-scale", "shared", "--hidden", "24"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
                                     "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random",
                                     "--noising", "vp", "--learn-backward"]])
@@ -38,6 +38,8 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert metrics["gaussian_std_exact"] == 1.0 and metrics["gaussian_std"] > 0
         assert 0.15 < metrics["deep_well_std_exact"] < 0.3 and "shallow_well_std" in metrics
         assert metrics["shallow_share_exact"] == pytest.approx(0.1557, abs=1e-3)
+        assert metrics["barrier_share_exact"] == pytest.approx(0.00365, abs=1e-4) and 0 <= metrics["barrier_share"] <= 1
+    assert metrics["hidden"] == (24 if "--hidden" in extra else 64)
     assert metrics["langevin_scale"] == (("shared" if "--langevin-scale" in extra else "per-dimension")
                                          if "--langevin" in extra else None)
     separate = "--replay-log-z" in extra
@@ -72,6 +74,14 @@ def test_langevin_scale_without_langevin_is_refused(tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit, match="--langevin-scale shared is for the Langevin"):
         boltzmann.main(["--langevin-scale", "shared", "--out", str(tmp_path / "run")])
+
+
+def test_non_positive_width_is_refused(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import boltzmann
+
+    with pytest.raises(SystemExit, match="--hidden must be a positive width, got 0"):
+        boltzmann.main(["--hidden", "0", "--out", str(tmp_path / "run")])
 
 
 def test_separate_replay_log_z_needs_tb_with_a_buffer(monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ from constraints import (
     Manywell,
     make_target,
 )
-from constraints.manywell import double_well_log_density, proposal_log_density
+from constraints.manywell import BARRIER_HALF_WIDTH, double_well_log_density, proposal_log_density
 from constraints.registry import default_pines_path
 
 F64 = torch.float64
@@ -298,10 +298,21 @@ def test_manywell_well_spreads() -> None:
         var = integrate.trapezoid(w * (grid - mean) ** 2, grid) / integrate.trapezoid(w, grid)
         assert target.exact_spreads[name] == pytest.approx(math.sqrt(var), rel=1e-5)
     assert 0.15 < target.exact_spreads["deep_well_std"] < 0.3  # a narrow well, not the whole coordinate
+    between = np.abs(grid) < BARRIER_HALF_WIDTH
+    barrier = integrate.trapezoid(dens * between, grid) / integrate.trapezoid(dens, grid)
+    assert target.exact_spreads["barrier_share"] == pytest.approx(barrier, rel=1e-3)  # the mask's edge costs O(h)
+    assert 1e-3 < barrier < 1e-2
     x = target.sample(N_KS, gen(17))
     spreads = target.well_spreads(x)
+    barrier_share = spreads.pop("barrier_share")
     for name, value in spreads.items():
         assert value == pytest.approx(target.exact_spreads[name], rel=0.04), name
+    n_values = N_KS * target.n_wells
+    assert abs(barrier_share - barrier) < 4 * math.sqrt(barrier * (1 - barrier) / n_values)
+    undecided = x.clone()
+    undecided[: N_KS // 10, 0] = 0.1  # a tenth of pair 0's x1 stranded between the wells
+    assert target.well_spreads(undecided)["barrier_share"] == pytest.approx(barrier_share + 0.1 / target.n_wells,
+                                                                            abs=1e-3)
     narrow = x.clone()
     narrow[:, 1::2] *= 0.9
     assert target.well_spreads(narrow)["gaussian_std"] == pytest.approx(0.9 * spreads["gaussian_std"])
