@@ -104,6 +104,8 @@ class PISPolicy(nn.Module):
                  langevin_per_dimension: bool = True, langevin_layers: int = 4,
                  zero_init: bool = True) -> None:
         super().__init__()
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden: expected a positive integer width, got {hidden!r}")
         self.dim = dim
         self.learn_variance = learn_variance
         self.langevin = langevin

@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.hidden < 1:
+    if args.hidden < 1:  # PISPolicy refuses it too; this names the flag
         raise SystemExit(f"--hidden must be a positive width, got {args.hidden}")
     if args.method in ("dds", "dis"):  # simulation-based samplers on the VP reference
         args.objective, args.noising = "pis", "vp"

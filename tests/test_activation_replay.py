@@ -76,3 +76,9 @@ def test_shared_langevin_scale_multiplies_every_coordinate_alike(per_dimension):
     torch.testing.assert_close(ratio, ratio[:, :1, :].expand_as(ratio))  # the scale depends on time only
     spread = (ratio - ratio[..., :1]).abs().max().item()
     assert (spread > 1e-3) if per_dimension else (spread < 1e-6)
+
+
+@pytest.mark.parametrize("hidden", [0, -3, 2.5, True])
+def test_policy_refuses_a_width_that_is_not_a_positive_integer(hidden) -> None:
+    with pytest.raises(ValueError, match="hidden: expected a positive integer width"):
+        PISPolicy(2, hidden=hidden)
