@@ -138,7 +138,8 @@ class ConditionalSampler(nn.Module):
 
         Returns:
             dict of (len(y),) tensors (or scalars when y is None): ``elbo`` (log Ẑ), ``rw``
-            (importance-weighted log Ẑ_RW) and ``ess`` (normalized effective sample size).
+            (importance-weighted log Ẑ_RW), ``rw_stderr`` (its delta-method standard error) and ``ess``
+            (normalized effective sample size).
         """
         times = uniform_grid(steps)
         chunks = [None] if y is None else _chunks(y, num_samples, max_trajectories)
@@ -148,7 +149,7 @@ class ConditionalSampler(nn.Module):
             parts.append(traj.log_weight.reshape(-1, num_samples))
         log_w = torch.cat(parts)
         result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
-                  "ess": metrics.effective_sample_size(log_w)}
+                  "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
         return {k: v[0] if y is None else v for k, v in result.items()}
 
     # ------------------------------------------------------------------ persistence

@@ -25,7 +25,8 @@ def evaluate(sampler: DiffusionSampler, path: BoltzmannPath, *, num_samples: int
         exact_samples: (K, d) exact target samples for W2 and the EUBO.
         exact_reference: (K, d) a second independent exact set, for the W2 noise floor.
     Returns:
-        dict with log_z_elbo, log_z_rw, ess, delta_log_z, delta_log_z_rw, eubo, w2, w2_floor
+        dict with log_z_elbo, log_z_rw, log_z_rw_stderr (delta-method standard error of log_z_rw), ess,
+        delta_log_z, delta_log_z_rw, eubo, w2, w2_floor
         (None where not computable) and ``samples`` (K, d) on the CPU.
     """
     generator = torch.Generator(device=next(sampler.parameters()).device).manual_seed(seed)
@@ -36,6 +37,7 @@ def evaluate(sampler: DiffusionSampler, path: BoltzmannPath, *, num_samples: int
     out: dict[str, Any] = {
         "log_z_elbo": float(metrics.log_z_elbo(log_w)),
         "log_z_rw": float(metrics.log_z_importance(log_w)),
+        "log_z_rw_stderr": float(metrics.log_z_importance_stderr(log_w)),
         "ess": float(metrics.effective_sample_size(log_w)),
         "zero_density_share": float((~torch.isfinite(traj.log_reward)).float().mean()),
         "delta_log_z": None, "delta_log_z_rw": None, "eubo": None, "w2": None, "w2_floor": None,
@@ -57,7 +59,8 @@ def evaluate(sampler: DiffusionSampler, path: BoltzmannPath, *, num_samples: int
     return out
 
 
-REPEATED_METRICS = ("log_z_elbo", "log_z_rw", "ess", "delta_log_z", "delta_log_z_rw", "eubo", "w2", "w2_floor")
+REPEATED_METRICS = ("log_z_elbo", "log_z_rw", "log_z_rw_stderr", "ess", "delta_log_z", "delta_log_z_rw", "eubo", "w2",
+                    "w2_floor")
 
 
 def summarize_repeats(results: list[dict[str, Any]],

@@ -39,6 +39,21 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)) / log_w.shape[-1]
 
 
+def log_z_importance_stderr(log_w: Tensor) -> Tensor:
+    """Delta-method standard error of :func:`log_z_importance`: sqrt((1 / ESS - 1) / K).
+
+    With normalized weights, Var(log mean w) ~ Var(w) / (K E[w]^2), and K sum w^2 / (sum w)^2 - 1
+    estimates Var(w) / E[w]^2. It is itself estimated from the same weights, so it understates the
+    error when the heavy weights that matter have not been drawn. (..., K) -> (...); +inf where every
+    weight is zero.
+    """
+    log_w = _check_log_weights(log_w)
+    k = log_w.shape[-1]
+    log_ratio = math.log(k) + torch.logsumexp(2 * log_w, -1) - 2 * torch.logsumexp(log_w, -1)
+    stderr = torch.sqrt(torch.expm1(log_ratio).clamp_min(0.0) / k)
+    return torch.where(torch.isfinite(log_w).any(-1), stderr, torch.full_like(stderr, math.inf))
+
+
 def eubo(log_w_exact: Tensor) -> Tensor:
     """EUBO mean_k log w_k over trajectories whose terminal states are exact target samples
     (drawn backward from them): an upper bound on log Z in expectation. (..., K) -> (...)."""

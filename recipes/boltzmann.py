@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
              f"{'+Expl' if args.explore else ''}{'+LS' if args.local_search else ''}{'+teacher' if args.teacher else ''}: dlogZ={_fmt(result['delta_log_z'])} W2={_fmt(result['w2'])}")
     plot_samples(samples, exact, out / "samples.png", title=title)
     plot_curves(history.iteration, history.loss, history.log_z_batch, out / "curves.png", target.log_z)
-    shown = {k: metrics[k] for k in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "eubo",
-                                     "w2", "w2_floor", "ess", "iters", "seconds_per_iter", "seconds_total",
+    shown = {k: metrics[k] for k in ("log_z_elbo", "log_z_rw", "log_z_rw_stderr", "delta_log_z", "delta_log_z_rw",
+                                     "eubo", "w2", "w2_floor", "ess", "iters", "seconds_per_iter", "seconds_total",
                                      "energy_evals", "local_search_share")}
     shown.update(mode_coverage(target, samples))
     if "eval_repeats" in metrics:
@@ -329,7 +329,7 @@ def run_baseline(args: argparse.Namespace, target, out: Path, device: torch.devi
         "target": args.target, "dim": target.dim, "method": args.method, "log_z_true": log_z,
         "log_z_elbo": result.log_z, "log_z_rw": None,
         "delta_log_z": None if result.log_z is None or log_z is None else abs(log_z - result.log_z),
-        "delta_log_z_rw": None, "ess": None, "eubo": None,
+        "delta_log_z_rw": None, "log_z_rw_stderr": None, "ess": None, "eubo": None,
         "w2": None if exact is None else wasserstein2(samples, exact),
         "w2_floor": None if exact is None else wasserstein2(exact_ref, exact),
         **mode_coverage(target, samples),

@@ -58,6 +58,9 @@ def test_fit_recovers_linear_gaussian_posteriors(trained):
     assert (est["elbo"] <= est["rw"] + 1e-6).all()
     torch.testing.assert_close(est["rw"].double(), log_py, atol=0.03, rtol=0)
     torch.testing.assert_close(est["elbo"].double(), log_py, atol=0.06, rtol=0)
+    # one standard error per condition, consistent with its ESS, and the exact answer within four of them
+    torch.testing.assert_close(est["rw_stderr"], torch.sqrt((1 / est["ess"] - 1) / 2000), rtol=1e-3, atol=1e-5)
+    assert ((est["rw"].double() - log_py).abs() <= 4 * est["rw_stderr"].double() + 1e-3).all()
 
 
 def test_save_and_load_give_identical_samples(trained, tmp_path):

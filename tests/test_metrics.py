@@ -72,3 +72,23 @@ def test_summarize_repeats_mean_std_and_missing_metrics():
     assert summarize_repeats(results[:1])["log_z_rw"]["std"] == 0.0
     with pytest.raises(ValueError, match="results"):
         summarize_repeats([])
+
+
+def test_log_z_importance_stderr_matches_lognormal_weights_and_repeat_spread():
+    """Log-normal weights w = Z exp(s x - s^2 / 2): Var(w) / E[w]^2 = exp(s^2) - 1, so the standard error of
+    log Z_RW is sqrt((exp(s^2) - 1) / K); the spread of independent estimates must match it too."""
+    g = torch.Generator().manual_seed(3)
+    shift, k = 0.7, 2000
+    expected = math.sqrt(math.expm1(shift ** 2) / k)
+    batch = torch.stack([_log_weights(k, 2.0, shift, g) for _ in range(400)])  # 400 independent estimates
+    stderr = metrics.log_z_importance_stderr(batch)
+    assert stderr.shape == (400,)
+    assert float(stderr.mean()) == pytest.approx(expected, rel=0.05)
+    assert float(metrics.log_z_importance(batch).std()) == pytest.approx(expected, rel=0.12)
+    # equal weights: no error; one weight of ten: ESS 0.1, sqrt((1 / 0.1 - 1) / 10); all zero: +inf
+    equal = torch.full((10,), 3.0, dtype=torch.float64)
+    assert float(metrics.log_z_importance_stderr(equal)) == pytest.approx(0.0, abs=1e-6)
+    one_hot = torch.full((10,), -math.inf)
+    one_hot[3] = 0.0
+    assert float(metrics.log_z_importance_stderr(one_hot)) == pytest.approx(math.sqrt(0.9))
+    assert float(metrics.log_z_importance_stderr(torch.full((4,), -math.inf))) == math.inf

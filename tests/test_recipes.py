@@ -1,6 +1,7 @@
 """The recipes run end to end on a tiny budget and honour their output contract."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,10 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
     _run(["recipes/boltzmann.py", *extra, "--iters", "6", "--batch", "16", "--steps", "8",
           "--eval-samples", "64", "--checkpoint-every", "3", "--no-progress", "--out", str(out)], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("log_z_elbo", "log_z_rw", "delta_log_z", "delta_log_z_rw", "w2", "ess", "iters", "seconds_per_iter",
-                "seconds_total", "energy_evals", "local_search_share"):
+    for key in ("log_z_elbo", "log_z_rw", "log_z_rw_stderr", "delta_log_z", "delta_log_z_rw", "w2", "ess", "iters",
+                "seconds_per_iter", "seconds_total", "energy_evals", "local_search_share"):
         assert key in metrics
+    assert metrics["log_z_rw_stderr"] == pytest.approx(math.sqrt((1 / metrics["ess"] - 1) / 64), rel=1e-3, abs=1e-4)
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
     assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
     if "manywell" in extra:  # per-pair shallow-well shares (dim 4: two pairs)
