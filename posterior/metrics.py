@@ -33,10 +33,14 @@ def log_z_importance(log_w: Tensor) -> Tensor:
     return torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])
 
 
+def _log_inverse_ess(log_w: Tensor) -> Tensor:
+    """log(1 / ESS) = log(K sum w^2 / (sum w)^2) >= 0 of checked log-weights. (..., K) -> (...)."""
+    return math.log(log_w.shape[-1]) + torch.logsumexp(2 * log_w, -1) - 2 * torch.logsumexp(log_w, -1)
+
+
 def effective_sample_size(log_w: Tensor) -> Tensor:
     """Normalized ESS (sum w)^2 / (K sum w^2) in (0, 1]. (..., K) -> (...)."""
-    log_w = _check_log_weights(log_w)
-    return torch.exp(2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)) / log_w.shape[-1]
+    return torch.exp(-_log_inverse_ess(_check_log_weights(log_w)))
 
 
 def log_z_importance_stderr(log_w: Tensor) -> Tensor:
@@ -48,9 +52,7 @@ def log_z_importance_stderr(log_w: Tensor) -> Tensor:
     weight is zero.
     """
     log_w = _check_log_weights(log_w)
-    k = log_w.shape[-1]
-    log_ratio = math.log(k) + torch.logsumexp(2 * log_w, -1) - 2 * torch.logsumexp(log_w, -1)
-    stderr = torch.sqrt(torch.expm1(log_ratio).clamp_min(0.0) / k)
+    stderr = torch.sqrt(torch.expm1(_log_inverse_ess(log_w)).clamp_min(0.0) / log_w.shape[-1])
     return torch.where(torch.isfinite(log_w).any(-1), stderr, torch.full_like(stderr, math.inf))
 
 
