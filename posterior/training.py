@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -55,6 +56,10 @@ class TrainingConfig:
         lr_decay_horizon, lr_decay_final: cosine decay of the policy's learning rate to
             ``lr_decay_final`` times ``lr_policy`` over the first ``lr_decay_horizon`` iterations,
             constant after (horizon 0: no decay). log Z and flows keep ``lr_flow``.
+        ema_decay: keep an exponential moving average of the sampler's weights,
+            e_k = d * e_(k-1) + (1 - d) * theta_k after every step k (e_1 = theta_1), for sampling and
+            evaluation (0: off). It averages out the optimizer's noise over about 1 / (1 - d) steps
+            without slowing training, which a learning-rate decay does; the raw weights keep training.
         seed: seeds the noise generator (the same seed gives the same run).
         checkpoint_every: write a checkpoint every this many iterations (0: never).
     """
@@ -75,6 +80,7 @@ class TrainingConfig:
     log_z_init: str = "zero"
     lr_decay_horizon: int = 0
     lr_decay_final: float = 0.1
+    ema_decay: float = 0.0
     seed: int = 0
     checkpoint_every: int = 0
 
@@ -85,6 +91,8 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.explore < 0:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
         if not self.log_var_lr_scale > 0:
             raise ValueError(f"log_var_lr_scale must be > 0, got {self.log_var_lr_scale}")
         if self.log_z_init not in ("zero", "batch"):
@@ -158,6 +166,9 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.gradient_sync = gradient_sync
         self.last_samples: torch.Tensor | None = None  # terminal states of the last step's batch
+        # a copy of the sampler whose weights are the moving average (config.ema_decay)
+        self.ema = (AveragedModel(sampler, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+                    if config.ema_decay else None)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> tuple[float, float]:
@@ -193,6 +204,8 @@ class Trainer:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._all_parameters(), self.config.grad_clip)
         self._optimizer_step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.sampler)
         self.last_samples = traj.samples.detach()
         log_z_batch = float(traj.log_weight.detach().mean())
         return float(loss.detach()), log_z_batch
@@ -243,6 +256,14 @@ class Trainer:
     def policy(self) -> PISPolicy:
         """The policy network being trained."""
         return self.sampler.policy
+
+    @property
+    def averaged_sampler(self) -> torch.nn.Module:
+        """The sampler to sample and evaluate with: the moving average of the weights
+        (``config.ema_decay`` > 0, once a step has been taken), else the trained sampler itself."""
+        if self.ema is None or int(self.ema.n_averaged) == 0:
+            return self.sampler
+        return self.ema.module
 
     def _optimizer_step(self) -> None:
         """Adam step at this iteration's policy rate (``config.lr_decay_*``); the learned
@@ -306,6 +327,7 @@ class Trainer:
             "history": asdict(self.history),
             "config": asdict(self.config),
             "replay": None if self.replay is None else self.replay.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "path_evaluations": None if self.path is None else dict(self.path.evaluations),
         }
 
@@ -329,6 +351,8 @@ class Trainer:
         self.history = TrainingHistory(**state["history"])
         if self.path is not None and state.get("path_evaluations") is not None:
             self.path.evaluations.update(state["path_evaluations"])
+        if self.ema is not None:  # check_same_settings has made sure the checkpoint has one
+            self.ema.load_state_dict(state["ema"])
         if self.replay is not None:
             if state.get("replay") is None:
                 raise ValueError(f"checkpoint {source} has no replay buffer but this run uses one")

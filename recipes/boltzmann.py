@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-decay-horizon", type=int, default=0,
                    help="cosine decay of the policy's learning rate over this many iterations (0: constant)")
     p.add_argument("--lr-decay-final", type=float, default=0.1, help="the rate at the decay's end, relative to the start")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate an exponential moving average of the sampler's weights with this decay (e.g. "
+                        "0.999; 0: off); metrics.json then adds raw_weights, the same evaluations of the last weights")
     p.add_argument("--hidden", type=int, default=64,
                    help="width of the policy network's hidden layers and time embedding (64: the paper's)")
     p.add_argument("--learn-variance", action="store_true")
@@ -131,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
+    if not 0.0 <= args.ema < 1.0:
+        p.error(f"--ema: expected a decay in [0, 1) (0: off), got {args.ema}")
     if args.eval_repeats < 1:
         p.error(f"--eval-repeats: expected an integer >= 1, got {args.eval_repeats}")
     if args.explore_step_std is not None:  # one convention inside: variance per unit time
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
                             explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip,
                             log_var_lr_scale=args.log_var_lr_scale, log_z_init=args.log_z_init,
-                            lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final)
+                            lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final,
+                            ema_decay=args.ema)
     replay = None
     if uses_replay:
         replay_config = ReplayConfig(
@@ -206,12 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     eval_steps = args.eval_steps or (100 if args.train_grid == "random" else args.steps)
 
     eval_start = time.perf_counter()
-    repeats = [evaluate_once(args, sampler, path, target, eval_steps, device, repeat=r)
-               for r in range(args.eval_repeats)]
-    result, exact = repeats[0]
-    samples = result.pop("samples")
-    if args.eval_repeats > 1:  # summarize_repeats reads only the metrics, not the other repeats' samples
-        result["eval_repeats"] = summarize_repeats([r for r, _ in repeats])
+    result, exact, samples = evaluate_repeats(args, trainer.averaged_sampler, path, target, eval_steps, device)
+    if trainer.ema is not None:  # the last weights on the same trajectories' noise and exact sets: a paired comparison
+        raw, _, raw_samples = evaluate_repeats(args, sampler, path, target, eval_steps, device)
+        result["raw_weights"] = {**raw, **mode_coverage(target, raw_samples)}
     result.update(mode_coverage(target, samples))
     seconds_total = sum(history.seconds)
     replay_stats = {} if replay is None else replay.stats()
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         "explore": args.explore,
         "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
         "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
-        "hidden": args.hidden, "learn_variance": args.learn_variance,
+        "hidden": args.hidden, "ema_decay": args.ema, "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
         "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
         "flow_embedding": args.flow_embedding,
@@ -253,11 +257,30 @@ def main(argv: list[str] | None = None) -> dict:
                                      "eubo", "w2", "w2_floor", "ess", "iters", "seconds_per_iter", "seconds_total",
                                      "energy_evals", "local_search_share")}
     shown.update(mode_coverage(target, samples))
+    if "raw_weights" in metrics:
+        shown["raw_weights"] = {k: metrics["raw_weights"][k] for k in ("delta_log_z", "delta_log_z_rw", "ess", "w2")}
     if "eval_repeats" in metrics:
         shown["eval_repeats"] = {k: (f"{v['mean']:.4g} ± {v['std']:.2g}" if isinstance(v, dict) else v)
                                  for k, v in metrics["eval_repeats"].items()}
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return metrics
+
+
+def evaluate_repeats(args: argparse.Namespace, sampler, path: BoltzmannPath, target, eval_steps: int,
+                     device: torch.device) -> tuple[dict, torch.Tensor | None, torch.Tensor]:
+    """``args.eval_repeats`` evaluations of ``sampler`` (:func:`evaluate_once`).
+
+    Returns:
+        (the first evaluation's metrics, with ``eval_repeats`` (mean, std and values of each metric over all of
+        them) when there are several; the (K, d) exact samples of the first; its (K, d) samples).
+    """
+    repeats = [evaluate_once(args, sampler, path, target, eval_steps, device, repeat=r)
+               for r in range(args.eval_repeats)]
+    result, exact = repeats[0]
+    samples = result.pop("samples")
+    if args.eval_repeats > 1:  # summarize_repeats reads only the metrics, not the other repeats' samples
+        result["eval_repeats"] = summarize_repeats([r for r, _ in repeats])
+    return result, exact, samples
 
 
 def evaluate_once(args: argparse.Namespace, sampler, path: BoltzmannPath, target, eval_steps: int,
@@ -303,7 +326,7 @@ def build_teacher(args: argparse.Namespace, target, sampler, objective, path, co
                   trainer: Trainer, device: torch.device):
     """A TB teacher like the student (no Langevin term: its reward has no cheap gradient)."""
     teacher = make_sampler(target.dim, target.reference_variance, noising=args.noising).to(device)
-    teacher_config = replace(config, seed=config.seed + 7919, checkpoint_every=0)
+    teacher_config = replace(config, seed=config.seed + 7919, checkpoint_every=0, ema_decay=0.0)
     return make_teacher(sampler, objective, path, teacher, make_objective("tb", None, dim=target.dim).to(device),
                         teacher_config, under_weight=args.teacher_weight, target_power=args.teacher_target_power,
                         log_z_fallback=lambda: (trainer.history.log_z_batch[-1] if trainer.history.log_z_batch

@@ -18,7 +18,7 @@ def _run(args, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher",
-                                    "--lr-decay-horizon", "5", "--replay-log-z", "separate"],
+                                    "--lr-decay-horizon", "5", "--replay-log-z", "separate", "--ema", "0.5"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
                                     "--flow-embedding", "shared", "--langevin-scale", "shared", "--hidden", "24"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
@@ -42,6 +42,12 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert metrics["shallow_share_exact"] == pytest.approx(0.1557, abs=1e-3)
         assert metrics["barrier_share_exact"] == pytest.approx(0.00365, abs=1e-4) and 0 <= metrics["barrier_share"] <= 1
     assert metrics["hidden"] == (24 if "--hidden" in extra else 64)
+    averaged = "--ema" in extra  # the averaged weights are evaluated; the last ones beside them, on the same exact sets
+    assert metrics["ema_decay"] == (0.5 if averaged else 0.0) and ("raw_weights" in metrics) == averaged
+    if averaged:
+        raw = metrics["raw_weights"]
+        assert raw["w2_floor"] == metrics["w2_floor"] and raw["delta_log_z"] != metrics["delta_log_z"]
+        assert raw["modes_total"] == 25 and raw["log_z_rw_stderr"] > 0
     assert metrics["langevin_scale"] == (("shared" if "--langevin-scale" in extra else "per-dimension")
                                          if "--langevin" in extra else None)
     separate = "--replay-log-z" in extra
