@@ -130,7 +130,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         explore: float = 0.0, log_z_init: str = "zero",
         encoder: str = "auto", hidden: int = 64, latent_dim: int | None = None,
         lr_policy: float = 1e-3, lr_flow: float | None = None, lr_decay_horizon: int = 0,
-        lr_decay_final: float = 0.1, seed: int = 0,
+        lr_decay_final: float = 0.1, ema_decay: float = 0.0, seed: int = 0,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
         process_index: int = 0, gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
@@ -149,7 +149,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             "data" (diffusion priors, unconditional): fine-tune the prior into the posterior with
             relative trajectory balance (see :func:`posterior.rtb_training.RTBTrainer`), which
             returns a :class:`posterior.diffusion_posterior.DiffusionPosterior`. It uses
-            iterations, batch_size, lr_policy, lr_flow (log Z's rate), explore, the lr decay, seed,
+            iterations, batch_size, lr_policy, lr_flow (log Z's rate), explore, the lr decay, ema_decay, seed,
             device (must be the prior's), checkpoint_dir / checkpoint_every / resume and progress;
             the noise-space sampler's settings (steps, langevin, hidden, replay, ...) are refused
             when not at their defaults.
@@ -165,6 +165,9 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             ``lr_policy`` (see :class:`posterior.training.TrainingConfig`).
         lr_decay_horizon, lr_decay_final: cosine decay of ``lr_policy`` to ``lr_decay_final`` times
             its value over the first ``lr_decay_horizon`` iterations (0: constant rate).
+        ema_decay: keep an exponential moving average of the trained weights with this decay (e.g.
+            0.999; 0: off) and return the model with the average in place of the last weights; the
+            checkpoint keeps both, so a resumed run continues from the last weights.
         log_z_init: "tb" only: "zero", or "batch" to start log Z (the shared offset of log Z(y)) at
             the first batch's estimate; use it with ``learn_variance`` and ``explore`` (see
             :class:`posterior.training.TrainingConfig`).
@@ -195,7 +198,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                                     gradient_sync=gradient_sync, log=log, log_every=log_every, replay=replay)
         ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
         return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy, lr_flow,
-                             explore, seed, progress, lr_decay_horizon, lr_decay_final,
+                             explore, seed, progress, lr_decay_horizon, lr_decay_final, ema_decay,
                              None if device is None else torch.device(device), ckpt, checkpoint_every, resume,
                              retain_cpu_memory, noise_space_settings)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -224,7 +227,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                             lr_flow=lr_flow if lr_flow is not None else default_flow_lr(objective),
                             explore=explore, log_var_lr_scale=log_var_lr_scale, log_z_init=log_z_init,
                             lr_decay_horizon=lr_decay_horizon, lr_decay_final=lr_decay_final,
-                            seed=seed + 1_000_003 * process_index,
+                            ema_decay=ema_decay, seed=seed + 1_000_003 * process_index,
                             checkpoint_every=checkpoint_every)
     name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"
     ckpt = Path(checkpoint_dir) / name if checkpoint_dir is not None else None
@@ -247,6 +250,8 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
                 callback_every=log_every)
     if ckpt is not None:
         trainer.save(ckpt)
+    if trainer.ema is not None:
+        trainer.ema.copy_to_parameters()
     model.training_history = trainer.history
     model.replay = buffers
     return model
@@ -264,7 +269,7 @@ def _refuse_noise_space_settings(given: dict[str, Any]) -> None:
 
 def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective: str, iterations: int,
                   batch_size: int, lr: float, lr_log_z: float | None, explore: float, seed: int, progress: bool,
-                  lr_decay_horizon: int, lr_decay_final: float, device: torch.device | None,
+                  lr_decay_horizon: int, lr_decay_final: float, ema_decay: float, device: torch.device | None,
                   checkpoint_path: Path | None, checkpoint_every: int, resume: bool, retain_cpu_memory: bool,
                   noise_space_settings: dict[str, Any]):
     """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward, on the
@@ -307,11 +312,13 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
     trainer = RTBTrainer(posterior, DiffusionPriorPath(prior, log_r), obj,
                          RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed,
                                    lr_decay_horizon=lr_decay_horizon, lr_decay_final=lr_decay_final,
-                                   checkpoint_every=checkpoint_every, **log_z_lr),
+                                   ema_decay=ema_decay, checkpoint_every=checkpoint_every, **log_z_lr),
                          checkpoint_path=checkpoint_path)
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         trainer.load(checkpoint_path)
-    trainer.run(progress=progress)
+    trainer.run(progress=progress)  # writes the final checkpoint (last weights and their average)
+    if trainer.ema is not None:
+        trainer.ema.copy_to_parameters()
     posterior.training_history = trainer.history
     return posterior
 

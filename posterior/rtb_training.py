@@ -9,6 +9,7 @@ time (``per_step``, the memory-light default), optionally on a random subset of 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from .exploration import LinearDecay
 from .lr_schedule import CosineDecay
 from .objectives.base import Objective
 from .replay_buffer import ReplayBuffer
+from .weight_average import WeightAverage
 
 
 @dataclass
@@ -42,6 +44,8 @@ class RTBConfig:
         lr_decay_horizon, lr_decay_final: cosine decay of the posterior's learning rates (lr and
             lr_guidance; not lr_log_z) to ``lr_decay_final`` times their value over the first
             ``lr_decay_horizon`` iterations, constant after; horizon 0: no decay.
+        ema_decay: keep an exponential moving average of the posterior's trained weights
+            (:class:`posterior.weight_average.WeightAverage`) to sample with (0: off).
     """
 
     iterations: int = 2000
@@ -59,6 +63,11 @@ class RTBConfig:
     checkpoint_every: int = 0
     lr_decay_horizon: int = 0
     lr_decay_final: float = 0.1
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
 
 
 # settings that may change when a run is resumed: the budget and the checkpoint cadence
@@ -127,6 +136,7 @@ class RTBTrainer:
         if list(objective.parameters()):
             groups.append({"params": list(objective.parameters()), "lr": config.lr_log_z})
         self.optimizer = torch.optim.Adam(groups)
+        self.ema = WeightAverage(trainable + guidance, config.ema_decay) if config.ema_decay else None
         self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
         self.device = posterior.prior.alpha_t.device
         self.dtype = dtype
@@ -171,7 +181,14 @@ class RTBTrainer:
                 raise FloatingPointError(f"non-finite gradient in posterior parameter {name!r}")
         self.lr_decay.set_rates(self.optimizer, self._decaying_lrs, self.iteration)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return float(loss.detach())
+
+    def averaged_weights(self):
+        """Context manager: inside it the posterior holds the moving average of its trained weights
+        (``config.ema_decay`` > 0), the weights to sample with; without an average it changes nothing."""
+        return contextlib.nullcontext() if self.ema is None else self.ema.applied()
 
     def run(self, progress: bool = False) -> RTBHistory:
         from tqdm.auto import tqdm
@@ -205,7 +222,8 @@ class RTBTrainer:
         return {"model": self.posterior.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "iteration": self.iteration, "history": asdict(self.history), "config": asdict(self.config),
-                "buffer": None if self.buffer is None else self.buffer.state_dict()}
+                "buffer": None if self.buffer is None else self.buffer.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict()}
 
     def save(self, path) -> None:
         checkpoint.save_atomic(self.state_dict(), path)
@@ -224,6 +242,8 @@ class RTBTrainer:
         self.history = RTBHistory(**state["history"])
         if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
+        if self.ema is not None:  # check_same_settings has made sure the checkpoint has one
+            self.ema.load_state_dict(state["ema"])
 
 
 def _flat_size(shape: tuple[int, ...]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -21,6 +21,7 @@ from .objectives.base import Objective
 from .path_target import BoltzmannPath
 from .networks import PISPolicy
 from .sampler import DiffusionSampler
+from .weight_average import WeightAverage
 
 
 @dataclass
@@ -166,9 +167,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.gradient_sync = gradient_sync
         self.last_samples: torch.Tensor | None = None  # terminal states of the last step's batch
-        # a copy of the sampler whose weights are the moving average (config.ema_decay)
-        self.ema = (AveragedModel(sampler, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
-                    if config.ema_decay else None)
+        self.ema = WeightAverage(sampler.parameters(), config.ema_decay) if config.ema_decay else None
 
     # ------------------------------------------------------------------ one step
     def step(self) -> tuple[float, float]:
@@ -205,7 +204,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self._all_parameters(), self.config.grad_clip)
         self._optimizer_step()
         if self.ema is not None:
-            self.ema.update_parameters(self.sampler)
+            self.ema.update()
         self.last_samples = traj.samples.detach()
         log_z_batch = float(traj.log_weight.detach().mean())
         return float(loss.detach()), log_z_batch
@@ -257,13 +256,11 @@ class Trainer:
         """The policy network being trained."""
         return self.sampler.policy
 
-    @property
-    def averaged_sampler(self) -> torch.nn.Module:
-        """The sampler to sample and evaluate with: the moving average of the weights
-        (``config.ema_decay`` > 0, once a step has been taken), else the trained sampler itself."""
-        if self.ema is None or int(self.ema.n_averaged) == 0:
-            return self.sampler
-        return self.ema.module
+    def averaged_weights(self):
+        """Context manager: inside it the sampler holds the moving average of its weights
+        (``config.ema_decay`` > 0), the weights to sample and evaluate with; without an average
+        it changes nothing. Training continues from the trained weights, restored on exit."""
+        return contextlib.nullcontext() if self.ema is None else self.ema.applied()
 
     def _optimizer_step(self) -> None:
         """Adam step at this iteration's policy rate (``config.lr_decay_*``); the learned

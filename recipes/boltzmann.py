@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     eval_steps = args.eval_steps or (100 if args.train_grid == "random" else args.steps)
 
     eval_start = time.perf_counter()
-    result, exact, samples = evaluate_repeats(args, trainer.averaged_sampler, path, target, eval_steps, device)
+    with trainer.averaged_weights():
+        result, exact, samples = evaluate_repeats(args, sampler, path, target, eval_steps, device)
     if trainer.ema is not None:  # the last weights on the same trajectories' noise and exact sets: a paired comparison
         raw, _, raw_samples = evaluate_repeats(args, sampler, path, target, eval_steps, device)
         result["raw_weights"] = {**raw, **mode_coverage(target, raw_samples)}

@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="RTB: cosine decay of --lr (and --lr-guidance) over this many iterations (0: constant)")
     p.add_argument("--lr-decay-final", type=float, default=0.1,
                    help="RTB: the learning rate's multiplier at the end of the decay")
+    p.add_argument("--rtb-ema", type=float, default=0.0, metavar="DECAY",
+                   help="RTB: sample with an exponential moving average of the posterior's weights (e.g. 0.99; 0: off)")
     p.add_argument("--hinge", type=float, default=0.1, help="RTB hinge on squared residuals")
     p.add_argument("--rtb-objective", choices=("rtb", "vargrad"), default="rtb",
                    help="rtb: learned scalar log Z (with --hinge); vargrad: the batch's own log Z estimate")
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            lr_guidance=args.lr_guidance if guided else None,
                                            checkpoint_every=args.checkpoint_every,
                                            lr_decay_horizon=args.lr_decay_horizon,
-                                           lr_decay_final=args.lr_decay_final),
+                                           lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema),
                                  checkpoint_path=out / "rtb_checkpoint.pt")
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             trainer.run(progress=not args.no_progress)
             train_seconds = sum(trainer.history.seconds)  # every session of a resumed run
             start = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), trainer.averaged_weights():
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
                                                             track_gradients=False).samples for s in range(0, n, 64)])
             if guided:  # each trained step also evaluates (and differentiates) the prior's denoiser
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
-                     "lr": args.lr, "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
+                     "lr": args.lr, "lr_decay_horizon": args.lr_decay_horizon, "rtb_ema": args.rtb_ema, "lr_decay_final": args.lr_decay_final,
                      "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,
                      "guidance_scales": model.scale.tolist() if guided else None,
                      "rtb_lora": args.rtb_lora, "lora_alpha": args.lora_alpha,

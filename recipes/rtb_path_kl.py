@@ -31,6 +31,7 @@ from posterior import checkpoint  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.lora import lora_denoiser  # noqa: E402
 from posterior.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
+from posterior.weight_average import WeightAverage  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 
 
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     state = checkpoint.load(run / "rtb_checkpoint.pt", map_location=device)
     posterior.model.load_state_dict(state["model"])
+    if state.get("ema"):  # the run sampled with the average of its weights (--rtb-ema): report that posterior
+        average = WeightAverage([p for p in posterior.model.parameters() if p.requires_grad], state["ema"]["decay"])
+        average.load_state_dict(state["ema"])
+        average.copy_to_parameters()
     path = DiffusionPriorPath(prior, likelihood, beta=beta)
     generator = torch.Generator().manual_seed(args.seed)
     sampler = sampler_path_kl(posterior, path, args.samples, generator=generator)

@@ -413,3 +413,26 @@ def test_signal_weighted_guidance_scales_and_their_own_learning_rate():
     # Adam's first step moves every scale with a nonzero gradient by lr exactly
     step = (guided.scale.detach() - before).abs()
     torch.testing.assert_close(step[step > 0], torch.full_like(step[step > 0], 0.3), rtol=1e-6, atol=0)
+
+
+def test_rtb_weight_average_is_resumed_and_swapped_in_to_sample(tmp_path):
+    straight = _rtb_trainer(6, ema_decay=0.6)
+    straight.run()
+    ckpt = tmp_path / "rtb.pt"
+    first = _rtb_trainer(6, ckpt, checkpoint_every=3, ema_decay=0.6)
+    first.config.iterations = 3
+    first.run()
+    resumed = _rtb_trainer(6, ckpt, checkpoint_every=3, ema_decay=0.6)
+    resumed.load(ckpt)
+    resumed.run()
+    assert resumed.ema.count == straight.ema.count == 6
+    for a, b in zip(straight.ema.averaged, resumed.ema.averaged, strict=True):
+        assert torch.equal(a, b)
+    trained = [p.detach().clone() for p in resumed.posterior.model.parameters()]
+    with resumed.averaged_weights():
+        for p, averaged in zip(resumed.posterior.model.parameters(), resumed.ema.averaged, strict=True):
+            assert torch.equal(p, averaged)
+    assert all(torch.equal(p, t) for p, t in zip(resumed.posterior.model.parameters(), trained))
+    assert any(not torch.equal(a, t) for a, t in zip(resumed.ema.averaged, trained))
+    with pytest.raises(ValueError, match=r"ema_decay=0.6 \(now 0.0\)"):
+        _rtb_trainer(6, ckpt).load(ckpt)

@@ -307,3 +307,33 @@ def test_fit_tb_log_z_batch_init_starts_at_the_first_batch_estimate():
     assert warm < 0.5 * cold
     with pytest.raises(ValueError, match="log_z_init='batch'"):
         posterior.fit(log_z_init="batch", **{**kwargs, "objective": "vargrad"})
+
+
+@pytest.mark.parametrize("space", ["noise", "data"])
+def test_fit_returns_the_weight_average_and_checkpoints_the_last_weights(tmp_path, space):
+    decay = 0.5
+    if space == "noise":
+        decoder, y = _linear_problem(num_conditions=3)
+        kwargs = dict(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                      batch_size=3, samples_per_condition=4, steps=5, encoder="mlp")
+    else:
+        kwargs = dict(prior=_ring_diffusion_prior(), reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
+                      objective="rtb", batch_size=4)
+    kwargs.update(iterations=3, seed=1, progress=False, checkpoint_dir=tmp_path)
+    model = posterior.fit(ema_decay=decay, **kwargs)
+    last = posterior.fit(**{**kwargs, "checkpoint_dir": tmp_path / "plain"})  # the same run without the average
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    trained = model.model if space == "data" else model
+    last_trained = last.model if space == "data" else last
+    returned = [p for p in trained.parameters() if p.requires_grad]
+    lasts = [p for p in last_trained.parameters() if p.requires_grad]
+    assert state["ema"]["count"] == 3 and len(state["ema"]["averaged"]) == len(returned)
+    for averaged, got in zip(state["ema"]["averaged"], returned, strict=True):
+        torch.testing.assert_close(got, averaged, rtol=0, atol=0)  # the model handed back holds the average
+    saved = state["model"] if space == "data" else state["sampler"]
+    for name, p in last_trained.named_parameters():  # the checkpoint keeps the last weights, for resuming
+        if p.requires_grad:
+            torch.testing.assert_close(saved[name], p.detach(), rtol=0, atol=0, msg=name)
+    assert any(not torch.allclose(a, b) for a, b in zip(returned, lasts))
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        posterior.fit(ema_decay=1.5, **{**kwargs, "checkpoint_dir": None})

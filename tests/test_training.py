@@ -57,18 +57,21 @@ def test_policy_learning_rate_decays_but_log_z_rate_stays(tmp_path):
 def test_weight_average_is_the_exponential_moving_average_of_every_step():
     decay = 0.8
     trainer = _trainer("tb", ema_decay=decay)
-    assert trainer.averaged_sampler is trainer.sampler  # nothing to average before the first step
+    before = [p.detach().clone() for p in trainer.sampler.parameters()]
+    with trainer.averaged_weights():  # nothing to average before the first step
+        assert all(torch.equal(a, b) for a, b in zip(trainer.sampler.parameters(), before))
     expected = None
     for _ in range(4):
         trainer.step()
         trainer.iteration += 1
         weights = [p.detach().clone() for p in trainer.sampler.parameters()]
         expected = weights if expected is None else [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
-    averaged = trainer.averaged_sampler
-    assert averaged is not trainer.sampler
-    for e, a, w in zip(expected, averaged.parameters(), trainer.sampler.parameters()):
-        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-7)
-    assert any(not torch.equal(a, w) for a, w in zip(averaged.parameters(), trainer.sampler.parameters()))
+    with trainer.averaged_weights():
+        for e, a in zip(expected, trainer.sampler.parameters()):
+            torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-7)
+    # the trained weights are back after the block, and differ from the average
+    assert all(torch.equal(a, w) for a, w in zip(trainer.sampler.parameters(), weights))
+    assert any(not torch.allclose(e, w) for e, w in zip(expected, weights))
     assert _trainer("tb").ema is None
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         TrainingConfig(ema_decay=1.0)
@@ -84,8 +87,9 @@ def test_resume_restores_the_weight_average(tmp_path):
     resumed = _trainer("vargrad", checkpoint=ckpt, ema_decay=0.7)
     resumed.load(ckpt)
     resumed.run(progress=False)
-    for (name, a), b in zip(full.ema.state_dict().items(), resumed.ema.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for a, b in zip(full.ema.averaged, resumed.ema.averaged):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert full.ema.count == resumed.ema.count == 8
     with pytest.raises(ValueError, match=r"ema_decay=0.7 \(now 0.0\)"):
         _trainer("vargrad", checkpoint=ckpt).load(ckpt)
 
