@@ -73,6 +73,9 @@ def test_weight_average_is_the_exponential_moving_average_of_every_step():
     assert all(torch.equal(a, w) for a, w in zip(trainer.sampler.parameters(), weights))
     assert any(not torch.allclose(e, w) for e, w in zip(expected, weights))
     assert _trainer("tb").ema is None
+    other = _trainer("tb", ema_decay=0.9).ema
+    with pytest.raises(ValueError, match="weight average of decay 0.8 .* cannot be loaded into one of decay 0.9"):
+        other.load_state_dict(trainer.ema.state_dict())
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         TrainingConfig(ema_decay=1.0)
 
