@@ -69,6 +69,10 @@ class WeightAverage:
         if float(state["decay"]) != self.decay or len(state["averaged"]) != len(self.averaged):
             raise ValueError(f"weight average of decay {state['decay']} over {len(state['averaged'])} tensors "
                              f"cannot be loaded into one of decay {self.decay} over {len(self.averaged)}")
+        for index, (saved, own) in enumerate(zip(state["averaged"], self.averaged)):
+            if saved.shape != own.shape:  # copy_ would broadcast a smaller tensor without a word
+                raise ValueError(f"weight average tensor {index}: saved shape {tuple(saved.shape)}, "
+                                 f"expected {tuple(own.shape)}")
         with torch.no_grad():
             _copy(self.averaged, state["averaged"])
         self.count = int(state["count"])

@@ -76,6 +76,10 @@ def test_weight_average_is_the_exponential_moving_average_of_every_step():
     other = _trainer("tb", ema_decay=0.9).ema
     with pytest.raises(ValueError, match="weight average of decay 0.8 .* cannot be loaded into one of decay 0.9"):
         other.load_state_dict(trainer.ema.state_dict())
+    state = trainer.ema.state_dict()
+    state["averaged"][0] = state["averaged"][0].flatten()[:1]  # broadcastable, but not the parameter's shape
+    with pytest.raises(ValueError, match=r"weight average tensor 0: saved shape \(1,\), expected"):
+        _trainer("tb", ema_decay=decay).ema.load_state_dict(state)
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         TrainingConfig(ema_decay=1.0)
 
