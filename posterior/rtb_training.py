@@ -1,9 +1,9 @@
 """Training loop for relative trajectory balance (or VarGrad) on a diffusion prior.
 
 Each iteration draws posterior trajectories (with extra exploration variance that decays
-linearly; log-probs are always under the un-noised posterior) or, with a replay buffer or an
-importance pool, on every other iteration backward trajectories (forward noising) from high-reward
-buffer samples or from resampled pool states (:class:`posterior.importance_pool.ImportancePool`). The
+linearly; log-probs are always under the un-noised posterior) or, on every other iteration, either
+backward trajectories (forward noising) from high-reward replay-buffer samples or prior trajectories
+resampled by reward from an importance pool (:class:`posterior.importance_pool.ImportancePool`). The
 gradient is exact either way: through one graph over all steps, or accumulated one step at a
 time (``per_step``, the memory-light default), optionally on a random subset of steps.
 """
@@ -117,21 +117,22 @@ class RTBTrainer:
         objective: :class:`RelativeTrajectoryBalance` or :class:`VarGrad`.
         config: hyperparameters.
         checkpoint_path: file for atomic checkpoints (None: none); :meth:`load` resumes the same run.
-        terminal_pool: an :class:`ImportancePool` (e.g. prior samples weighted by r^beta); odd
-            iterations then train on backward trajectories from states resampled from it. Not with
-            ``config.replay``. Checkpoints keep the pool, and :meth:`load` restores it.
+        trajectory_pool: an :class:`ImportancePool` of prior trajectories weighted by r^beta; odd
+            iterations then train on paths resampled from it. Not with ``config.replay``. Checkpoints
+            keep the pool, and :meth:`load` restores it.
     """
 
     def __init__(self, posterior: DiffusionPosterior, path: DiffusionPriorPath, objective: Objective,
                  config: RTBConfig, *, dtype: torch.dtype = torch.float32,
-                 checkpoint_path: str | Path | None = None, terminal_pool: ImportancePool | None = None) -> None:
+                 checkpoint_path: str | Path | None = None, trajectory_pool: ImportancePool | None = None) -> None:
         if config.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
-        if terminal_pool is not None and config.replay:
-            raise ValueError("terminal_pool and config.replay are two sources of backward trajectories; use one")
-        if terminal_pool is not None:
-            check_shape(terminal_pool.states, (None,) + tuple(posterior.prior.event_shape), "terminal_pool.states")
-        self.terminal_pool = terminal_pool
+        if trajectory_pool is not None and config.replay:
+            raise ValueError("trajectory_pool and config.replay are two sources of off-policy trajectories; use one")
+        if trajectory_pool is not None:
+            check_shape(trajectory_pool.paths, (posterior.prior.num_steps + 1, None) + tuple(posterior.prior.event_shape),
+                        "trajectory_pool.paths")
+        self.trajectory_pool = trajectory_pool
         self.posterior, self.path, self.objective, self.config = posterior, path, objective, config
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         guidance = getattr(posterior.model, "guidance_parameters", None)
@@ -163,15 +164,15 @@ class RTBTrainer:
     def step(self) -> float:
         """One optimizer step; returns the loss."""
         cfg = self.config
-        has_source = self.terminal_pool is not None or (self.buffer is not None and len(self.buffer) > 0)
+        has_source = self.trajectory_pool is not None or (self.buffer is not None and len(self.buffer) > 0)
         backward = has_source and self.iteration % 2 == 1
         keep_graph = not cfg.per_step
-        if backward:
-            if self.terminal_pool is not None:
-                samples = self.terminal_pool.sample(cfg.batch_size, self.generator).to(self.dtype)
-            else:
-                flat = self.buffer.sample(cfg.batch_size, self.generator)[0]
-                samples = flat.reshape((-1,) + tuple(self.posterior.prior.event_shape))
+        if backward and self.trajectory_pool is not None:
+            states = self.trajectory_pool.sample(cfg.batch_size, self.generator).to(self.dtype)
+            traj = self.posterior.score(states, self.path, track_gradients=keep_graph)
+        elif backward:
+            flat = self.buffer.sample(cfg.batch_size, self.generator)[0]
+            samples = flat.reshape((-1,) + tuple(self.posterior.prior.event_shape))
             traj = self.posterior.backward_trajectories(samples, self.path, generator=self.generator,
                                                         track_gradients=keep_graph)
         else:
@@ -238,7 +239,7 @@ class RTBTrainer:
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "iteration": self.iteration, "history": asdict(self.history), "config": asdict(self.config),
                 "buffer": None if self.buffer is None else self.buffer.state_dict(),
-                "terminal_pool": None if self.terminal_pool is None else self.terminal_pool.state_dict(),
+                "trajectory_pool": None if self.trajectory_pool is None else self.trajectory_pool.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict()}
 
     def save(self, path) -> None:
@@ -250,10 +251,10 @@ class RTBTrainer:
         state = checkpoint.load(path, map_location=self.device)
         checkpoint.check_same_settings(state["config"], asdict(self.config), asdict(RTBConfig()),
                                        _RESUMABLE_CHANGES, str(path))
-        stored_pool = state.get("terminal_pool")
-        if (stored_pool is None) != (self.terminal_pool is None):
+        stored_pool = state.get("trajectory_pool")
+        if (stored_pool is None) != (self.trajectory_pool is None):
             raise ValueError(f"{path}: the checkpoint was written {'with' if stored_pool is not None else 'without'} "
-                             f"a terminal_pool and this trainer has {'one' if self.terminal_pool else 'none'}")
+                             f"a trajectory_pool and this trainer has {'one' if self.trajectory_pool else 'none'}")
         self.posterior.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +264,7 @@ class RTBTrainer:
         if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
         if stored_pool is not None:  # the run's own pool, whatever this trainer was built with
-            self.terminal_pool = ImportancePool.from_state_dict(stored_pool)
+            self.trajectory_pool = ImportancePool.from_state_dict(stored_pool)
         if self.ema is not None:  # check_same_settings has made sure the checkpoint has one
             self.ema.load_state_dict(state["ema"])
 

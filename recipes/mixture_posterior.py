@@ -34,6 +34,7 @@ from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.plotting import plot_samples  # noqa: E402
 from posterior.residual_denoiser import ResidualDenoiser  # noqa: E402
+from posterior.importance_pool import ImportancePool  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=50, help="prior schedule length (DDPM / DDIM steps)")
     p.add_argument("--sampler-steps", type=int, default=50, help="noise-space sampler steps")
     p.add_argument("--explore", type=float, default=0.0)
+    p.add_argument("--pool", type=int, default=0, metavar="P",
+                   help="rtb: every other iteration trains on prior trajectories resampled from a pool of P "
+                        "with weights r (an importance pool; 0: off)")
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--eval-repeats", type=int, default=5,
                    help="independent exact sample sets: W2 and its floor are means over this many")
@@ -98,9 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method == "rtb":
         posterior = DiffusionPosterior(prior, ResidualDenoiser(prior.denoiser, 2))
         path = DiffusionPriorPath(prior, log_likelihood)
+        pool = (ImportancePool.from_prior(prior, path.log_reward, args.pool, chunk=4096,
+                                          generator=torch.Generator().manual_seed(20_000 + args.seed))
+                if args.pool else None)
         trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(),
                              RTBConfig(iterations=args.iters, batch_size=args.batch, explore=args.explore,
-                                       seed=args.seed))
+                                       seed=args.seed), trajectory_pool=pool)
         history = trainer.run(progress=not args.no_progress)
         with torch.no_grad():
             samples = posterior.trajectories(args.eval_samples, path, generator=torch.Generator().manual_seed(1),
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     floor_each = [wasserstein2(r, e) for r, e in zip(reference_sets, exact_sets)]
     shares = torch.bincount(exact_posterior.component_of(samples.double()), minlength=6).double() / samples.shape[0]
     metrics = {
-        "method": args.method, "iters": args.iters, "steps": args.steps,
+        "method": args.method, "iters": args.iters, "steps": args.steps, "pool": args.pool,
         "w2": sum(w2_each) / len(w2_each), "w2_floor": sum(floor_each) / len(floor_each),
         "w2_each": w2_each, "w2_floor_each": floor_each, "eval_samples": args.eval_samples,
         "max_weight_error": float((shares - exact_posterior.weights).abs().max()),

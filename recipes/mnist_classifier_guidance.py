@@ -84,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="RTB: rank-prioritized buffer of terminal states; every other iteration trains on "
                         "backward (noised) trajectories from it")
     p.add_argument("--rtb-pool", type=int, default=0, metavar="P",
-                   help="RTB: every other iteration trains on backward (noised) trajectories from P prior samples "
-                        "resampled with weights r^beta (an SIR pool, drawn once; 0: off; not with --rtb-replay)")
+                   help="RTB: every other iteration trains on prior trajectories resampled from a pool of P "
+                        "with weights r^beta (SIR over whole paths, drawn once; 0: off; not with --rtb-replay)")
     p.add_argument("--rtb-step-fraction", type=float, default=1.0,
                    help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
     p.add_argument("--rtb-guidance", type=float, default=0.0,
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint_path = out / "rtb_checkpoint.pt"
             pool, pool_seconds = None, 0.0
             if args.rtb_pool and args.resume and checkpoint_path.exists():  # the run's own pool
-                pool = ImportancePool.from_state_dict(checkpoint.load(checkpoint_path)["terminal_pool"])
+                pool = ImportancePool.from_state_dict(checkpoint.load(checkpoint_path)["trajectory_pool"])
             elif args.rtb_pool:
                 pool_start = time.perf_counter()
                 pool = ImportancePool.from_prior(prior, path.log_reward, args.rtb_pool,
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            checkpoint_every=args.checkpoint_every,
                                            lr_decay_horizon=args.lr_decay_horizon,
                                            lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema),
-                                 checkpoint_path=checkpoint_path, terminal_pool=pool)
+                                 checkpoint_path=checkpoint_path, trajectory_pool=pool)
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
                 print(f"resumed RTB from {trainer.checkpoint_path} at iteration {trainer.iteration}")

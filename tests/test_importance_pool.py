@@ -14,40 +14,43 @@ from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
 from test_diffusion_prior import TinyDenoiser  # noqa: E402
 
 
-def test_pool_draws_each_state_with_its_normalized_weight_and_never_a_zero_weight():
-    states = torch.arange(4, dtype=torch.float64)[:, None] * torch.ones(1, 2, dtype=torch.float64)
-    pool = ImportancePool(states, torch.tensor([0.1, 0.2, 0.7, 0.0]).log())  # log 0 = -inf: a legal zero weight
+def test_pool_draws_each_path_with_its_normalized_weight_and_never_a_zero_weight():
+    # 3 states per path, 4 paths, event (2,): path j holds j + 10 s at state s
+    paths = (torch.arange(4, dtype=torch.float64)[None, :, None] + 10 * torch.arange(3.0)[:, None, None]).expand(3, 4, 2)
+    pool = ImportancePool(paths, torch.tensor([0.1, 0.2, 0.7, 0.0]).log())  # log 0 = -inf: a legal zero weight
     draws = pool.sample(40_000, torch.Generator().manual_seed(0))
-    assert draws.shape == (40_000, 2) and torch.equal(draws[:, 0], draws[:, 1])
-    shares = torch.bincount(draws[:, 0].long(), minlength=4).double() / 40_000
+    assert draws.shape == (3, 40_000, 2)
+    assert torch.equal(draws[1], draws[0] + 10) and torch.equal(draws[2], draws[0] + 20)  # whole paths
+    assert torch.equal(pool.terminal_states, paths[-1])
+    shares = torch.bincount(draws[0, :, 0].long(), minlength=4).double() / 40_000
     torch.testing.assert_close(shares, torch.tensor([0.1, 0.2, 0.7, 0.0], dtype=torch.float64), atol=0.008, rtol=0)
     assert shares[3] == 0
 
 
 def test_pool_reports_its_effective_sample_size_and_log_mean_weight():
-    pool = ImportancePool(torch.zeros(3, 1), torch.tensor([1.0, 1.0, 2.0]).log() - 5.0)
+    pool = ImportancePool(torch.zeros(2, 3, 1), torch.tensor([1.0, 1.0, 2.0]).log() - 5.0)
     assert pool.effective_sample_size() == pytest.approx(16 / (3 * 6))  # (sum w)^2 / (K sum w^2)
     assert pool.log_mean_weight() == pytest.approx(math.log(4 / 3) - 5.0)
     restored = ImportancePool.from_state_dict(pool.state_dict())
-    assert torch.equal(restored.states, pool.states) and torch.equal(restored.log_weights, pool.log_weights)
+    assert torch.equal(restored.paths, pool.paths) and torch.equal(restored.log_weights, pool.log_weights)
 
 
 def test_pool_rejects_bad_weights_with_a_named_error():
     with pytest.raises(ValueError, match="log_weights must have shape"):
-        ImportancePool(torch.zeros(3, 2), torch.zeros(2))
+        ImportancePool(torch.zeros(2, 3, 2), torch.zeros(2))
     with pytest.raises(ValueError, match="log_weights.*NaN"):
-        ImportancePool(torch.zeros(2, 2), torch.tensor([0.0, float("nan")]))
+        ImportancePool(torch.zeros(2, 2, 2), torch.tensor([0.0, float("nan")]))
     with pytest.raises(ValueError, match="every weight is zero"):
-        ImportancePool(torch.zeros(2, 2), torch.full((2,), -math.inf))
+        ImportancePool(torch.zeros(2, 2, 2), torch.full((2,), -math.inf))
     with pytest.raises(ValueError, match="< \\+inf"):
-        ImportancePool(torch.zeros(2, 2), torch.tensor([0.0, math.inf]))
-    with pytest.raises(ValueError, match="states must have shape"):
-        ImportancePool(torch.zeros(2), torch.zeros(2))
+        ImportancePool(torch.zeros(2, 2, 2), torch.tensor([0.0, math.inf]))
+    with pytest.raises(ValueError, match="paths must have shape"):
+        ImportancePool(torch.zeros(2, 2), torch.zeros(2))
     with pytest.raises(ValueError, match="batch_size"):
-        ImportancePool(torch.zeros(2, 2), torch.zeros(2)).sample(0)
+        ImportancePool(torch.zeros(2, 2, 2), torch.zeros(2)).sample(0)
 
 
-def test_pool_of_prior_samples_resamples_to_the_exact_posterior_component_weights():
+def test_pool_of_prior_paths_resamples_to_the_exact_posterior_component_weights():
     # a diffusion prior with the exact score of a 4-component mixture; a reward constant on each
     # component's region: the posterior's component weights are w_j c_j / sum_i w_i c_i
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
@@ -64,7 +67,8 @@ def test_pool_of_prior_samples_resamples_to_the_exact_posterior_component_weight
     assert pool.log_mean_weight() == pytest.approx(math.log(float(exact.sum())), abs=0.03)
     exact = exact / exact.sum()
     draws = pool.sample(20_000, torch.Generator().manual_seed(1))
-    shares = torch.bincount(mixture.component_of(draws), minlength=4).double() / 20_000
+    assert draws.shape == (51, 20_000, 2)
+    shares = torch.bincount(mixture.component_of(draws[-1]), minlength=4).double() / 20_000
     torch.testing.assert_close(shares, exact, atol=0.015, rtol=0)  # the prior's weights are 0.1 .. 0.4
 
 
@@ -75,30 +79,32 @@ def _pool_trainer(iterations, pool, checkpoint_path=None, **overrides):
     path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
     config = RTBConfig(iterations=iterations, batch_size=8, lr=1e-2, seed=4, **overrides)
     return RTBTrainer(posterior, path, VarGrad(), config, dtype=torch.float64, checkpoint_path=checkpoint_path,
-                      terminal_pool=pool)
+                      trajectory_pool=pool)
 
 
-def test_odd_iterations_train_on_backward_trajectories_ending_at_pool_states(monkeypatch):
-    states = torch.tensor([[0.5, -1.0, 2.0], [9.0, 9.0, 9.0]], dtype=torch.float64)
-    pool = ImportancePool(states, torch.tensor([0.0, -math.inf]))  # only the first state can be drawn
+def test_odd_iterations_train_on_whole_paths_resampled_from_the_pool(monkeypatch):
+    path_a = torch.linspace(-1.0, 1.0, 7 * 3, dtype=torch.float64).reshape(7, 1, 3)  # 6 steps: 7 states
+    pool = ImportancePool(torch.cat([path_a, path_a + 5.0], 1), torch.tensor([0.0, -math.inf]))  # only path a
     trainer = _pool_trainer(4, pool)
-    ends = []
-    original = DiffusionPosterior.backward_trajectories
+    scored = []
+    original = DiffusionPosterior.score
 
-    def recording(self, samples, path, **kwargs):
-        ends.append(samples.clone())
-        return original(self, samples, path, **kwargs)
+    def recording(self, states, path, **kwargs):
+        scored.append(states.clone())
+        return original(self, states, path, **kwargs)
 
-    monkeypatch.setattr(DiffusionPosterior, "backward_trajectories", recording)
+    monkeypatch.setattr(DiffusionPosterior, "score", recording)
     trainer.run()
-    assert len(ends) == 2  # iterations 1 and 3
-    for end in ends:
-        assert end.shape == (8, 3) and torch.equal(end, states[:1].expand(8, 3))
+    assert len(scored) == 4  # one per iteration: forward batches at 0 and 2, pool paths at 1 and 3
+    for states in scored[1::2]:
+        assert states.shape == (7, 8, 3) and torch.equal(states, path_a.expand(7, 8, 3))
+    for states in scored[0::2]:
+        assert not torch.equal(states[:, :1], path_a)
     assert [v is None for v in trainer.history.batch_log_z] == [False, True, False, True]
 
 
 def test_pool_trainer_resumes_the_same_run_with_its_own_pool(tmp_path):
-    pool = ImportancePool(torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)),
+    pool = ImportancePool(torch.randn(7, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)),
                           torch.linspace(-1.0, 1.0, 5, dtype=torch.float64))
     straight = _pool_trainer(6, pool)
     straight.run()
@@ -106,21 +112,23 @@ def test_pool_trainer_resumes_the_same_run_with_its_own_pool(tmp_path):
     first = _pool_trainer(6, pool, ckpt, checkpoint_every=3)
     first.config.iterations = 3
     first.run()
-    other = ImportancePool(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    other = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     resumed = _pool_trainer(6, other, ckpt, checkpoint_every=3)  # the checkpoint's pool wins
     resumed.load(ckpt)
-    assert torch.equal(resumed.terminal_pool.states, pool.states)
+    assert torch.equal(resumed.trajectory_pool.paths, pool.paths)
     resumed.run()
     assert straight.history.loss == resumed.history.loss
     for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="written with a terminal_pool"):
+    with pytest.raises(ValueError, match="written with a trajectory_pool"):
         _pool_trainer(6, None, ckpt).load(ckpt)
 
 
-def test_pool_and_replay_buffer_are_not_combined_and_pool_states_must_fit_the_prior():
-    pool = ImportancePool(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2))
-    with pytest.raises(ValueError, match="terminal_pool and config.replay"):
+def test_pool_and_replay_buffer_are_not_combined_and_pool_paths_must_fit_the_prior():
+    pool = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2))
+    with pytest.raises(ValueError, match="trajectory_pool and config.replay"):
         _pool_trainer(2, pool, replay=True)
-    with pytest.raises(ValueError, match="terminal_pool.states must have shape"):
-        _pool_trainer(2, ImportancePool(torch.zeros(2, 4), torch.zeros(2)))
+    with pytest.raises(ValueError, match=r"trajectory_pool.paths must have shape \(7, B, 3\)"):
+        _pool_trainer(2, ImportancePool(torch.zeros(6, 2, 3), torch.zeros(2)))  # one state short
+    with pytest.raises(ValueError, match="trajectory_pool.paths must have shape"):
+        _pool_trainer(2, ImportancePool(torch.zeros(7, 2, 4), torch.zeros(2)))
