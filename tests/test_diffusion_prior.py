@@ -264,7 +264,7 @@ def test_rtb_history_records_the_batch_log_z_of_forward_batches(beta):
     assert len(trainer.history.batch_log_z) == len(trainer.history.loss) == 2
 
 
-def _rtb_trainer(iterations, checkpoint_path=None, **overrides):
+def _rtb_trainer(iterations, checkpoint_path=None, trajectory_pool=None, **overrides):
     from posterior.rtb_training import RTBConfig, RTBTrainer
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
@@ -275,7 +275,7 @@ def _rtb_trainer(iterations, checkpoint_path=None, **overrides):
                     seed=4, lr_decay_horizon=5, lr_decay_final=0.2)
     settings.update(overrides)
     return RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=0.01).double(), RTBConfig(**settings),
-                      dtype=torch.float64, checkpoint_path=checkpoint_path)
+                      dtype=torch.float64, checkpoint_path=checkpoint_path, trajectory_pool=trajectory_pool)
 
 
 def test_rtb_trainer_resumed_from_a_checkpoint_continues_the_same_run(tmp_path):

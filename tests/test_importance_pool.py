@@ -5,13 +5,11 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.diffusion_posterior import DiffusionPosterior  # noqa: E402
 from posterior.importance_pool import ImportancePool  # noqa: E402
-from posterior.objectives import VarGrad  # noqa: E402
-from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
-from test_diffusion_prior import TinyDenoiser  # noqa: E402
+from test_diffusion_prior import _rtb_trainer  # noqa: E402
 
 
 def test_pool_draws_each_path_with_its_normalized_weight_and_never_a_zero_weight():
@@ -73,13 +71,8 @@ def test_pool_of_prior_paths_resamples_to_the_exact_posterior_component_weights(
 
 
 def _pool_trainer(iterations, pool, checkpoint_path=None, **overrides):
-    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
-    prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
-    posterior = DiffusionPosterior(prior).double()
-    path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
-    config = RTBConfig(iterations=iterations, batch_size=8, lr=1e-2, seed=4, **overrides)
-    return RTBTrainer(posterior, path, VarGrad(), config, dtype=torch.float64, checkpoint_path=checkpoint_path,
-                      trajectory_pool=pool)
+    """The RTB test trainer of test_diffusion_prior (6 steps, event (3,)) with a pool instead of a buffer."""
+    return _rtb_trainer(iterations, checkpoint_path, trajectory_pool=pool, **{"replay": False, **overrides})
 
 
 def test_odd_iterations_train_on_whole_paths_resampled_from_the_pool(monkeypatch):
