@@ -6,6 +6,10 @@ backward trajectories (forward noising) from high-reward replay-buffer samples o
 resampled by reward from an importance pool (:class:`posterior.importance_pool.ImportancePool`). The
 gradient is exact either way: through one graph over all steps, or accumulated one step at a
 time (``per_step``, the memory-light default), optionally on a random subset of steps.
+
+With a differentiable objective (:class:`posterior.objectives.PathIntegral`) each iteration instead
+simulates reparameterized posterior paths and descends their pathwise KL
+(:func:`posterior.pathwise_kl.pathwise_kl`): on-policy only, through one graph over the path.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .exploration import LinearDecay
 from .importance_pool import ImportancePool
 from .lr_schedule import CosineDecay
 from .objectives.base import Objective
+from .pathwise_kl import pathwise_kl
 from .replay_buffer import ReplayBuffer
 from .weight_average import WeightAverage
 
@@ -114,7 +119,9 @@ class RTBTrainer:
     Args:
         posterior: the trainable :class:`DiffusionPosterior`.
         path: the :class:`DiffusionPriorPath` (prior, reward, beta).
-        objective: :class:`RelativeTrajectoryBalance` or :class:`VarGrad`.
+        objective: :class:`RelativeTrajectoryBalance` or :class:`VarGrad` (any trajectories: explored,
+            replayed or pooled ones too), or :class:`PathIntegral` (the pathwise KL of on-policy
+            paths; needs a differentiable reward).
         config: hyperparameters.
         checkpoint_path: file for atomic checkpoints (None: none); :meth:`load` resumes the same run.
         trajectory_pool: an :class:`ImportancePool` of prior trajectories weighted by r^beta; odd
@@ -129,6 +136,9 @@ class RTBTrainer:
             raise ValueError(f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
         if trajectory_pool is not None and config.replay:
             raise ValueError("trajectory_pool and config.replay are two sources of off-policy trajectories; use one")
+        if objective.differentiable and (config.explore or config.replay or trajectory_pool is not None):
+            raise ValueError(f"{type(objective).__name__} trains on the posterior's own reparameterized paths: "
+                             "it takes no explore, replay or trajectory_pool")
         if trajectory_pool is not None:
             check_shape(trajectory_pool.paths, (posterior.prior.num_steps + 1, None) + tuple(posterior.prior.event_shape),
                         "trajectory_pool.paths")
@@ -163,6 +173,8 @@ class RTBTrainer:
 
     def step(self) -> float:
         """One optimizer step; returns the loss."""
+        if self.objective.differentiable:
+            return self._pathwise_step()
         cfg = self.config
         has_source = self.trajectory_pool is not None or (self.buffer is not None and len(self.buffer) > 0)
         backward = has_source and self.iteration % 2 == 1
@@ -190,6 +202,18 @@ class RTBTrainer:
         else:
             loss = self.objective.loss(traj)
             loss.backward()
+        return self._apply_gradients(loss)
+
+    def _pathwise_step(self) -> float:
+        batch = pathwise_kl(self.posterior, self.path, self.config.batch_size, generator=self.generator,
+                            dtype=self.dtype, min_log_reward=self.objective.min_log_reward)
+        self.last_batch_log_z = float(-batch.log_ratio.mean())
+        self.optimizer.zero_grad(set_to_none=True)
+        batch.loss.backward()
+        return self._apply_gradients(batch.loss.detach())
+
+    def _apply_gradients(self, loss: torch.Tensor) -> float:
+        """Check the loss and the gradients, then take the optimizer (and weight-average) step."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"RTB loss is {float(loss)} at iteration {self.iteration}")
         for name, p in self.posterior.model.named_parameters():

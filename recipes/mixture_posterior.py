@@ -7,7 +7,7 @@ The prior is a DDPM on a strided schedule whose denoiser is the exact score of a
 (noised mixtures are analytic, so nothing is trained for the prior); the likelihood observes the
 first coordinate, y = x_1 + N(0, noise_var). The posterior of the mixture is again a mixture, known
 in closed form. ``rtb`` fine-tunes a residual correction of the denoiser with RTB (per-step gradient
-accumulation); ``noise`` trains a diffusion sampler on z with target N(z; 0, I) r(DDIM(z)).
+accumulation; ``--objective kl``: with the pathwise reverse KL instead); ``noise`` trains a diffusion sampler on z with target N(z; 0, I) r(DDIM(z)).
 Writes DIR/metrics.json (w2 and w2_floor, each a mean over --eval-repeats independent exact sample
 sets; max_weight_error, prior_w2, seconds) and DIR/samples.png.
 """
@@ -30,7 +30,7 @@ from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath
 from posterior.factory import make_objective, make_sampler  # noqa: E402
 from posterior.metrics import wasserstein2  # noqa: E402
 from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
-from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
+from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.plotting import plot_samples  # noqa: E402
 from posterior.residual_denoiser import ResidualDenoiser  # noqa: E402
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=50, help="prior schedule length (DDPM / DDIM steps)")
     p.add_argument("--sampler-steps", type=int, default=50, help="noise-space sampler steps")
     p.add_argument("--explore", type=float, default=0.0)
+    p.add_argument("--objective", choices=("rtb", "kl"), default="rtb",
+                   help="rtb: relative trajectory balance with a learned log Z; kl: the pathwise (reparameterized) "
+                        "reverse KL through the likelihood's gradient (on-policy: no --explore or --pool)")
     p.add_argument("--pool", type=int, default=0, metavar="P",
                    help="rtb: every other iteration trains on prior trajectories resampled from a pool of P "
                         "with weights r (an importance pool; 0: off)")
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
         pool = (ImportancePool.from_prior(prior, path.log_reward, args.pool, chunk=4096,
                                           generator=torch.Generator().manual_seed(20_000 + args.seed))
                 if args.pool else None)
-        trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(),
+        objective = RelativeTrajectoryBalance() if args.objective == "rtb" else PathIntegral()
+        trainer = RTBTrainer(posterior, path, objective,
                              RTBConfig(iterations=args.iters, batch_size=args.batch, explore=args.explore,
                                        seed=args.seed), trajectory_pool=pool)
         history = trainer.run(progress=not args.no_progress)
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     floor_each = [wasserstein2(r, e) for r, e in zip(reference_sets, exact_sets)]
     shares = torch.bincount(exact_posterior.component_of(samples.double()), minlength=6).double() / samples.shape[0]
     metrics = {
-        "method": args.method, "iters": args.iters, "steps": args.steps, "pool": args.pool,
+        "method": args.method, "objective": args.objective if args.method == "rtb" else None, "iters": args.iters, "steps": args.steps, "pool": args.pool,
         "w2": sum(w2_each) / len(w2_each), "w2_floor": sum(floor_each) / len(floor_each),
         "w2_each": w2_each, "w2_floor_each": floor_each, "eval_samples": args.eval_samples,
         "max_weight_error": float((shares - exact_posterior.weights).abs().max()),

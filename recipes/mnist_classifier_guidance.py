@@ -39,7 +39,7 @@ from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, Diffusion
 from posterior.factory import make_objective, make_sampler  # noqa: E402
 from posterior.guidance import guided_sample, sampling_importance_resampling  # noqa: E402
 from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
-from posterior.objectives import RelativeTrajectoryBalance, VarGrad  # noqa: E402
+from posterior.objectives import PathIntegral, RelativeTrajectoryBalance, VarGrad  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
@@ -76,8 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-ema", type=float, default=0.0, metavar="DECAY",
                    help="RTB: sample with an exponential moving average of the posterior's weights (e.g. 0.99; 0: off)")
     p.add_argument("--hinge", type=float, default=0.1, help="RTB hinge on squared residuals")
-    p.add_argument("--rtb-objective", choices=("rtb", "vargrad"), default="rtb",
-                   help="rtb: learned scalar log Z (with --hinge); vargrad: the batch's own log Z estimate")
+    p.add_argument("--rtb-objective", choices=("rtb", "vargrad", "kl"), default="rtb",
+                   help="rtb: learned scalar log Z (with --hinge); vargrad: the batch's own log Z estimate; "
+                        "kl: the pathwise (reparameterized) reverse KL through the classifier's gradient "
+                        "(on-policy only: no --rtb-explore, --rtb-replay or --rtb-pool)")
     p.add_argument("--rtb-explore", type=float, default=0.0,
                    help="RTB: extra per-step variance at the first iteration, decayed linearly to 0")
     p.add_argument("--rtb-replay", action="store_true",
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
                          if args.rtb_guidance_schedule == "signal" else
                          GuidedDenoiser(base, prior, path.log_reward, init_scale=args.rtb_guidance))
             posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
-            objective = (RelativeTrajectoryBalance(hinge=args.hinge) if args.rtb_objective == "rtb" else VarGrad())
+            objective = {"rtb": lambda: RelativeTrajectoryBalance(hinge=args.hinge), "vargrad": VarGrad,
+                         "kl": PathIntegral}[args.rtb_objective]()
             checkpoint_path = out / "rtb_checkpoint.pt"
             pool, pool_seconds = None, 0.0
             if args.rtb_pool and args.resume and checkpoint_path.exists():  # the run's own pool
