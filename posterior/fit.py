@@ -147,8 +147,10 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         space: "noise": the sampler runs in the prior's latent / noise space with target
             N(z; 0, I) r(f(z), y) (f: the decoder, or a diffusion prior's deterministic DDIM solve);
             "data" (diffusion priors, unconditional): fine-tune the prior into the posterior with
-            relative trajectory balance (see :func:`posterior.rtb_training.RTBTrainer`), which
-            returns a :class:`posterior.diffusion_posterior.DiffusionPosterior`. It uses
+            relative trajectory balance (objective "rtb" or "tb"), VarGrad ("vargrad") or the
+            pathwise KL through the reward's gradient ("pis"; on-policy, no explore) (see
+            :func:`posterior.rtb_training.RTBTrainer`), which returns a
+            :class:`posterior.diffusion_posterior.DiffusionPosterior`. It uses
             iterations, batch_size, lr_policy, lr_flow (log Z's rate), explore, the lr decay, ema_decay, seed,
             device (must be the prior's), checkpoint_dir / checkpoint_every / resume and progress;
             the noise-space sampler's settings (steps, langevin, hidden, replay, ...) are refused
@@ -272,12 +274,12 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
                   lr_decay_horizon: int, lr_decay_final: float, ema_decay: float, device: torch.device | None,
                   checkpoint_path: Path | None, checkpoint_every: int, resume: bool, retain_cpu_memory: bool,
                   noise_space_settings: dict[str, Any]):
-    """space="data": RTB (or VarGrad) fine-tuning of a diffusion prior toward prior x reward, on the
+    """space="data": RTB (or VarGrad, or the pathwise KL) fine-tuning of a diffusion prior toward prior x reward, on the
     prior's device (``device``, when given, must be that one); ``lr_log_z`` None keeps RTBConfig's default."""
     from priors.diffusion import DiffusionPrior
 
     from .diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath
-    from .objectives import RelativeTrajectoryBalance
+    from .objectives import PathIntegral, RelativeTrajectoryBalance
     from .rtb_training import RTBConfig, RTBTrainer
 
     if not isinstance(prior, DiffusionPrior):
@@ -287,8 +289,9 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
     if conditions is not None:
         raise ValueError("space='data' trains one unconditional posterior (a class-conditional posterior "
                          "denoiser is not supported yet): pass conditions=None, or use space='noise'")
-    if objective not in ("tb", "rtb", "vargrad"):
-        raise ValueError(f"objective for space='data' must be 'rtb' (alias 'tb') or 'vargrad', got {objective!r}")
+    if objective not in ("tb", "rtb", "vargrad", "pis"):
+        raise ValueError(f"objective for space='data' must be 'rtb' (alias 'tb'), 'vargrad' or 'pis' (the pathwise "
+                         f"KL), got {objective!r}")
     prior_device = prior.alpha_t.device
     if device is not None and (device.type != prior_device.type
                                or (device.index is not None and device.index != prior_device.index)):
@@ -307,7 +310,7 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
         model = ResidualDenoiser(prior.denoiser, prior.event_shape[0])
     # the near-deterministic end of the schedule stays the prior's (see DiffusionPosterior)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE))
-    obj = VarGrad() if objective == "vargrad" else RelativeTrajectoryBalance()
+    obj = {"vargrad": VarGrad, "pis": PathIntegral}.get(objective, RelativeTrajectoryBalance)()
     log_z_lr = {} if lr_log_z is None else {"lr_log_z": lr_log_z}
     trainer = RTBTrainer(posterior, DiffusionPriorPath(prior, log_r), obj,
                          RTBConfig(iterations=iterations, batch_size=batch_size, lr=lr, explore=explore, seed=seed,

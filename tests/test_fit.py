@@ -227,6 +227,15 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
     data = posterior.fit(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
                          objective="rtb", iterations=2, batch_size=4, progress=False)
     assert isinstance(data, DiffusionPosterior) and len(data.training_history.loss) == 2
+    kl = posterior.fit(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
+                       objective="pis", iterations=2, batch_size=4, progress=False)
+    assert None not in kl.training_history.batch_log_z and kl.training_history.log_z == [None, None]
+    with pytest.raises(ValueError, match="reparameterized paths: it takes no explore"):
+        posterior.fit(prior=prior, reward=lambda x: -(x ** 2).sum(-1), space="data", objective="pis",
+                      explore=0.5, iterations=1, progress=False)
+    with pytest.raises(ValueError, match="'rtb' \\(alias 'tb'\\), 'vargrad' or 'pis'"):
+        posterior.fit(prior=prior, reward=lambda x: -(x ** 2).sum(-1), space="data", objective="subtb",
+                      iterations=1, progress=False)
     with pytest.raises(ValueError, match="final lr multiplier"):  # the decay reaches RTB's settings
         posterior.fit(prior=prior, reward=lambda x: -(x ** 2).sum(-1), space="data", iterations=1,
                       lr_decay_horizon=2, lr_decay_final=1.5, progress=False)

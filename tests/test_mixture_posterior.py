@@ -34,8 +34,8 @@ def test_rtb_moves_the_prior_to_the_analytic_posterior_at_a_small_budget(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["rtb", "noise"])
-def test_posterior_matches_the_analytic_mixture_at_the_recipe_budget(tmp_path, method):
-    metrics = _mixture_run(tmp_path, method)
+@pytest.mark.parametrize("method,flags", [("rtb", ()), ("rtb", ("--objective", "kl")), ("noise", ())])
+def test_posterior_matches_the_analytic_mixture_at_the_recipe_budget(tmp_path, method, flags):
+    metrics = _mixture_run(tmp_path, method, *flags)
     assert metrics["w2_ratio"] < 1.5
     assert metrics["max_weight_error"] < 0.05
