@@ -1,6 +1,8 @@
 """Peak memory and time per RTB iteration: full graph, gradient checkpointing, exact per-step
 gradient accumulation, per-step accumulation on a random quarter of the steps, and per-step
-accumulation with rank-8 LoRA adapters on a frozen copy of the UNet (``per_step_lora``).
+accumulation with rank-8 LoRA adapters on a frozen copy of the UNet (``per_step_lora``); and the
+pathwise KL (one graph through the reparameterized path and the reward), without and with
+gradient checkpointing of each step (``pathwise_kl``, ``pathwise_kl_checkpoint``).
 
     python recipes/rtb_memory.py --json FILE [--size 14] [--steps 20] [--batch 16] [--iters 3] [--device cpu]
 
@@ -26,14 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from posterior.checkpoint import write_json  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
-from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
+from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from priors.ddpm_training import small_unet  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 
 MODES = {"full": dict(per_step=False), "checkpoint": dict(per_step=False, checkpoint=True),
          "per_step": dict(per_step=True), "per_step_quarter": dict(per_step=True, step_fraction=0.25),
-         "per_step_lora": dict(per_step=True, lora_rank=8)}
+         "per_step_lora": dict(per_step=True, lora_rank=8),
+         "pathwise_kl": dict(per_step=False, pathwise=True),
+         "pathwise_kl_checkpoint": dict(per_step=False, pathwise=True, checkpoint=True)}
 
 
 def run_mode(args: argparse.Namespace, mode: str) -> dict:
@@ -47,7 +51,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     model = lora_denoiser(unet, rank=options["lora_rank"]) if "lora_rank" in options else None
     posterior = DiffusionPosterior(prior, model, checkpoint_steps=options.get("checkpoint", False))
     path = DiffusionPriorPath(prior, lambda x: -x.flatten(1).square().mean(-1))
-    trainer = RTBTrainer(posterior, path, RelativeTrajectoryBalance(),
+    objective = PathIntegral() if options.get("pathwise") else RelativeTrajectoryBalance()
+    trainer = RTBTrainer(posterior, path, objective,
                          RTBConfig(iterations=args.iters + 1, batch_size=args.batch, per_step=options["per_step"],
                                    step_fraction=options.get("step_fraction", 1.0)))
     if device.type == "cuda":
