@@ -148,3 +148,16 @@ def test_pathwise_training_resumes_the_same_run(tmp_path):
     assert straight.history.batch_log_z == resumed.history.batch_log_z and None not in straight.history.batch_log_z
     for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_checkpointed_steps_give_the_same_pathwise_gradient():
+    _, posterior, path = _shifted_posterior(frozen=2)
+    grads = []
+    for checkpointed in (False, True):
+        posterior.checkpoint_steps = checkpointed
+        posterior.model.zero_grad()
+        pathwise_kl(posterior, path, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64).loss.backward()
+        grads.append([p.grad.clone() for p in posterior.model.parameters()])
+    assert any(float(g.abs().max()) > 1e-6 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
