@@ -77,18 +77,21 @@ def test_pathwise_gradient_is_the_expected_vargrad_gradient(frozen):
 
 
 def test_pathwise_kl_and_vargrad_training_reach_the_same_posterior():
-    # prior N(0, I) in 2-D (the exact denoiser of a one-component mixture), likelihood N(y; x_1, s^2),
-    # log Z = log N(y; 0, 1 + s^2). With 10 steps whose variances are the prior's, the Gaussian
-    # posterior path is not in the family (its kernels are narrower), so the best sampler stays
-    # about 0.4 nats below log Z. Both objectives have the same optimum in the family: the pathwise
-    # KL (reparameterized, through the likelihood's gradient) and VarGrad (score function) must
-    # reach the same ELBO and the same samples from a prior 4 nats away.
+    # prior: the exact denoiser of N(0, I) in 2-D on a 10-step strided schedule, likelihood N(y; x_1, s^2).
+    # The 10-step ancestral sampler loses variance (its x_1 marginal has variance ~0.52, not 1), so
+    # the target p_prior10(x) r(x) has log Z ~ -2.25, estimated here from 200k prior samples; the
+    # Gaussian-kernel family with the prior's variances stays ~0.1 nats below it. Both objectives
+    # have the same optimum in the family: the pathwise KL (reparameterized, through the
+    # likelihood's gradient) and VarGrad (score function) must reach the same ELBO and samples
+    # from a prior ~3.5 nats away.
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     mixture = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])
     prior = DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod), scheduler, 10, (2,))
     y, s2 = 1.5, 0.25
-    log_z = -0.5 * y * y / (1 + s2) - 0.5 * math.log(2 * math.pi * (1 + s2))
     path = DiffusionPriorPath(prior, lambda x: -0.5 * (x[:, 0] - y) ** 2 / s2 - 0.5 * math.log(2 * math.pi * s2))
+    with torch.no_grad():
+        prior_samples = prior.sample(200_000, generator=torch.Generator().manual_seed(7))[-1]
+    log_z = float(torch.logsumexp(path.log_reward(prior_samples).double(), 0)) - math.log(200_000)
     results = {}
     for name, objective in (("kl", PathIntegral()), ("vargrad", VarGrad())):
         torch.manual_seed(0)
@@ -101,11 +104,11 @@ def test_pathwise_kl_and_vargrad_training_reach_the_same_posterior():
             batch = pathwise_kl(posterior, path, 8000, generator=torch.Generator().manual_seed(1))
         results[name] = (trainer.history.batch_log_z[0], -float(batch.log_ratio.mean()), batch.states[-1])
     (start, elbo_kl, x_kl), (_, elbo_vargrad, x_vargrad) = results["kl"], results["vargrad"]
-    assert start < log_z - 3.5 and elbo_kl <= log_z
-    assert elbo_kl > log_z - 0.5 and abs(elbo_kl - elbo_vargrad) < 0.03
+    assert start < log_z - 3.0 and elbo_kl <= log_z + 0.01
+    assert elbo_kl > log_z - 0.15 and abs(elbo_kl - elbo_vargrad) < 0.03
     torch.testing.assert_close(x_kl.mean(0), x_vargrad.mean(0), atol=0.04, rtol=0)
     torch.testing.assert_close(x_kl.var(0), x_vargrad.var(0), atol=0.03, rtol=0)
-    assert float(x_kl[:, 0].mean()) > 0.9  # the prior's mean is 0, the posterior's 1.2
+    assert float(x_kl[:, 0].mean()) > 0.9  # the prior's mean is 0, the posterior's ~1
 
 
 def test_pathwise_kl_floors_zero_density_rewards_and_refuses_what_it_cannot_differentiate():
