@@ -77,19 +77,21 @@ def pathwise_kl(posterior: DiffusionPosterior, path: DiffusionPriorPath, batch_s
             return checkpoint(function, *inputs, use_reentrant=False)
         return function(*inputs)
 
-    for k in range(prior.num_steps):
-        std = math.sqrt(float(prior.step_var[k]))
+    def trained_step(state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        mean = prior.step_mean(state, k, model)
+        return mean, mean - prior.step_mean(state, k)
+
+    variances = prior.step_var.tolist()  # once per batch, not a device sync per step
+    for k, variance in enumerate(variances):
+        std = math.sqrt(variance)
         noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
         if k < posterior.trained_steps:
-            def trained_step(state: Tensor, k: int = k) -> tuple[Tensor, Tensor]:
-                mean = prior.step_mean(state, k, model)
-                return mean, mean - prior.step_mean(state, k)
-            mean, delta = run(trained_step, x)
+            mean, delta = run(trained_step, x, k)
             flat = delta.flatten(1)
-            control = control + 0.5 * (flat * flat).sum(-1) / float(prior.step_var[k])
+            control = control + 0.5 * (flat * flat).sum(-1) / variance
             cross = cross + (flat.detach() * noise.flatten(1)).sum(-1) / std
         else:
-            mean = run(lambda state, k=k: prior.step_mean(state, k), x)
+            mean = run(prior.step_mean, x, k)
         x = mean + std * noise
         states.append(x.detach())
     log_reward = path.log_reward(x)
