@@ -3,7 +3,8 @@
 - :class:`DiffusionPriorPath`: the target path measure log Q(tau) = log p_prior(tau) + beta log r(x_1)
   (the prior's own per-step transitions on its schedule).
 - :class:`DiffusionPosterior`: a trainable copy of the prior's denoiser that samples on the same
-  schedule with the same variances (so RTB compares Gaussians of equal variance at every step);
+  schedule with the same variances (so RTB compares Gaussians of equal variance at every step),
+  or with learned ones (:class:`posterior.learned_variance.LearnedVarianceDenoiser`);
   optionally the last few near-deterministic steps stay the prior's own (``frozen_final_steps``);
   forward trajectories (optionally with extra exploration variance, log-probs always under the
   un-noised model) and backward trajectories from given samples via the forward noising chain.
@@ -172,6 +173,7 @@ def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajector
         scale = n / count
     for k in steps:
         mean = prior.step_mean(states[k], k, posterior.model)
-        log_p = prior.log_prob_step(states[k + 1], mean, k)  # the start density is parameter-free
+        # the start density is parameter-free
+        log_p = prior.log_prob_step(states[k + 1], mean, k, prior.step_variance(k, posterior.model))
         (scale * (coefficients[k] * log_p).sum()).backward()
     return loss.detach()

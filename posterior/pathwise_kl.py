@@ -9,7 +9,10 @@ Against the target path measure Q(tau) = p_prior(tau) r(x_N)^beta / Z this gives
 
     KL(q || Q / Z) = E_q[ sum_k |delta_k|^2 / (2 var_k) - beta log r(x_N) ] + log Z,
 
-because eps_k is independent of x_k and the cross term has mean zero. The loss is a Monte Carlo
+because eps_k is independent of x_k and the cross term has mean zero. With learned step variances
+(:class:`~posterior.learned_variance.LearnedVarianceDenoiser`, posterior variance v_k against the
+prior's var_k, per dimension) the step term is the Gaussian KL of unequal variances,
+sum [log(var_k / v_k) + (v_k + delta_k^2) / var_k - 1] / 2, with x_{k+1} = mu_q + sqrt(v_k) eps_k. The loss is a Monte Carlo
 estimate of that expectation along reparameterized paths: the states are functions of the
 weights and the noise, and the reward's gradient enters. Its gradient is an unbiased gradient of
 the KL, with the zero-mean cross term left out (it only adds variance). This is the path integral
@@ -68,8 +71,8 @@ def pathwise_kl(posterior: DiffusionPosterior, path: DiffusionPriorPath, batch_s
     device = device if device is not None else prior.alpha_t.device
     x = torch.randn((batch_size,) + tuple(prior.event_shape), generator=generator, device=device, dtype=dtype)
     states = [x.detach()]
-    control = x.new_zeros(batch_size)   # sum_k |delta_k|^2 / (2 var_k)
-    cross = x.new_zeros(batch_size)     # sum_k delta_k . eps_k / sigma_k (no gradient needed)
+    control = x.new_zeros(batch_size)   # sum_k KL_k(x_k): |delta_k|^2 / (2 var_k) at equal variances
+    remainder = x.new_zeros(batch_size)  # the zero-mean rest of the path's log-ratio (no gradient needed)
 
     def run(function, *inputs):
         if posterior.checkpoint_steps and torch.is_grad_enabled():
@@ -83,18 +86,29 @@ def pathwise_kl(posterior: DiffusionPosterior, path: DiffusionPriorPath, batch_s
 
     variances = prior.step_var.tolist()  # once per batch, not a device sync per step
     for k, variance in enumerate(variances):
-        std = math.sqrt(variance)
         noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
         if k < posterior.trained_steps:
             mean, delta = run(trained_step, x, k)
-            flat = delta.flatten(1)
-            control = control + 0.5 * (flat * flat).sum(-1) / variance
-            cross = cross + (flat.detach() * noise.flatten(1)).sum(-1) / std
+            learned = prior.step_variance(k, model)
+            flat, eps = delta.flatten(1), noise.flatten(1)
+            if learned is None:  # equal variances
+                std = math.sqrt(variance)
+                control = control + 0.5 * (flat * flat).sum(-1) / variance
+                remainder = remainder + (flat.detach() * eps).sum(-1) / std
+            else:  # KL(N(mu_q, v) || N(mu_p, var)) per dimension, and the path's own log-ratio's rest
+                v = learned.to(dtype).expand(prior.event_shape).flatten()
+                std = v.sqrt().reshape(learned.expand(prior.event_shape).shape)
+                log_ratio_var = math.log(variance) - v.log()
+                control = control + 0.5 * (log_ratio_var + (v + flat * flat) / variance - 1).sum(-1)
+                with torch.no_grad():  # log q_k - log p_k - KL_k: zero mean given x_k
+                    sd = v.sqrt()
+                    remainder = remainder + 0.5 * ((v * (eps * eps - 1) + 2 * sd * flat * eps) / variance
+                                                   - (eps * eps - 1)).sum(-1)
         else:
-            mean = run(prior.step_mean, x, k)
+            mean, std = run(prior.step_mean, x, k), math.sqrt(variance)
         x = mean + std * noise
         states.append(x.detach())
     log_reward = path.log_reward(x)
     loss = (control - log_reward.clamp(min=min_log_reward)).mean()
-    log_ratio = (control.detach() + cross - log_reward.detach())
+    log_ratio = (control.detach() + remainder - log_reward.detach())
     return PathwiseBatch(loss=loss, log_ratio=log_ratio, states=torch.stack(states))

@@ -12,8 +12,11 @@ previous one p (a_p; a_p = 1 after the last step):
 with x0_hat from the network's epsilon-, v- or sample-prediction. The final step (to a_p = 1) has
 posterior variance 0, i.e. it is deterministic (x = x0_hat); so that prior and posterior
 trajectories have densities, it uses var = 1 - a_{tau_1} (the forward noise of that step) for both
-(``final_variance``). Every posterior built on this prior uses the same variances, so relative
-trajectory balance compares two Gaussians with equal variance at every step.
+(``final_variance``). Every posterior built on this prior uses the same variances (so relative
+trajectory balance compares two Gaussians with equal variance at every step), unless its model
+scales them: a ``model`` with a method ``log_variance_scale(k)`` (e.g.
+:class:`posterior.learned_variance.LearnedVarianceDenoiser`) has step variance var_k * exp(s_k),
+with s_k broadcastable to the event shape.
 """
 
 from __future__ import annotations
@@ -151,11 +154,25 @@ class DiffusionPrior(nn.Module):
     def step_std(self, k: int) -> float:
         return float(self.step_var[k].sqrt())
 
-    def log_prob_step(self, x_next: Tensor, mean: Tensor, k: int) -> Tensor:
-        """(B,) log N(x_next; mean, var_k I)."""
-        var = self.step_var[k].to(mean.dtype)
+    def step_variance(self, k: int, model: nn.Module | None = None) -> Tensor | None:
+        """The step-k variance of ``model`` where it differs from the prior's: var_k * exp(s_k) of
+        shape broadcastable to the event shape, for a model with ``log_variance_scale(k)`` (s_k);
+        None for any other model (then the step has the prior's variance var_k)."""
+        scale = getattr(model, "log_variance_scale", None)
+        if scale is None:
+            return None
+        s = scale(k)
+        return self.step_var[k].to(s) * s.exp()
+
+    def log_prob_step(self, x_next: Tensor, mean: Tensor, k: int, variance: Tensor | None = None) -> Tensor:
+        """(B,) log N(x_next; mean, var_k I), or with ``variance`` (broadcastable to the event shape,
+        from :meth:`step_variance`) the diagonal Gaussian of that variance."""
         diff = (x_next - mean).flatten(1)
-        return -0.5 * (diff * diff).sum(-1) / var - 0.5 * diff.shape[1] * (LOG_2PI + var.log())
+        if variance is None:
+            var = self.step_var[k].to(mean.dtype)
+            return -0.5 * (diff * diff).sum(-1) / var - 0.5 * diff.shape[1] * (LOG_2PI + var.log())
+        var = variance.to(mean.dtype).expand(self.event_shape).flatten()
+        return -0.5 * (diff * diff / var).sum(-1) - 0.5 * (LOG_2PI + var.log()).sum()
 
     # ------------------------------------------------------------------ trajectories
     def initial_log_prob(self, x: Tensor) -> Tensor:
@@ -193,12 +210,15 @@ class DiffusionPrior(nn.Module):
         shape = x.shape
         states, rows = [x], []
         for k in range(first_step, self.num_steps):
-            mean = self.step_mean(x, k, model if model_steps is None or k < model_steps else None)
-            std = math.sqrt(float(self.step_var[k]) + explore)
+            step_model = model if model_steps is None or k < model_steps else None
+            mean = self.step_mean(x, k, step_model)
+            variance = self.step_variance(k, step_model)
+            std = (math.sqrt(float(self.step_var[k]) + explore) if variance is None else
+                   (variance.to(dtype) + explore).sqrt())
             x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
             states.append(x)
             if return_log_probs:
-                rows.append(self.log_prob_step(x, mean, k))
+                rows.append(self.log_prob_step(x, mean, k, variance))
         trajectories = torch.stack(states)
         if not return_log_probs:
             return trajectories
@@ -212,7 +232,8 @@ class DiffusionPrior(nn.Module):
         ``checkpoint_steps`` each step's denoiser activations are recomputed in the backward pass
         (gradient checkpointing)."""
         def step(k: int) -> Tensor:
-            return self.log_prob_step(states[k + 1], self.step_mean(states[k], k, model), k)
+            return self.log_prob_step(states[k + 1], self.step_mean(states[k], k, model), k,
+                                      self.step_variance(k, model))
 
         count = self.num_steps if steps is None else steps
         if not 1 <= count <= self.num_steps:

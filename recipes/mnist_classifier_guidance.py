@@ -43,6 +43,7 @@ from posterior.objectives import PathIntegral, RelativeTrajectoryBalance, VarGra
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
+from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.sample_quality import frechet_distance, mean_pairwise_distance  # noqa: E402
 from posterior.training import Trainer, TrainingConfig  # noqa: E402
 from priors.ddpm_training import small_unet, train_ddpm  # noqa: E402
@@ -99,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-lora", type=int, default=0,
                    help="RTB: train rank-R LoRA adapters on a frozen copy of the prior's UNet (0: fine-tune all weights)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (update x alpha / rank; default rank)")
+    p.add_argument("--rtb-learned-variance", action="store_true",
+                   help="RTB: also learn each trained step's variance (a log-scale per step and pixel; not with "
+                        "--rtb-guidance)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="RTB: write DIR/rtb_checkpoint.pt every this many iterations (and at the end)")
     p.add_argument("--resume", action="store_true",
@@ -216,6 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
                 model = (GuidedDenoiser.signal_weighted(base, prior, path.log_reward, args.rtb_guidance)
                          if args.rtb_guidance_schedule == "signal" else
                          GuidedDenoiser(base, prior, path.log_reward, init_scale=args.rtb_guidance))
+            if args.rtb_learned_variance:
+                if guided:
+                    raise SystemExit("--rtb-learned-variance does not combine with --rtb-guidance")
+                model = LearnedVarianceDenoiser(model if model is not None else prior.posterior_copy(), prior)
             posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
             objective = {"rtb": lambda: RelativeTrajectoryBalance(hinge=args.hinge), "vargrad": VarGrad,
                          "kl": PathIntegral}[args.rtb_objective]()
@@ -258,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,
                      "guidance_scales": model.scale.tolist() if guided else None,
                      "rtb_lora": args.rtb_lora, "lora_alpha": args.lora_alpha,
+                     "rtb_learned_variance": args.rtb_learned_variance,
                      "trainable_parameters": trainable_parameter_count(posterior.model),
                      "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}
         elif method == "noise":

@@ -29,6 +29,7 @@ import mnist_classifier_guidance as guidance_recipe  # noqa: E402
 from constraints.classifier import ClassifierLikelihood  # noqa: E402
 from posterior import checkpoint  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.lora import lora_denoiser  # noqa: E402
 from posterior.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
 from posterior.weight_average import WeightAverage  # noqa: E402
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{run} trained a guided posterior (--rtb-guidance); this report reads plain and LoRA runs")
     lora_rank = int(entry.get("rtb_lora") or 0)  # runs from before LoRA have no key: a full copy
     model = lora_denoiser(prior.denoiser, rank=lora_rank, alpha=entry.get("lora_alpha")) if lora_rank else None
+    if entry.get("rtb_learned_variance"):
+        model = LearnedVarianceDenoiser(model if model is not None else prior.posterior_copy(), prior)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     state = checkpoint.load(run / "rtb_checkpoint.pt", map_location=device)
     posterior.model.load_state_dict(state["model"])

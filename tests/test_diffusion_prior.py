@@ -8,6 +8,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
+from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance, VarGrad  # noqa: E402
 from priors.diffusion import DiffusionPrior  # noqa: E402
 from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
@@ -85,11 +86,16 @@ def test_rtb_residual_is_log_z_when_posterior_is_prior_and_reward_is_one():
 
 
 @pytest.mark.parametrize("objective_name,frozen,guided", [("rtb", 0, False), ("rtb-hinge", 0, False),
-                                                          ("vargrad", 0, False), ("rtb", 3, False), ("vargrad", 2, True)])
+                                                          ("vargrad", 0, False), ("rtb", 3, False), ("vargrad", 2, True),
+                                                          ("rtb", 2, "variance")])
 def test_per_step_gradient_accumulation_is_exact(objective_name, frozen, guided):
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 8, (3,))
-    model = GuidedDenoiser(prior.posterior_copy(), prior, _quadratic_log_r, init_scale=0.5).double() if guided else None
+    if guided == "variance":  # learned step variances (their scales get gradients too)
+        model = LearnedVarianceDenoiser(prior.posterior_copy(), prior).double()
+    else:
+        model = (GuidedDenoiser(prior.posterior_copy(), prior, _quadratic_log_r, init_scale=0.5).double()
+                 if guided else None)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     with torch.no_grad():
         for p in posterior.model.parameters():

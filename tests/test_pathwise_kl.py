@@ -11,6 +11,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
+from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.objectives import PathIntegral, VarGrad  # noqa: E402
 from posterior.pathwise_kl import pathwise_kl  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
@@ -20,23 +21,28 @@ from posterior.residual_denoiser import ResidualDenoiser  # noqa: E402
 from test_diffusion_prior import _mixture_prior  # noqa: E402
 
 
-def _shifted_posterior(frozen=0, steps=8, shift=0.02):
+def _shifted_posterior(frozen=0, steps=8, shift=0.02, learned_variance=False):
     """The exact denoiser of a 2-D ring mixture as the prior, and a posterior whose residual
-    correction of it has nonzero weights."""
+    correction of it has nonzero weights (and, with ``learned_variance``, step variances scaled by
+    exp(s) with s nonzero, per step and dimension)."""
     prior, _ = _mixture_prior(steps)
     torch.manual_seed(0)
-    posterior = DiffusionPosterior(prior, ResidualDenoiser(prior.denoiser, 2, hidden=16).double(),
-                                   frozen_final_steps=frozen)
+    model = ResidualDenoiser(prior.denoiser, 2, hidden=16).double()
     with torch.no_grad():
-        for p in posterior.model.correction.parameters():
+        for p in model.correction.parameters():
             p.add_(shift)
+    if learned_variance:
+        model = LearnedVarianceDenoiser(model, prior).double()
+        with torch.no_grad():
+            model.log_scale.copy_(0.3 * torch.randn(model.log_scale.shape))
+    posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     path = DiffusionPriorPath(prior, lambda x: -(x - 0.5).square().sum(-1), beta=2.0)
     return prior, posterior, path
 
 
-@pytest.mark.parametrize("frozen", [0, 2])
-def test_log_ratio_is_the_rtb_residual_and_the_loss_is_its_mean_without_the_noise_term(frozen):
-    prior, posterior, path = _shifted_posterior(frozen)
+@pytest.mark.parametrize("frozen, learned_variance", [(0, False), (2, False), (2, True)])
+def test_log_ratio_is_the_rtb_residual_and_the_loss_is_its_mean_without_the_noise_term(frozen, learned_variance):
+    prior, posterior, path = _shifted_posterior(frozen, learned_variance=learned_variance)
     batch = pathwise_kl(posterior, path, 4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert batch.states.shape == (9, 4000, 2) and batch.log_ratio.shape == (4000,)
     # the same paths scored by the posterior and the prior: log p_F - log Q, path by path
@@ -46,7 +52,8 @@ def test_log_ratio_is_the_rtb_residual_and_the_loss_is_its_mean_without_the_nois
     for k in range(prior.num_steps):
         with torch.no_grad():
             mean = prior.step_mean(batch.states[k], k, posterior.step_model(k))
-        noise = (batch.states[k + 1] - mean) / math.sqrt(float(prior.step_var[k]))
+        variance = prior.step_variance(k, posterior.step_model(k))
+        noise = (batch.states[k + 1] - mean) / (prior.step_var[k] if variance is None else variance.detach()).sqrt()
         assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1.0) < 0.05
     # the loss drops the zero-mean cross term delta . eps / sigma: equal in expectation only
     gap = float(batch.loss.detach()) - float(batch.log_ratio.mean())
@@ -54,12 +61,12 @@ def test_log_ratio_is_the_rtb_residual_and_the_loss_is_its_mean_without_the_nois
     assert abs(gap) < 4 * float(batch.log_ratio.std()) / math.sqrt(4000)
 
 
-@pytest.mark.parametrize("frozen", [0, 3])
-def test_pathwise_gradient_is_the_expected_vargrad_gradient(frozen):
+@pytest.mark.parametrize("frozen, learned_variance", [(0, False), (3, False), (3, True)])
+def test_pathwise_gradient_is_the_expected_vargrad_gradient(frozen, learned_variance):
     # VarGrad's loss is half the batch variance of log p_F - log Q, so its expected gradient is
     # (B - 1) / B grad KL(q || Q / Z), a score-function estimate; the pathwise
     # estimate must agree with it on every parameter, the frozen steps' reward gradient included
-    prior, posterior, path = _shifted_posterior(frozen)
+    prior, posterior, path = _shifted_posterior(frozen, learned_variance=learned_variance)
     params = list(posterior.model.parameters())
     pathwise = [torch.zeros_like(p) for p in params]
     for seed in range(4):
@@ -83,7 +90,9 @@ def test_pathwise_kl_and_vargrad_training_reach_the_same_posterior():
     # Gaussian-kernel family with the prior's variances stays ~0.1 nats below it. Both objectives
     # have the same optimum in the family: the pathwise KL (reparameterized, through the
     # likelihood's gradient) and VarGrad (score function) must reach the same ELBO and samples
-    # from a prior ~3.5 nats away.
+    # from a prior ~3.5 nats away. With learned step variances the family holds the exact
+    # posterior (the path target is Gaussian with per-step, per-dimension transition variances):
+    # the pathwise KL must then close the gap to log Z and match the analytic posterior variance.
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     mixture = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])
     prior = DiffusionPrior(MixtureDenoiser(mixture, scheduler.alphas_cumprod), scheduler, 10, (2,))
@@ -93,10 +102,12 @@ def test_pathwise_kl_and_vargrad_training_reach_the_same_posterior():
         prior_samples = prior.sample(200_000, generator=torch.Generator().manual_seed(7))[-1]
     log_z = float(torch.logsumexp(path.log_reward(prior_samples).double(), 0)) - math.log(200_000)
     results = {}
-    for name, objective in (("kl", PathIntegral()), ("vargrad", VarGrad())):
+    for name, objective in (("kl", PathIntegral()), ("vargrad", VarGrad()), ("kl-variance", PathIntegral())):
         torch.manual_seed(0)
-        posterior = DiffusionPosterior(prior, ResidualDenoiser(prior.denoiser, 2, hidden=32),
-                                       frozen_final_steps=prior.final_steps_below(1e-3))
+        model = ResidualDenoiser(prior.denoiser, 2, hidden=32)
+        if name == "kl-variance":
+            model = LearnedVarianceDenoiser(model, prior)
+        posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(1e-3))
         trainer = RTBTrainer(posterior, path, objective, RTBConfig(iterations=300, batch_size=128, lr=3e-3, seed=0,
                                                                    lr_decay_horizon=300))
         trainer.run()
@@ -109,6 +120,14 @@ def test_pathwise_kl_and_vargrad_training_reach_the_same_posterior():
     torch.testing.assert_close(x_kl.mean(0), x_vargrad.mean(0), atol=0.04, rtol=0)
     torch.testing.assert_close(x_kl.var(0), x_vargrad.var(0), atol=0.03, rtol=0)
     assert float(x_kl[:, 0].mean()) > 0.9  # the prior's mean is 0, the posterior's ~1
+    # the analytic posterior of the 10-step prior's Gaussian marginal N(0, v) (v measured) times r
+    v = float(prior_samples[:, 0].double().var())
+    post_var = 1 / (1 / v + 1 / s2)
+    _, elbo_variance, x_variance = results["kl-variance"]
+    assert log_z - 0.03 < elbo_variance <= log_z + 0.01 and elbo_variance > elbo_kl + 0.05
+    assert abs(float(x_variance[:, 0].var()) - post_var) < 0.015 < abs(float(x_kl[:, 0].var()) - post_var)
+    assert abs(float(x_variance[:, 0].mean()) - post_var * y / s2) < 0.03
+    assert abs(float(x_variance[:, 1].var()) - v) < 0.03  # the unobserved dimension keeps the prior's
 
 
 def test_pathwise_kl_floors_zero_density_rewards_and_refuses_what_it_cannot_differentiate():

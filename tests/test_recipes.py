@@ -346,12 +346,14 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert guided["rtb_guidance"] == 1.0 and len(guided["guidance_scales"]) == 4
     assert all(abs(w - 1.0) < 0.01 for w in guided["guidance_scales"])  # two Adam steps of 1e-3
     assert guided["nfe_per_sample"] == 4 + (4 - guided["frozen_final_steps"])  # the prior's denoiser on trained steps
-    # LoRA adapters on a frozen copy of the prior: fewer trainable parameters, the path-KL report reads the run
+    # LoRA adapters on a frozen copy of the prior (and learned step variances): fewer trainable
+    # parameters, the path-KL report rebuilds the same model and reads the run
     _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "2", "--rtb-lora", "2", "--rtb-ema", "0.5",
-          "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"], tmp_path)
+          "--rtb-learned-variance", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"], tmp_path)
     lora = json.loads((tmp_path / "lora" / "metrics.json").read_text())["methods"]["rtb"]
     assert lora["rtb_lora"] == 2 and 0 < lora["trainable_parameters"] < entry["trainable_parameters"] / 4
+    assert lora["rtb_learned_variance"] and not entry["rtb_learned_variance"]
     assert lora["rtb_ema"] == 0.5 and entry["rtb_ema"] == 0.0  # the adapters' weight average samples, and the report reads it
     _run(["recipes/rtb_path_kl.py", "--run", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
           "--classifier-epochs", "1", "--samples", "4"], tmp_path)
