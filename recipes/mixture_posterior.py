@@ -7,7 +7,8 @@ The prior is a DDPM on a strided schedule whose denoiser is the exact score of a
 (noised mixtures are analytic, so nothing is trained for the prior); the likelihood observes the
 first coordinate, y = x_1 + N(0, noise_var). The posterior of the mixture is again a mixture, known
 in closed form. ``rtb`` fine-tunes a residual correction of the denoiser with RTB (per-step gradient
-accumulation; ``--objective kl``: with the pathwise reverse KL instead); ``noise`` trains a diffusion sampler on z with target N(z; 0, I) r(DDIM(z)).
+accumulation; ``--objective kl``: with the pathwise reverse KL instead; ``--learned-variance``: with
+learned step variances too); ``noise`` trains a diffusion sampler on z with target N(z; 0, I) r(DDIM(z)).
 Writes DIR/metrics.json (w2 and w2_floor, each a mean over --eval-repeats independent exact sample
 sets; max_weight_error, prior_w2, seconds) and DIR/samples.png.
 """
@@ -33,6 +34,7 @@ from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
 from posterior.plotting import plot_samples  # noqa: E402
+from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.residual_denoiser import ResidualDenoiser  # noqa: E402
 from posterior.importance_pool import ImportancePool  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--objective", choices=("rtb", "kl"), default="rtb",
                    help="rtb: relative trajectory balance with a learned log Z; kl: the pathwise (reparameterized) "
                         "reverse KL through the likelihood's gradient (on-policy: no --explore or --pool)")
+    p.add_argument("--learned-variance", action="store_true",
+                   help="rtb: also learn each step's variance (a log-scale per step and dimension)")
     p.add_argument("--pool", type=int, default=0, metavar="P",
                    help="rtb: every other iteration trains on prior trajectories resampled from a pool of P "
                         "with weights r (an importance pool; 0: off)")
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     exact = exact_sets[0]
     start = time.perf_counter()
     if args.method == "rtb":
-        posterior = DiffusionPosterior(prior, ResidualDenoiser(prior.denoiser, 2))
+        model = ResidualDenoiser(prior.denoiser, 2)
+        posterior = DiffusionPosterior(prior, LearnedVarianceDenoiser(model, prior) if args.learned_variance else model)
         path = DiffusionPriorPath(prior, log_likelihood)
         pool = (ImportancePool.from_prior(prior, path.log_reward, args.pool, chunk=4096,
                                           generator=torch.Generator().manual_seed(20_000 + args.seed))
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     shares = torch.bincount(exact_posterior.component_of(samples.double()), minlength=6).double() / samples.shape[0]
     metrics = {
         "method": args.method, "objective": args.objective if args.method == "rtb" else None, "iters": args.iters, "steps": args.steps, "pool": args.pool,
+        "learned_variance": args.learned_variance if args.method == "rtb" else None,
         "w2": sum(w2_each) / len(w2_each), "w2_floor": sum(floor_each) / len(floor_each),
         "w2_each": w2_each, "w2_floor_each": floor_each, "eval_samples": args.eval_samples,
         "max_weight_error": float((shares - exact_posterior.weights).abs().max()),
