@@ -152,7 +152,9 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             :func:`posterior.rtb_training.RTBTrainer`), which returns a
             :class:`posterior.diffusion_posterior.DiffusionPosterior`. It uses
             iterations, batch_size, lr_policy, lr_flow (log Z's rate), explore, the lr decay, ema_decay, seed,
-            device (must be the prior's), checkpoint_dir / checkpoint_every / resume and progress;
+            device (must be the prior's), checkpoint_dir / checkpoint_every / resume, progress and
+            learn_variance (then each step's variance is learned too, per step and dimension:
+            :class:`posterior.learned_variance.LearnedVarianceDenoiser`);
             the noise-space sampler's settings (steps, langevin, hidden, replay, ...) are refused
             when not at their defaults.
         conditions: (N, *cond_shape) training conditions, or None for an unconditional target.
@@ -194,7 +196,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         raise ValueError(f"space must be 'noise' or 'data', got {space!r}")
     if space == "data":
         noise_space_settings = dict(samples_per_condition=samples_per_condition, steps=steps, sigma2=sigma2,
-                                    langevin=langevin, langevin_scale=langevin_scale, learn_variance=learn_variance,
+                                    langevin=langevin, langevin_scale=langevin_scale,
                                     log_var_lr_scale=log_var_lr_scale, log_z_init=log_z_init, encoder=encoder,
                                     hidden=hidden, latent_dim=latent_dim, process_index=process_index,
                                     gradient_sync=gradient_sync, log=log, log_every=log_every, replay=replay)
@@ -202,7 +204,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         return _fit_relative(prior, reward, conditions, objective, iterations, batch_size, lr_policy, lr_flow,
                              explore, seed, progress, lr_decay_horizon, lr_decay_final, ema_decay,
                              None if device is None else torch.device(device), ckpt, checkpoint_every, resume,
-                             retain_cpu_memory, noise_space_settings)
+                             retain_cpu_memory, noise_space_settings, learn_variance)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if retain_cpu_memory and device.type == "cpu":
         retain_freed_memory()
@@ -273,7 +275,7 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
                   batch_size: int, lr: float, lr_log_z: float | None, explore: float, seed: int, progress: bool,
                   lr_decay_horizon: int, lr_decay_final: float, ema_decay: float, device: torch.device | None,
                   checkpoint_path: Path | None, checkpoint_every: int, resume: bool, retain_cpu_memory: bool,
-                  noise_space_settings: dict[str, Any]):
+                  noise_space_settings: dict[str, Any], learn_variance: bool):
     """space="data": RTB (or VarGrad, or the pathwise KL) fine-tuning of a diffusion prior toward prior x reward, on the
     prior's device (``device``, when given, must be that one); ``lr_log_z`` None keeps RTBConfig's default."""
     from priors.diffusion import DiffusionPrior
@@ -308,6 +310,9 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
                              "with your own trainable model")
         from .residual_denoiser import ResidualDenoiser
         model = ResidualDenoiser(prior.denoiser, prior.event_shape[0])
+    if learn_variance:
+        from .learned_variance import LearnedVarianceDenoiser
+        model = LearnedVarianceDenoiser(model, prior)
     # the near-deterministic end of the schedule stays the prior's (see DiffusionPosterior)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE))
     obj = {"vargrad": VarGrad, "pis": PathIntegral}.get(objective, RelativeTrajectoryBalance)()

@@ -230,6 +230,10 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
     kl = posterior.fit(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
                        objective="pis", iterations=2, batch_size=4, progress=False)
     assert None not in kl.training_history.batch_log_z and kl.training_history.log_z == [None, None]
+    learned = posterior.fit(prior=prior, reward=lambda x: -0.5 * ((x - 1.0) ** 2).sum(-1), space="data",
+                            objective="pis", learn_variance=True, iterations=2, batch_size=4, progress=False)
+    scales = learned.model.log_scale  # step variances learned per step and dimension, trained from 0
+    assert scales.shape == (prior.num_steps, 2) and float(scales[0].detach().abs().max()) > 0
     with pytest.raises(ValueError, match="reparameterized paths: it takes no explore"):
         posterior.fit(prior=prior, reward=lambda x: -(x ** 2).sum(-1), space="data", objective="pis",
                       explore=0.5, iterations=1, progress=False)
