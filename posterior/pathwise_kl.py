@@ -97,11 +97,11 @@ def pathwise_kl(posterior: DiffusionPosterior, path: DiffusionPriorPath, batch_s
                 remainder = remainder + (flat.detach() * eps).sum(-1) / std
             else:  # KL(N(mu_q, v) || N(mu_p, var)) per dimension, and the path's own log-ratio's rest
                 v = learned.to(dtype).expand(prior.event_shape).flatten()
-                std = v.sqrt().reshape(learned.expand(prior.event_shape).shape)
+                sd = v.sqrt()
+                std = sd.reshape(prior.event_shape)
                 log_ratio_var = math.log(variance) - v.log()
                 control = control + 0.5 * (log_ratio_var + (v + flat * flat) / variance - 1).sum(-1)
                 with torch.no_grad():  # log q_k - log p_k - KL_k: zero mean given x_k
-                    sd = v.sqrt()
                     remainder = remainder + 0.5 * ((v * (eps * eps - 1) + 2 * sd * flat * eps) / variance
                                                    - (eps * eps - 1)).sum(-1)
         else:
