@@ -12,10 +12,12 @@ Against the target path measure Q(tau) = p_prior(tau) r(x_N)^beta / Z this gives
 because eps_k is independent of x_k and the cross term has mean zero. With learned step variances
 (:class:`~posterior.learned_variance.LearnedVarianceDenoiser`, posterior variance v_k against the
 prior's var_k, per dimension) the step term is the Gaussian KL of unequal variances,
-sum [log(var_k / v_k) + (v_k + delta_k^2) / var_k - 1] / 2, with x_{k+1} = mu_q + sqrt(v_k) eps_k. The loss is a Monte Carlo
-estimate of that expectation along reparameterized paths: the states are functions of the
-weights and the noise, and the reward's gradient enters. Its gradient is an unbiased gradient of
-the KL, with the zero-mean cross term left out (it only adds variance). This is the path integral
+
+    sum [log(var_k / v_k) + (v_k + delta_k^2) / var_k - 1] / 2,    x_{k+1} = mu_q + sqrt(v_k) eps_k.
+
+The loss is a Monte Carlo estimate of that expectation along reparameterized paths: the states are
+functions of the weights and the noise, and the reward's gradient enters. Its gradient is an
+unbiased gradient of the KL, with the zero-mean cross term left out (it only adds variance). This is the path integral
 sampler's objective (:class:`posterior.objectives.PathIntegral`) for a diffusion prior, also known
 as KL-regularized reward fine-tuning; it has the same optimum as relative trajectory balance,
 p_prior(x) r(x)^beta / Z, but needs a differentiable reward and a graph through the whole path.

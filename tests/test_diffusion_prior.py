@@ -85,17 +85,17 @@ def test_rtb_residual_is_log_z_when_posterior_is_prior_and_reward_is_one():
         assert abs(float(residual[0].detach()) - 0.7) < 1e-6
 
 
-@pytest.mark.parametrize("objective_name,frozen,guided", [("rtb", 0, False), ("rtb-hinge", 0, False),
-                                                          ("vargrad", 0, False), ("rtb", 3, False), ("vargrad", 2, True),
-                                                          ("rtb", 2, "variance")])
-def test_per_step_gradient_accumulation_is_exact(objective_name, frozen, guided):
+@pytest.mark.parametrize("objective_name,frozen,wrapper", [("rtb", 0, None), ("rtb-hinge", 0, None),
+                                                           ("vargrad", 0, None), ("rtb", 3, None),
+                                                           ("vargrad", 2, "guided"), ("rtb", 2, "variance")])
+def test_per_step_gradient_accumulation_is_exact(objective_name, frozen, wrapper):
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 8, (3,))
-    if guided == "variance":  # learned step variances (their scales get gradients too)
+    model = None  # a copy of the prior's denoiser, plain or wrapped
+    if wrapper == "guided":
+        model = GuidedDenoiser(prior.posterior_copy(), prior, _quadratic_log_r, init_scale=0.5).double()
+    elif wrapper == "variance":  # learned step variances (their scales get gradients too)
         model = LearnedVarianceDenoiser(prior.posterior_copy(), prior).double()
-    else:
-        model = (GuidedDenoiser(prior.posterior_copy(), prior, _quadratic_log_r, init_scale=0.5).double()
-                 if guided else None)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     with torch.no_grad():
         for p in posterior.model.parameters():
