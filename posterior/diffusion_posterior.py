@@ -108,12 +108,15 @@ class DiffusionPosterior(nn.Module):
     def trajectories(self, batch_size: int, path: DiffusionPriorPath, *, explore: float = 0.0,
                      generator: torch.Generator | None = None, track_gradients: bool = True,
                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Trajectories:
-        """Forward trajectories of the posterior (states (N + 1, B, *event_shape))."""
+        """Forward trajectories of the posterior (states (N + 1, B, *event_shape)); ``explore`` widens
+        only the trained steps (a frozen step's log-ratio is zero whatever its state, so widening it
+        would only blur the samples that the reward scores)."""
         if explore < 0:
             raise ValueError(f"explore must be >= 0, got {explore}")
         device = device if device is not None else self.prior.alpha_t.device
         states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model,
-                                           model_steps=self.trained_steps, explore=explore, device=device,
+                                           model_steps=self.trained_steps, explore=explore,
+                                           explore_steps=self.trained_steps, device=device,
                                            dtype=dtype, return_log_probs=True)
         # with gradients a second pass builds the graph; without, the loop's log-probs are exact
         return self.score(states, path, track_gradients=track_gradients,

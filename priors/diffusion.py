@@ -182,12 +182,14 @@ class DiffusionPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, batch_size: int, *, generator: torch.Generator | None = None, model: nn.Module | None = None,
-               model_steps: int | None = None, explore: float = 0.0, device: torch.device | str | None = None,
+               model_steps: int | None = None, explore: float = 0.0, explore_steps: int | None = None,
+               device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32, return_log_probs: bool = False,
                start: Tensor | None = None, first_step: int = 0) -> Tensor | tuple[Tensor, Tensor]:
         """Ancestral trajectories (N + 1, B, *event_shape) under ``model`` (default: the prior),
-        with ``explore`` added to every step's variance (for off-policy exploration). With
-        ``model_steps`` only the first that many steps use ``model``, the rest the prior's denoiser.
+        with ``explore`` added to the variance of every step, or of the first ``explore_steps``
+        (for off-policy exploration). With ``model_steps`` only the first that many steps use
+        ``model``, the rest the prior's denoiser.
 
         With ``return_log_probs`` also the (N, B) per-step log-densities under the un-noised
         model (as :meth:`log_prob_steps` gives, without a second pass of the denoiser).
@@ -213,8 +215,9 @@ class DiffusionPrior(nn.Module):
             step_model = model if model_steps is None or k < model_steps else None
             mean = self.step_mean(x, k, step_model)
             variance = self.step_variance(k, step_model)
-            std = (math.sqrt(float(self.step_var[k]) + explore) if variance is None else
-                   (variance.to(dtype) + explore).sqrt())
+            extra = explore if explore_steps is None or k < explore_steps else 0.0
+            std = (math.sqrt(float(self.step_var[k]) + extra) if variance is None else
+                   (variance.to(dtype) + extra).sqrt())
             x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
             states.append(x)
             if return_log_probs:

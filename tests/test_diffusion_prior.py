@@ -148,6 +148,28 @@ def test_frozen_final_steps_run_the_prior_and_cancel_in_the_log_ratio():
         DiffusionPosterior(prior, frozen_final_steps=10)
 
 
+def test_exploration_widens_only_the_trained_steps():
+    """explore adds its variance to the trained steps' kernels; the frozen final steps keep the prior's,
+    so the samples that the reward scores are not blurred by steps that cannot learn."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 10, (3,)).double()
+    posterior = DiffusionPosterior(prior, frozen_final_steps=2).double()
+    path = DiffusionPriorPath(prior, lambda x: x.new_zeros(x.shape[0]))
+    explore = 0.5
+    with torch.no_grad():
+        states = posterior.trajectories(4000, path, explore=explore, generator=torch.Generator().manual_seed(1),
+                                        dtype=torch.float64, track_gradients=False).states
+        for k in range(10):
+            increment = states[k + 1] - prior.step_mean(states[k], k, posterior.step_model(k))
+            expected = float(prior.step_var[k]) + (explore if k < 8 else 0.0)
+            torch.testing.assert_close(increment.var(0), torch.full((3,), expected, dtype=torch.float64),
+                                       rtol=0.08, atol=0)
+    # the prior's own sampler widens every step unless told how many
+    every = prior.sample(4000, explore=explore, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    last = every[10] - prior.step_mean(every[9], 9)
+    assert float(last.var(0).min()) > 0.4
+
+
 def test_sir_approaches_the_exact_posterior_and_guidance_runs():
     from posterior.guidance import guided_sample, sampling_importance_resampling
     prior, mixture = _mixture_prior(steps=30)
