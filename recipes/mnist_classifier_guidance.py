@@ -13,6 +13,8 @@ frechet (Fréchet distance in that feature space to real digits of class c), sec
 seconds_per_sample, nfe_per_sample (denoiser evaluations per sample, training excluded); and
 DIR/<method>.png grids. RTB also records its batch log Z estimates (an ELBO, every 100 iterations)
 and keeps DIR/rtb_checkpoint.pt, so ``--resume`` continues a run (``--rtb-iters`` may grow).
+``--rtb-resample K`` adds an ``rtb_resampled`` entry: K trained-posterior trajectories per sample,
+resampled by their importance weights (SIR with the sampler as proposal; exact as K grows).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,6 +44,7 @@ from posterior.guidance import guided_sample, sampling_importance_resampling  # 
 from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance, VarGrad  # noqa: E402
 from posterior.path_target import BoltzmannPath  # noqa: E402
+from posterior.posterior_resampling import resample_posterior  # noqa: E402
 from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
 from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
 from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
@@ -112,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dps-scale", type=float, default=1.0)
     p.add_argument("--cg-scale", type=float, default=5.0)
     p.add_argument("--sir-pool", type=int, default=2048)
+    p.add_argument("--rtb-resample", type=int, default=0, metavar="K",
+                   help="RTB: also report an 'rtb_resampled' entry: K posterior trajectories per returned sample, "
+                        "resampled with importance weights p_prior r^beta / q (the trained sampler as SIR's "
+                        "proposal; 0: off)")
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -200,6 +208,18 @@ def main(argv: list[str] | None = None) -> dict:
     real = images[labels == args.target_class].to(device)
     with torch.no_grad():
         real_features = classifier.features(real)
+
+    def score(samples: torch.Tensor) -> dict:
+        """Quality metrics of samples (n, 1, size, size), clamped to the data range [-1, 1]."""
+        with torch.no_grad():
+            samples = samples.clamp(-1, 1)
+            log_probs = likelihood.log_probs(samples)
+            features = classifier.features(samples)
+        return {"mean_log_r": float(log_probs[:, args.target_class].mean()),
+                "class_share": float((log_probs.argmax(-1) == args.target_class).float().mean()),
+                "diversity": mean_pairwise_distance(features),
+                "frechet": frechet_distance(features, real_features)}
+
     results: dict = {}
     n = args.num_samples
     for method in methods:
@@ -297,20 +317,24 @@ def main(argv: list[str] | None = None) -> dict:
                                                                       beta=args.beta, generator=g)
             extra = {"pool": args.sir_pool, "pool_ess": ess, "pool_log_z": log_z}
         seconds = time.perf_counter() - start
-        with torch.no_grad():
-            samples = samples.clamp(-1, 1)
-            log_probs = likelihood.log_probs(samples)
-            features = classifier.features(samples)
-        results[method] = {
-            "mean_log_r": float(log_probs[:, args.target_class].mean()),
-            "class_share": float((log_probs.argmax(-1) == args.target_class).float().mean()),
-            "diversity": mean_pairwise_distance(features),
-            "frechet": frechet_distance(features, real_features),
-            "seconds_train": train_seconds, "seconds_per_sample": seconds / n, "nfe_per_sample": nfe, **extra,
-        }
-        from torchvision.utils import save_image
-        save_image((samples[:64] + 1) / 2, out / f"{method}.png", nrow=8)
+        results[method] = {**score(samples), "seconds_train": train_seconds, "seconds_per_sample": seconds / n,
+                           "nfe_per_sample": nfe, **extra}
+        save_image((samples[:64].clamp(-1, 1) + 1) / 2, out / f"{method}.png", nrow=8)
         print(method, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results[method].items()}))
+        if method == "rtb" and args.rtb_resample:
+            start = time.perf_counter()
+            with torch.no_grad(), trainer.averaged_weights():
+                resampled = resample_posterior(posterior, path, n, proposals=args.rtb_resample * n, generator=g)
+            # each proposal runs the posterior's N steps and the prior's N steps (its log-densities)
+            results["rtb_resampled"] = {
+                **score(resampled.samples), "seconds_train": train_seconds,
+                "seconds_per_sample": (time.perf_counter() - start) / n,
+                "nfe_per_sample": args.rtb_resample * (nfe + args.steps), "proposals_per_sample": args.rtb_resample,
+                "resample_ess": resampled.ess_share, "resample_log_z": resampled.log_z,
+                "distinct_proposals": resampled.distinct}
+            save_image((resampled.samples[:64].clamp(-1, 1) + 1) / 2, out / "rtb_resampled.png", nrow=8)
+            print("rtb_resampled", json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                               for k, v in results["rtb_resampled"].items()}))
     with torch.no_grad():
         real_log_probs = likelihood.log_probs(real[:n])
     metrics = {"methods": results, "target_class": args.target_class, "size": args.size, "steps": args.steps,

@@ -350,8 +350,16 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     # parameters, the path-KL report rebuilds the same model and reads the run
     _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "2", "--rtb-lora", "2", "--rtb-ema", "0.5",
-          "--rtb-learned-variance", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"], tmp_path)
-    lora = json.loads((tmp_path / "lora" / "metrics.json").read_text())["methods"]["rtb"]
+          "--rtb-learned-variance", "--rtb-resample", "3", "--num-samples", "4", "--steps", "4", "--batch", "4",
+          "--no-progress"], tmp_path)
+    lora_methods = json.loads((tmp_path / "lora" / "metrics.json").read_text())["methods"]
+    lora = lora_methods["rtb"]
+    # the trained sampler as SIR's proposal: 3 trajectories weighted per returned sample
+    resampled = lora_methods["rtb_resampled"]
+    assert resampled["proposals_per_sample"] == 3 and 1 <= resampled["distinct_proposals"] <= 12
+    assert 0 < resampled["resample_ess"] <= 1 and math.isfinite(resampled["resample_log_z"])
+    assert resampled["nfe_per_sample"] == 3 * 8 and 0 <= resampled["class_share"] <= 1
+    assert (tmp_path / "lora" / "rtb_resampled.png").stat().st_size > 0
     assert lora["rtb_lora"] == 2 and 0 < lora["trainable_parameters"] < entry["trainable_parameters"] / 4
     assert lora["rtb_learned_variance"] and not entry["rtb_learned_variance"]
     assert lora["rtb_ema"] == 0.5 and entry["rtb_ema"] == 0.0  # the adapters' weight average samples, and the report reads it
