@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .guidance import prior_pool
 from .metrics import effective_sample_size, log_z_importance
+from .posterior_resampling import sampled_paths
 
 
 @dataclass
@@ -75,13 +76,7 @@ def sampler_path_kl(posterior, path, num_samples: int, *, chunk: int = 64,
     Frozen final steps have KL exactly 0."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
-    step_log_ratio, log_r = [], []
-    for start in range(0, num_samples, chunk):
-        traj = posterior.trajectories(min(chunk, num_samples - start), path, generator=generator,
-                                      track_gradients=False)
-        step_log_ratio.append(traj.log_pf_steps - traj.log_q_steps)
-        log_r.append(traj.log_reward)
-    ratio, log_r = torch.cat(step_log_ratio, 1).double(), torch.cat(log_r).double()
+    _, ratio, log_r = sampled_paths(posterior, path, num_samples, chunk=chunk, generator=generator)
     log_w = log_r - ratio.sum(0)  # -inf for a zero-density sample: then the ELBO is -inf
     log_z, ess, std = _importance(log_w)
     step_kl = ratio.mean(1)

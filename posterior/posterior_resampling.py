@@ -40,6 +40,25 @@ class ResampledPosterior:
 
 
 @torch.no_grad()
+def sampled_paths(posterior, path, num_samples: int, *, chunk: int = 64,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``num_samples`` trajectories of ``posterior`` drawn ``chunk`` at a time, scored against ``path``.
+
+    Returns the terminal states (num_samples, *event_shape), the per-step log-ratios
+    log q_k - log p_k (N, num_samples) and beta log r of the terminal states (num_samples,), both
+    in float64; log w = beta log r - sum_k (log q_k - log p_k) is the importance log-weight.
+    """
+    states, step_log_ratio, log_r = [], [], []
+    for start in range(0, num_samples, chunk):
+        traj = posterior.trajectories(min(chunk, num_samples - start), path, generator=generator,
+                                      track_gradients=False)
+        states.append(traj.samples)
+        step_log_ratio.append((traj.log_pf_steps - traj.log_q_steps).double())
+        log_r.append(traj.log_reward.double())
+    return torch.cat(states), torch.cat(step_log_ratio, 1), torch.cat(log_r)
+
+
+@torch.no_grad()
 def resample_posterior(posterior, path, num_samples: int, *, proposals: int, chunk: int = 64,
                        generator: torch.Generator | None = None) -> ResampledPosterior:
     """Draw ``num_samples`` states by resampling ``proposals`` trajectories of ``posterior`` (a
@@ -52,13 +71,8 @@ def resample_posterior(posterior, path, num_samples: int, *, proposals: int, chu
         raise ValueError(f"proposals must be >= 1, got {proposals}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    states, log_w = [], []
-    for start in range(0, proposals, chunk):
-        traj = posterior.trajectories(min(chunk, proposals - start), path, generator=generator,
-                                      track_gradients=False)
-        states.append(traj.samples)
-        log_w.append(traj.log_reward.double() - (traj.log_pf_steps - traj.log_q_steps).double().sum(0))
-    x, log_w = torch.cat(states), torch.cat(log_w)
+    x, step_log_ratio, log_r = sampled_paths(posterior, path, proposals, chunk=chunk, generator=generator)
+    log_w = log_r - step_log_ratio.sum(0)
     if bool(torch.isnan(log_w).any()):
         raise ValueError(f"{int(torch.isnan(log_w).sum())} of {proposals} importance weights are NaN "
                          "(from the reward or the posterior's log-densities)")
