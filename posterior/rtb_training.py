@@ -10,6 +10,13 @@ time (``per_step``, the memory-light default), optionally on a random subset of 
 With a differentiable objective (:class:`posterior.objectives.PathIntegral`) each iteration instead
 simulates reparameterized posterior paths and descends their pathwise KL
 (:func:`posterior.pathwise_kl.pathwise_kl`): on-policy only, through one graph over the path.
+
+``forward_kl`` > 0 adds a mass-covering term to every iteration, with any objective: lambda times the
+posterior's mean negative log-likelihood -log q(tau) of a batch of paths resampled from the importance
+pool, a Monte Carlo gradient of lambda KL(target || q) (up to the pool's resampling error). The
+reverse KL that RTB, VarGrad and the pathwise KL fit is mode-seeking; the forward term penalizes
+target paths the posterior under-covers. Both vanish at q = target, so the optimum is unchanged
+(lambda = 1: the symmetric Jeffreys divergence). The pool then feeds only this term.
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ class RTBConfig:
             ``lr_decay_horizon`` iterations, constant after; horizon 0: no decay.
         ema_decay: keep an exponential moving average of the posterior's trained weights
             (:class:`posterior.weight_average.WeightAverage`) to sample with (0: off).
+        forward_kl: weight lambda of the mass-covering term lambda * mean(-log q(tau)) over a batch
+            of ``batch_size`` paths resampled from the trainer's ``trajectory_pool`` (needed), added
+            to every iteration's loss (0: off; the pool then trains on odd iterations instead).
     """
 
     iterations: int = 2000
@@ -72,10 +82,13 @@ class RTBConfig:
     lr_decay_horizon: int = 0
     lr_decay_final: float = 0.1
     ema_decay: float = 0.0
+    forward_kl: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
+        if not self.forward_kl >= 0.0:
+            raise ValueError(f"forward_kl must be >= 0 (0: off), got {self.forward_kl}")
 
 
 # settings that may change when a run is resumed: the budget and the checkpoint cadence
@@ -125,7 +138,8 @@ class RTBTrainer:
         config: hyperparameters.
         checkpoint_path: file for atomic checkpoints (None: none); :meth:`load` resumes the same run.
         trajectory_pool: an :class:`ImportancePool` of prior trajectories weighted by r^beta; odd
-            iterations then train on paths resampled from it. Not with ``config.replay``. Checkpoints
+            iterations then train on paths resampled from it, or with ``config.forward_kl`` every
+            iteration adds their negative log-likelihood. Not with ``config.replay``. Checkpoints
             keep the pool, and :meth:`load` restores it.
     """
 
@@ -136,9 +150,12 @@ class RTBTrainer:
             raise ValueError(f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
         if trajectory_pool is not None and config.replay:
             raise ValueError("trajectory_pool and config.replay are two sources of off-policy trajectories; use one")
-        if objective.differentiable and (config.explore or config.replay or trajectory_pool is not None):
+        if config.forward_kl and trajectory_pool is None:
+            raise ValueError(f"forward_kl={config.forward_kl} needs a trajectory_pool (the target's paths)")
+        pool_iterations = trajectory_pool is not None and not config.forward_kl
+        if objective.differentiable and (config.explore or config.replay or pool_iterations):
             raise ValueError(f"{type(objective).__name__} trains on the posterior's own reparameterized paths: "
-                             "it takes no explore, replay or trajectory_pool")
+                             "it takes no explore, replay or trajectory_pool (except for forward_kl)")
         if trajectory_pool is not None:
             check_shape(trajectory_pool.paths, (posterior.prior.num_steps + 1, None) + tuple(posterior.prior.event_shape),
                         "trajectory_pool.paths")
@@ -176,10 +193,11 @@ class RTBTrainer:
         if self.objective.differentiable:
             return self._pathwise_step()
         cfg = self.config
-        has_source = self.trajectory_pool is not None or (self.buffer is not None and len(self.buffer) > 0)
+        pool_iterations = self.trajectory_pool is not None and not cfg.forward_kl
+        has_source = pool_iterations or (self.buffer is not None and len(self.buffer) > 0)
         backward = has_source and self.iteration % 2 == 1
         keep_graph = not cfg.per_step
-        if backward and self.trajectory_pool is not None:
+        if backward and pool_iterations:
             states = self.trajectory_pool.sample(cfg.batch_size, self.generator).to(self.dtype)
             traj = self.posterior.score(states, self.path, track_gradients=keep_graph)
         elif backward:
@@ -202,7 +220,7 @@ class RTBTrainer:
         else:
             loss = self.objective.loss(traj)
             loss.backward()
-        return self._apply_gradients(loss)
+        return self._apply_gradients(loss.detach() + self._forward_kl_backward())
 
     def _pathwise_step(self) -> float:
         batch = pathwise_kl(self.posterior, self.path, self.config.batch_size, generator=self.generator,
@@ -210,7 +228,22 @@ class RTBTrainer:
         self.last_batch_log_z = float(-batch.log_ratio.mean())
         self.optimizer.zero_grad(set_to_none=True)
         batch.loss.backward()
-        return self._apply_gradients(batch.loss.detach())
+        return self._apply_gradients(batch.loss.detach() + self._forward_kl_backward())
+
+    def _forward_kl_backward(self) -> torch.Tensor:
+        """With ``config.forward_kl``: accumulate the gradient of lambda * mean(-log q(tau)) over a batch
+        of pool paths (trained steps only: the frozen ones do not depend on the weights) and return
+        that term (detached); otherwise 0."""
+        lam = self.config.forward_kl
+        if not lam:
+            return torch.zeros((), device=self.device, dtype=self.dtype)
+        states = self.trajectory_pool.sample(self.config.batch_size, self.generator).to(self.dtype)
+        log_q = self.posterior.prior.log_prob_steps(states, model=self.posterior.model,
+                                                    steps=self.posterior.trained_steps,
+                                                    checkpoint_steps=self.posterior.checkpoint_steps)
+        term = -lam * log_q.sum(0).mean()
+        term.backward()
+        return term.detach()
 
     def _apply_gradients(self, loss: torch.Tensor) -> float:
         """Check the loss and the gradients, then take the optimizer (and weight-average) step."""

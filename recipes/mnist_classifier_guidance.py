@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-objective", choices=("rtb", "vargrad", "kl"), default="rtb",
                    help="rtb: learned scalar log Z (with --hinge); vargrad: the batch's own log Z estimate; "
                         "kl: the pathwise (reparameterized) reverse KL through the classifier's gradient "
-                        "(on-policy only: no --rtb-explore, --rtb-replay or --rtb-pool)")
+                        "(on-policy only: no --rtb-explore, --rtb-replay, or --rtb-pool without --rtb-forward-kl)")
     p.add_argument("--rtb-explore", type=float, default=0.0,
                    help="RTB: extra per-step variance at the first iteration, decayed linearly to 0")
     p.add_argument("--rtb-replay", action="store_true",
@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-pool", type=int, default=0, metavar="P",
                    help="RTB: every other iteration trains on prior trajectories resampled from a pool of P "
                         "with weights r^beta (SIR over whole paths, drawn once; 0: off; not with --rtb-replay)")
+    p.add_argument("--rtb-forward-kl", type=float, default=0.0, metavar="L",
+                   help="RTB: add L times the posterior's negative log-likelihood of a batch of --rtb-pool paths "
+                        "to every iteration (a mass-covering forward-KL term; needs --rtb-pool; 0: off)")
     p.add_argument("--rtb-step-fraction", type=float, default=1.0,
                    help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
     p.add_argument("--rtb-guidance", type=float, default=0.0,
@@ -263,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            lr_guidance=args.lr_guidance if guided else None,
                                            checkpoint_every=args.checkpoint_every,
                                            lr_decay_horizon=args.lr_decay_horizon,
-                                           lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema),
+                                           lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema,
+                                           forward_kl=args.rtb_forward_kl),
                                  checkpoint_path=checkpoint_path, trajectory_pool=pool)
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
                 nfe = float(args.steps + posterior.trained_steps)
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
-                     "rtb_replay": args.rtb_replay, "rtb_pool": args.rtb_pool,
+                     "rtb_replay": args.rtb_replay, "rtb_pool": args.rtb_pool, "rtb_forward_kl": args.rtb_forward_kl,
                      "rtb_pool_ess": pool.effective_sample_size() if pool else None,
                      "rtb_pool_log_z": pool.log_mean_weight() if pool else None, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,

@@ -125,3 +125,44 @@ def test_pool_and_replay_buffer_are_not_combined_and_pool_paths_must_fit_the_pri
         _pool_trainer(2, ImportancePool(torch.zeros(6, 2, 3), torch.zeros(2)))  # one state short
     with pytest.raises(ValueError, match="trajectory_pool.paths must have shape"):
         _pool_trainer(2, ImportancePool(torch.zeros(7, 2, 4), torch.zeros(2)))
+
+
+def test_forward_kl_adds_the_pool_paths_negative_log_likelihood_gradient_every_iteration():
+    path_a = torch.linspace(-1.0, 1.0, 7 * 3, dtype=torch.float64).reshape(7, 1, 3)
+    pool = ImportancePool(torch.cat([path_a, path_a + 5.0], 1), torch.tensor([0.0, -math.inf]))  # only path a
+    lam = 0.3
+    with_term = _pool_trainer(2, pool, forward_kl=lam, explore=0.0)
+    plain = _pool_trainer(2, None, explore=0.0)  # same weights, seed and forward batch
+    # the expected extra gradient: lambda * grad of -mean log q over 8 copies of path a (trained steps)
+    untouched = _pool_trainer(2, None, explore=0.0).posterior
+    nll = -untouched.prior.log_prob_steps(path_a.expand(7, 8, 3), model=untouched.model,
+                                          steps=untouched.trained_steps).sum(0).mean()
+    (lam * nll).backward()
+    loss_with, loss_plain = with_term.step(), plain.step()
+    for p_with, p_plain, p_nll in zip(with_term.posterior.model.parameters(), plain.posterior.model.parameters(),
+                                      untouched.model.parameters(), strict=True):
+        torch.testing.assert_close(p_with.grad, p_plain.grad + p_nll.grad)
+    assert loss_with == pytest.approx(loss_plain + lam * float(nll.detach()))
+    # every iteration is a forward batch: the pool feeds only the forward-KL term
+    trainer = _pool_trainer(2, pool, forward_kl=lam)
+    trainer.run()
+    assert all(v is not None for v in trainer.history.batch_log_z)
+
+
+def test_forward_kl_needs_a_pool_and_a_nonnegative_weight_and_admits_the_pathwise_kl():
+    from posterior.objectives import PathIntegral
+    from posterior.rtb_training import RTBConfig, RTBTrainer
+
+    pool = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2))
+    with pytest.raises(ValueError, match="forward_kl=0.5 needs a trajectory_pool"):
+        _pool_trainer(2, None, forward_kl=0.5)
+    with pytest.raises(ValueError, match="forward_kl must be >= 0"):
+        _pool_trainer(2, pool, forward_kl=-1.0)
+    plain = _pool_trainer(2, None)
+    kl = dict(iterations=2, batch_size=4, lr=1e-2, seed=0)
+    with pytest.raises(ValueError, match="takes no explore, replay or trajectory_pool"):
+        RTBTrainer(plain.posterior, plain.path, PathIntegral(), RTBConfig(**kl), trajectory_pool=pool)
+    trainer = RTBTrainer(plain.posterior, plain.path, PathIntegral(), RTBConfig(**kl, forward_kl=0.5),
+                         dtype=torch.float64, trajectory_pool=pool)
+    trainer.run()
+    assert trainer.iteration == 2 and all(v is not None for v in trainer.history.batch_log_z)
