@@ -76,12 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--explore", type=float, default=0.0)
     p.add_argument("--objective", choices=("rtb", "kl"), default="rtb",
                    help="rtb: relative trajectory balance with a learned log Z; kl: the pathwise (reparameterized) "
-                        "reverse KL through the likelihood's gradient (on-policy: no --explore or --pool)")
+                        "reverse KL through the likelihood's gradient (on-policy: no --explore, or --pool without --forward-kl)")
     p.add_argument("--learned-variance", action="store_true",
                    help="rtb: also learn each step's variance (a log-scale per step and dimension)")
     p.add_argument("--pool", type=int, default=0, metavar="P",
                    help="rtb: every other iteration trains on prior trajectories resampled from a pool of P "
                         "with weights r (an importance pool; 0: off)")
+    p.add_argument("--forward-kl", type=float, default=0.0, metavar="L",
+                   help="rtb: instead, every iteration adds L times the posterior's negative log-likelihood of a "
+                        "batch of pool paths (a mass-covering forward-KL term; needs --pool; with --objective kl too)")
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--eval-repeats", type=int, default=5,
                    help="independent exact sample sets: W2 and its floor are means over this many")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         objective = RelativeTrajectoryBalance() if args.objective == "rtb" else PathIntegral()
         trainer = RTBTrainer(posterior, path, objective,
                              RTBConfig(iterations=args.iters, batch_size=args.batch, explore=args.explore,
-                                       seed=args.seed), trajectory_pool=pool)
+                                       seed=args.seed, forward_kl=args.forward_kl), trajectory_pool=pool)
         history = trainer.run(progress=not args.no_progress)
         with torch.no_grad():
             samples = posterior.trajectories(args.eval_samples, path, generator=torch.Generator().manual_seed(1),
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     shares = torch.bincount(exact_posterior.component_of(samples.double()), minlength=6).double() / samples.shape[0]
     metrics = {
         "method": args.method, "objective": args.objective if args.method == "rtb" else None, "iters": args.iters, "steps": args.steps, "pool": args.pool,
+        "forward_kl": args.forward_kl,
         "learned_variance": args.learned_variance if args.method == "rtb" else None,
         "w2": sum(w2_each) / len(w2_each), "w2_floor": sum(floor_each) / len(floor_each),
         "w2_each": w2_each, "w2_floor_each": floor_each, "eval_samples": args.eval_samples,
