@@ -7,9 +7,11 @@ p(tau) r(x_0)^beta / Z. Its own trajectories, weighted by
     log w(tau) = beta log r(x_0) + log p(tau) - log q(tau)
 
 (frozen final steps contribute exactly 0), and resampled with probabilities softmax(log w), are
-draws of the exact posterior in the limit of many proposals, as in SIR over prior samples, but from
-a proposal much closer to the target: the effective sample size per proposal is the sampler's, not
-the prior's. The same weights give an importance estimate of log Z.
+draws of the exact posterior in the limit of many proposals, as in SIR over prior samples, with the
+trained sampler as the proposal. Its effective sample size per proposal is not always better than
+the prior's: a mode-seeking sampler that misses part of the target gets heavy weights there (on the
+MNIST recipe 3% against the prior's 9%), one trained with a mass-covering term does better (11%;
+BENCHMARKS.md). The same weights give an importance estimate of log Z.
 """
 
 from __future__ import annotations
