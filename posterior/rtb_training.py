@@ -152,8 +152,8 @@ class RTBTrainer:
             raise ValueError("trajectory_pool and config.replay are two sources of off-policy trajectories; use one")
         if config.forward_kl and trajectory_pool is None:
             raise ValueError(f"forward_kl={config.forward_kl} needs a trajectory_pool (the target's paths)")
-        pool_iterations = trajectory_pool is not None and not config.forward_kl
-        if objective.differentiable and (config.explore or config.replay or pool_iterations):
+        if objective.differentiable and (config.explore or config.replay or
+                                         (trajectory_pool is not None and not config.forward_kl)):
             raise ValueError(f"{type(objective).__name__} trains on the posterior's own reparameterized paths: "
                              "it takes no explore, replay or trajectory_pool (except for forward_kl)")
         if trajectory_pool is not None:
@@ -188,16 +188,20 @@ class RTBTrainer:
         self.history = RTBHistory()
         self.peak_memory_bytes: int | None = None
 
+    @property
+    def _pool_iterations(self) -> bool:
+        """Whether odd iterations train on pool paths (a pool without forward_kl)."""
+        return self.trajectory_pool is not None and not self.config.forward_kl
+
     def step(self) -> float:
         """One optimizer step; returns the loss."""
         if self.objective.differentiable:
             return self._pathwise_step()
         cfg = self.config
-        pool_iterations = self.trajectory_pool is not None and not cfg.forward_kl
-        has_source = pool_iterations or (self.buffer is not None and len(self.buffer) > 0)
+        has_source = self._pool_iterations or (self.buffer is not None and len(self.buffer) > 0)
         backward = has_source and self.iteration % 2 == 1
         keep_graph = not cfg.per_step
-        if backward and pool_iterations:
+        if backward and self._pool_iterations:
             states = self.trajectory_pool.sample(cfg.batch_size, self.generator).to(self.dtype)
             traj = self.posterior.score(states, self.path, track_gradients=keep_graph)
         elif backward:
