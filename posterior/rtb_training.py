@@ -16,7 +16,8 @@ posterior's mean negative log-likelihood -log q(tau) of a batch of paths resampl
 pool, a Monte Carlo gradient of lambda KL(target || q) (up to the pool's resampling error). The
 reverse KL that RTB, VarGrad and the pathwise KL fit is mode-seeking; the forward term penalizes
 target paths the posterior under-covers. Both vanish at q = target, so the optimum is unchanged
-(lambda = 1: the symmetric Jeffreys divergence). The pool then feeds only this term.
+(lambda = 1: the symmetric Jeffreys divergence). The pool then feeds only this term. Its weight can
+decay on a cosine (``forward_kl_decay_horizon``), so that the reverse KL alone shapes the end of the run.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class RTBConfig:
         forward_kl: weight lambda of the mass-covering term lambda * mean(-log q(tau)) over a batch
             of ``batch_size`` paths resampled from the trainer's ``trajectory_pool`` (needed), added
             to every iteration's loss (0: off; the pool then trains on odd iterations instead).
+        forward_kl_decay_horizon, forward_kl_decay_final: cosine decay of that weight to
+            ``forward_kl_decay_final`` times ``forward_kl`` over the first ``forward_kl_decay_horizon``
+            iterations, constant after (:class:`posterior.lr_schedule.CosineDecay`); horizon 0: constant.
     """
 
     iterations: int = 2000
@@ -83,12 +87,26 @@ class RTBConfig:
     lr_decay_final: float = 0.1
     ema_decay: float = 0.0
     forward_kl: float = 0.0
+    forward_kl_decay_horizon: int = 0
+    forward_kl_decay_final: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
         if not self.forward_kl >= 0.0:
             raise ValueError(f"forward_kl must be >= 0 (0: off), got {self.forward_kl}")
+        if self.forward_kl_decay_horizon < 0:
+            raise ValueError(f"forward_kl_decay_horizon must be >= 0 (0: constant), got {self.forward_kl_decay_horizon}")
+        if not 0.0 <= self.forward_kl_decay_final <= 1.0:
+            raise ValueError(f"forward_kl_decay_final must be in [0, 1], got {self.forward_kl_decay_final}")
+        if self.forward_kl_decay_horizon and not self.forward_kl:
+            raise ValueError(f"forward_kl_decay_horizon={self.forward_kl_decay_horizon} decays the forward_kl "
+                             "weight, which is 0 (off)")
+
+    def forward_kl_weight(self, iteration: int) -> float:
+        """The forward-KL weight lambda at ``iteration`` (after its cosine decay)."""
+        decay = CosineDecay(self.forward_kl_decay_horizon, self.forward_kl_decay_final)
+        return self.forward_kl * decay(iteration)
 
 
 # settings that may change when a run is resumed: the budget and the checkpoint cadence
@@ -235,10 +253,10 @@ class RTBTrainer:
         return self._apply_gradients(batch.loss.detach() + self._forward_kl_backward())
 
     def _forward_kl_backward(self) -> torch.Tensor:
-        """With ``config.forward_kl``: accumulate the gradient of lambda * mean(-log q(tau)) over a batch
-        of pool paths (trained steps only: the frozen ones do not depend on the weights) and return
-        that term (detached); otherwise 0."""
-        lam = self.config.forward_kl
+        """With ``config.forward_kl``: accumulate the gradient of lambda * mean(-log q(tau)) (lambda at
+        this iteration, after its decay) over a batch of pool paths (trained steps only: the frozen ones
+        do not depend on the weights) and return that term (detached); otherwise 0."""
+        lam = self.config.forward_kl_weight(self.iteration)
         if not lam:
             return torch.zeros((), device=self.device, dtype=self.dtype)
         states = self.trajectory_pool.sample(self.config.batch_size, self.generator).to(self.dtype)

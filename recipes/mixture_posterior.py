@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--forward-kl", type=float, default=0.0, metavar="L",
                    help="rtb: instead, every iteration adds L times the posterior's negative log-likelihood of a "
                         "batch of pool paths (a mass-covering forward-KL term; needs --pool; with --objective kl too)")
+    p.add_argument("--forward-kl-horizon", type=int, default=0, metavar="N",
+                   help="rtb: cosine-decay the --forward-kl weight over the first N iterations (0: constant)")
+    p.add_argument("--forward-kl-final", type=float, default=0.0, metavar="F",
+                   help="rtb: the forward-KL weight's multiplier at and after --forward-kl-horizon")
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--eval-repeats", type=int, default=5,
                    help="independent exact sample sets: W2 and its floor are means over this many")
@@ -119,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
         objective = RelativeTrajectoryBalance() if args.objective == "rtb" else PathIntegral()
         trainer = RTBTrainer(posterior, path, objective,
                              RTBConfig(iterations=args.iters, batch_size=args.batch, explore=args.explore,
-                                       seed=args.seed, forward_kl=args.forward_kl), trajectory_pool=pool)
+                                       seed=args.seed, forward_kl=args.forward_kl,
+                                       forward_kl_decay_horizon=args.forward_kl_horizon,
+                                       forward_kl_decay_final=args.forward_kl_final), trajectory_pool=pool)
         history = trainer.run(progress=not args.no_progress)
         with torch.no_grad():
             samples = posterior.trajectories(args.eval_samples, path, generator=torch.Generator().manual_seed(1),
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {
         "method": args.method, "objective": args.objective if args.method == "rtb" else None, "iters": args.iters, "steps": args.steps, "pool": args.pool,
         "forward_kl": args.forward_kl,
+        "forward_kl_horizon": args.forward_kl_horizon,
+        "forward_kl_final": args.forward_kl_final,
         "learned_variance": args.learned_variance if args.method == "rtb" else None,
         "w2": sum(w2_each) / len(w2_each), "w2_floor": sum(floor_each) / len(floor_each),
         "w2_each": w2_each, "w2_floor_each": floor_each, "eval_samples": args.eval_samples,

@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtb-forward-kl", type=float, default=0.0, metavar="L",
                    help="RTB: add L times the posterior's negative log-likelihood of a batch of --rtb-pool paths "
                         "to every iteration (a mass-covering forward-KL term; needs --rtb-pool; 0: off)")
+    p.add_argument("--rtb-forward-kl-horizon", type=int, default=0, metavar="N",
+                   help="RTB: cosine-decay the --rtb-forward-kl weight over the first N iterations (0: constant)")
+    p.add_argument("--rtb-forward-kl-final", type=float, default=0.0, metavar="F",
+                   help="RTB: the forward-KL weight's multiplier at and after --rtb-forward-kl-horizon")
     p.add_argument("--rtb-step-fraction", type=float, default=1.0,
                    help="RTB: share of the steps whose gradient is accumulated per iteration (unbiased)")
     p.add_argument("--rtb-guidance", type=float, default=0.0,
@@ -267,7 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
                                            checkpoint_every=args.checkpoint_every,
                                            lr_decay_horizon=args.lr_decay_horizon,
                                            lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema,
-                                           forward_kl=args.rtb_forward_kl),
+                                           forward_kl=args.rtb_forward_kl,
+                                           forward_kl_decay_horizon=args.rtb_forward_kl_horizon,
+                                           forward_kl_decay_final=args.rtb_forward_kl_final),
                                  checkpoint_path=checkpoint_path, trajectory_pool=pool)
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
@@ -283,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
             extra = {"rtb_seconds_per_iter": trainer.history.median_seconds(), "learned_log_z": trainer.objective.log_z(),
                      "frozen_final_steps": frozen, "rtb_objective": args.rtb_objective, "rtb_explore": args.rtb_explore,
                      "rtb_replay": args.rtb_replay, "rtb_pool": args.rtb_pool, "rtb_forward_kl": args.rtb_forward_kl,
+                     "rtb_forward_kl_horizon": args.rtb_forward_kl_horizon,
+                     "rtb_forward_kl_final": args.rtb_forward_kl_final,
                      "rtb_pool_ess": pool.effective_sample_size() if pool else None,
                      "rtb_pool_log_z": pool.log_mean_weight() if pool else None, "rtb_step_fraction": args.rtb_step_fraction,
                      "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,

@@ -149,6 +149,46 @@ def test_forward_kl_adds_the_pool_paths_negative_log_likelihood_gradient_every_i
     assert all(v is not None for v in trainer.history.batch_log_z)
 
 
+def test_forward_kl_weight_decays_on_a_cosine_and_then_adds_nothing():
+    path_a = torch.linspace(-1.0, 1.0, 7 * 3, dtype=torch.float64).reshape(7, 1, 3)
+    pool = ImportancePool(torch.cat([path_a, path_a + 5.0], 1), torch.tensor([0.0, -math.inf]))
+    lam, decay = 0.4, dict(forward_kl_decay_horizon=4, forward_kl_decay_final=0.25)
+    trainer = _pool_trainer(8, pool, forward_kl=lam, explore=0.0, **decay)
+    weights = [trainer.config.forward_kl_weight(i) for i in (0, 2, 4, 7)]
+    assert weights == pytest.approx([lam, lam * (0.25 + 0.75 * 0.5), lam * 0.25, lam * 0.25])
+    untouched = _pool_trainer(2, None, explore=0.0).posterior
+    nll = -untouched.prior.log_prob_steps(path_a.expand(7, 8, 3), model=untouched.model,
+                                          steps=untouched.trained_steps).sum(0).mean()
+    nll.backward()
+    # halfway through the horizon the added gradient is the decayed weight times the NLL gradient
+    with_term, plain = _pool_trainer(8, pool, forward_kl=lam, explore=0.0, **decay), _pool_trainer(8, None, explore=0.0)
+    with_term.iteration = plain.iteration = 2
+    loss_with, loss_plain = with_term.step(), plain.step()
+    for p_with, p_plain, p_nll in zip(with_term.posterior.model.parameters(), plain.posterior.model.parameters(),
+                                      untouched.model.parameters(), strict=True):
+        torch.testing.assert_close(p_with.grad, p_plain.grad + weights[1] * p_nll.grad)
+    assert loss_with == pytest.approx(loss_plain + weights[1] * float(nll.detach()))
+    # decayed to 0: the term vanishes and the pool is not drawn from
+    off = _pool_trainer(8, pool, forward_kl=lam, explore=0.0, forward_kl_decay_horizon=4)
+    plain = _pool_trainer(8, None, explore=0.0)
+    off.iteration = plain.iteration = 5
+    assert off.step() == plain.step()
+    for p_off, p_plain in zip(off.posterior.model.parameters(), plain.posterior.model.parameters(), strict=True):
+        assert torch.equal(p_off.grad, p_plain.grad)
+
+
+def test_forward_kl_decay_settings_are_checked():
+    from posterior.rtb_training import RTBConfig
+
+    with pytest.raises(ValueError, match="forward_kl_decay_horizon must be >= 0"):
+        RTBConfig(forward_kl=1.0, forward_kl_decay_horizon=-1)
+    with pytest.raises(ValueError, match=r"forward_kl_decay_final must be in \[0, 1\]"):
+        RTBConfig(forward_kl=1.0, forward_kl_decay_horizon=10, forward_kl_decay_final=1.5)
+    with pytest.raises(ValueError, match="decays the forward_kl weight, which is 0"):
+        RTBConfig(forward_kl_decay_horizon=10)
+    assert RTBConfig(forward_kl=0.5).forward_kl_weight(10_000) == 0.5  # no horizon: constant
+
+
 def test_forward_kl_needs_a_pool_and_a_nonnegative_weight_and_admits_the_pathwise_kl():
     from posterior.objectives import PathIntegral
     from posterior.rtb_training import RTBConfig, RTBTrainer

@@ -351,7 +351,8 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "2", "--rtb-lora", "2", "--rtb-ema", "0.5",
           "--rtb-learned-variance", "--rtb-resample", "3", "--num-samples", "4", "--steps", "4", "--batch", "4",
-          "--rtb-objective", "kl", "--rtb-pool", "16", "--rtb-forward-kl", "0.5", "--no-progress"], tmp_path)
+          "--rtb-objective", "kl", "--rtb-pool", "16", "--rtb-forward-kl", "0.5", "--rtb-forward-kl-horizon", "2",
+          "--rtb-forward-kl-final", "0.2", "--no-progress"], tmp_path)
     lora_methods = json.loads((tmp_path / "lora" / "metrics.json").read_text())["methods"]
     lora = lora_methods["rtb"]
     # the trained sampler as SIR's proposal: 3 trajectories weighted per returned sample
@@ -363,6 +364,7 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert lora["rtb_lora"] == 2 and 0 < lora["trainable_parameters"] < entry["trainable_parameters"] / 4
     assert lora["rtb_learned_variance"] and not entry["rtb_learned_variance"]
     assert lora["rtb_forward_kl"] == 0.5 and lora["rtb_pool"] == 16 and 0 < lora["rtb_pool_ess"] <= 1
+    assert lora["rtb_forward_kl_horizon"] == 2 and lora["rtb_forward_kl_final"] == 0.2
     assert lora["rtb_ema"] == 0.5 and entry["rtb_ema"] == 0.0  # the adapters' weight average samples, and the report reads it
     _run(["recipes/rtb_path_kl.py", "--run", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
           "--classifier-epochs", "1", "--samples", "4"], tmp_path)
