@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .exploration import LinearDecay
+from .exploration import EXPLORE_DECAYS, LinearDecay
 from .grids import random_grid, uniform_grid
 from .lr_schedule import CosineDecay
 from .buffer_training import ReplayTraining
@@ -40,6 +40,8 @@ class TrainingConfig:
         lr_flow: Adam learning rate of log Z / state flows (1e-1 for TB, 1e-2 for SubTB).
         explore: extra sampling variance per unit time at iteration 0, decayed linearly.
         explore_horizon: iterations over which exploration decays (None: all of training).
+        explore_decay: what decays linearly to 0: "variance" (the extra variance) or "std" (its
+            standard deviation, so the variance decays quadratically: the paper's public code).
         grad_clip: clip the global gradient norm (None: off).
         log_var_lr_scale: with a learned variance, the log-variance output rows move this much
             slower than the rest of the policy (Adam's update is elementwise, so this is exactly a
@@ -76,6 +78,7 @@ class TrainingConfig:
     lr_flow: float = 1e-1
     explore: float = 0.0
     explore_horizon: int | None = None
+    explore_decay: str = "variance"
     grad_clip: float | None = None
     log_var_lr_scale: float = 1.0
     log_z_init: str = "zero"
@@ -92,6 +95,8 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.explore < 0:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
+        if self.explore_decay not in EXPLORE_DECAYS:
+            raise ValueError(f"explore_decay must be one of {EXPLORE_DECAYS}, got {self.explore_decay!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
         if not self.log_var_lr_scale > 0:
@@ -159,7 +164,8 @@ class Trainer:
             groups.append({"params": flow_params, "lr": config.lr_flow})
         self.optimizer = torch.optim.Adam(groups)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.exploration = LinearDecay(config.explore, config.explore_horizon or config.iterations)
+        self.exploration = LinearDecay(config.explore, config.explore_horizon or config.iterations,
+                                       linear_in=config.explore_decay)
         self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
         self.times = uniform_grid(config.steps, device=self.device, dtype=self.dtype)
         self.history = TrainingHistory()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
 from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.evaluation import evaluate, summarize_repeats  # noqa: E402
-from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
+from posterior.exploration import EXPLORE_DECAYS, PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
 from posterior.factory import (LANGEVIN_SCALES, NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES,  # noqa: E402
                                default_flow_lr, langevin_per_dimension, make_objective, make_sampler)
 from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                               "--explore-horizon says otherwise (the paper's TB+Expl: 0.2; with LS: 0.1)")
     p.add_argument("--explore-horizon", type=int, default=None,
                    help="iterations over which exploration decays (default: all; 5000 with --explore-step-std)")
+    p.add_argument("--explore-decay", choices=EXPLORE_DECAYS, default="variance",
+                   help="what decays linearly to 0: the extra variance (default) or its standard deviation "
+                        "(std: the variance decays quadratically, the paper's public code)")
     p.add_argument("--langevin", action="store_true", help="Langevin parametrization of the drift")
     p.add_argument("--langevin-scale", choices=LANGEVIN_SCALES, default="per-dimension",
                    help="with --langevin: the score's time-dependent scale has one entry per dimension, or one "
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
                             train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
-                            explore=args.explore, explore_horizon=args.explore_horizon, seed=args.seed,
+                            explore=args.explore, explore_horizon=args.explore_horizon,
+                            explore_decay=args.explore_decay, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip,
                             log_var_lr_scale=args.log_var_lr_scale, log_z_init=args.log_z_init,
                             lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final,
@@ -225,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         "langevin": args.langevin, "langevin_scale": args.langevin_scale if args.langevin else None,
         "explore": args.explore,
         "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
+        "explore_decay": args.explore_decay,
         "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
         "hidden": args.hidden, "ema_decay": args.ema, "learn_variance": args.learn_variance,
         "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,

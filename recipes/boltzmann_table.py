@@ -6,7 +6,8 @@
 A method is a named set of boltzmann.py flags (see METHODS; the paper's budget: 25k iterations,
 10k with the Langevin parametrization). ``*-expl*`` methods use ``--explore 0.2`` (variance per unit
 time, decayed over training); ``*-step`` methods use the paper's public-code exploration
-(``--explore-step-std``: per-step std, decayed over 5000 iterations), about 20x more noise at first. Each run lives in OUT/<target>-<method>-s<seed>/, is
+(``--explore-step-std``: per-step std, decayed over 5000 iterations), about 20x more noise at first;
+``*-stepdecay`` also decays that std, not the variance, linearly (``--explore-decay std``, the public code). Each run lives in OUT/<target>-<method>-s<seed>/, is
 resumed if interrupted, and is skipped when its metrics.json exists. ``--jobs`` runs that many
 single-threaded runs at once. The table holds mean ± std over seeds of Δlog Z, Δlog Z_RW, W2
 (with the exact-sample floor) and seconds per iteration (median, and mean including local search).
@@ -49,6 +50,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "tb-expl-ls-step": ("TB + Expl (step std 0.1) + LS", ["--objective", "tb", "--explore-step-std", "0.1",
                                                            "--local-search"]),
     "vargrad-expl-step": ("VarGrad + Expl (step std 0.2)", ["--objective", "vargrad", "--explore-step-std", "0.2"]),
+    # the same with the public code's decay of the std (not the variance) to 0: variance ε²(1 - i/5000)²
+    "tb-expl-stepdecay": ("TB + Expl (step std 0.2, std decayed linearly)",
+                          ["--objective", "tb", "--explore-step-std", "0.2", "--explore-decay", "std"]),
     "flsubtb-lp": ("FL-SubTB + LP (flow with its own embeddings)",
                    ["--objective", "fl-subtb", "--langevin", "--flow-embedding", "separate"]),
     "flsubtb-lp-shared": ("FL-SubTB + LP (flow on the policy's embeddings, the paper's)",

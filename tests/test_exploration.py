@@ -9,10 +9,12 @@ import torch
 
 from constraints import GaussianTarget
 from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, LinearDecay, explore_from_step_std
+from posterior.factory import make_objective
 from posterior.grids import uniform_grid
 from posterior.networks import PISPolicy
 from posterior.path_target import BoltzmannPath
 from posterior.sampler import DiffusionSampler
+from posterior.training import Trainer, TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +55,35 @@ def test_step_std_conversion_and_its_errors():
     assert schedule(0) == 4.0 and schedule(2500) == pytest.approx(2.0) and schedule(5000) == 0.0
 
 
+def test_std_decay_is_the_public_codes_schedule():
+    """The public code's std is ε (1 - i / 5000); its per-step variance ε² (1 - i / 5000)² on T steps."""
+    step_std, steps = 0.2, 100
+    schedule = LinearDecay(explore_from_step_std(step_std, steps), PUBLIC_CODE_EXPLORE_HORIZON, linear_in="std")
+    for iteration in (0, 1000, 2500, 4999, 5000, 7000):
+        public_std = step_std * max(0.0, 1.0 - iteration / PUBLIC_CODE_EXPLORE_HORIZON)
+        assert schedule(iteration) / steps == pytest.approx(public_std ** 2, abs=1e-15)
+    assert schedule(2500) == pytest.approx(LinearDecay(4.0, PUBLIC_CODE_EXPLORE_HORIZON)(2500) / 2)
+    with pytest.raises(ValueError, match="explore decay must be one of"):
+        LinearDecay(4.0, 10, linear_in="log")
+
+
+@pytest.mark.parametrize("decay,expected", [("variance", 2.0), ("std", 1.0)])
+def test_trainer_samples_with_the_configured_decay(monkeypatch, decay, expected):
+    sampler, path = _zero_drift_sampler(1.0)
+    objective = make_objective("tb", path).double()
+    config = TrainingConfig(iterations=20, batch_size=8, steps=5, explore=4.0, explore_horizon=10,
+                            explore_decay=decay, seed=0)
+    trainer = Trainer(sampler, objective, path, config)
+    used = []
+    sample = trainer.trajectories
+    monkeypatch.setattr(trainer, "trajectories", lambda explore: used.append(explore) or sample(explore))
+    trainer.iteration = 5
+    trainer.step()
+    assert used == [pytest.approx(expected)]
+    with pytest.raises(ValueError, match="explore_decay must be one of"):
+        TrainingConfig(explore_decay="linear")
+
+
 def _boltzmann_recipe():
     spec = importlib.util.spec_from_file_location("boltzmann_recipe", ROOT / "recipes" / "boltzmann.py")
     module = importlib.util.module_from_spec(spec)
@@ -67,6 +98,8 @@ def test_recipe_explore_step_std_flag():
     args = recipe.parse_args(["--explore-step-std", "0.1", "--explore-horizon", "25000", "--out", "unused"])
     assert args.explore == pytest.approx(1.0) and args.explore_horizon == 25_000
     args = recipe.parse_args(["--explore", "0.2", "--out", "unused"])
-    assert args.explore == 0.2 and args.explore_horizon is None
+    assert args.explore == 0.2 and args.explore_horizon is None and args.explore_decay == "variance"
+    args = recipe.parse_args(["--explore-step-std", "0.2", "--explore-decay", "std", "--out", "unused"])
+    assert args.explore_decay == "std" and args.explore_horizon == PUBLIC_CODE_EXPLORE_HORIZON
     with pytest.raises(SystemExit):
         recipe.parse_args(["--explore", "0.2", "--explore-step-std", "0.2", "--out", "unused"])
