@@ -50,6 +50,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "tb-expl-ls-step": ("TB + Expl (step std 0.1) + LS", ["--objective", "tb", "--explore-step-std", "0.1",
                                                            "--local-search"]),
     "vargrad-expl-step": ("VarGrad + Expl (step std 0.2)", ["--objective", "vargrad", "--explore-step-std", "0.2"]),
+    # the paper's exploration size kept twice as long (decayed over 10k iterations) or 1.5x larger (std 0.3)
+    "tb-expl-step10k": ("TB + Expl (step std 0.2, decayed over 10k iterations)",
+                        ["--objective", "tb", "--explore-step-std", "0.2", "--explore-horizon", "10000"]),
+    "tb-expl-step03": ("TB + Expl (step std 0.3)", ["--objective", "tb", "--explore-step-std", "0.3"]),
     # the same with the public code's decay of the std (not the variance) to 0: variance ε²(1 - i/5000)²
     "tb-expl-stepdecay": ("TB + Expl (step std 0.2, std decayed linearly)",
                           ["--objective", "tb", "--explore-step-std", "0.2", "--explore-decay", "std"]),
