@@ -29,6 +29,7 @@ LP_ITERS, ITERS = 10_000, 25_000
 METHODS: dict[str, tuple[str, list[str]]] = {
     # name: (label in the table, flags)
     "tb": ("TB", ["--objective", "tb"]),
+    "tb-ema": ("TB, weight average 0.998", ["--objective", "tb", "--ema", "0.998"]),
     "tb-expl": ("TB + Expl", ["--objective", "tb", "--explore", "0.2"]),
     "tb-expl-lp": ("TB + Expl + LP", ["--objective", "tb", "--explore", "0.2", "--langevin"]),
     "tb-expl-ls": ("TB + Expl + LS", ["--objective", "tb", "--explore", "0.2", "--local-search"]),
