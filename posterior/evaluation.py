@@ -8,19 +8,20 @@ from typing import Any
 import torch
 
 from . import metrics
-from .grids import uniform_grid
+from .grids import power_grid
 from .path_target import BoltzmannPath
 from .sampler import DiffusionSampler
 
 
 @torch.no_grad()
 def evaluate(sampler: DiffusionSampler, path: BoltzmannPath, *, num_samples: int = 2000,
-             steps: int = 100, seed: int = 12345, log_z: float | None = None,
+             steps: int = 100, grid_power: float = 1.0, seed: int = 12345, log_z: float | None = None,
              exact_samples: torch.Tensor | None = None,
              exact_reference: torch.Tensor | None = None) -> dict[str, Any]:
-    """Metrics of ``sampler`` on ``path`` from ``num_samples`` trajectories on a uniform grid.
+    """Metrics of ``sampler`` on ``path`` from ``num_samples`` trajectories on a ``steps``-step grid.
 
     Args:
+        grid_power: the grid's power (:func:`posterior.grids.power_grid`; 1: uniform).
         log_z: the exact log Z, if known (adds delta_log_z and delta_log_z_rw).
         exact_samples: (K, d) exact target samples for W2 and the EUBO.
         exact_reference: (K, d) a second independent exact set, for the W2 noise floor.
@@ -30,7 +31,7 @@ def evaluate(sampler: DiffusionSampler, path: BoltzmannPath, *, num_samples: int
         (None where not computable) and ``samples`` (K, d) on the CPU.
     """
     generator = torch.Generator(device=next(sampler.parameters()).device).manual_seed(seed)
-    times = uniform_grid(steps)
+    times = power_grid(steps, grid_power)
     traj = sampler.forward_trajectories(num_samples, times, path, generator=generator,
                                         track_gradients=False)
     log_w = traj.log_weight

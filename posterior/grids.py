@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -16,6 +18,29 @@ def uniform_grid(steps: int, *, device: torch.device | str | None = None,
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     return torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=dtype)
+
+
+def power_grid(steps: int, power: float = 1.0, *, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """Grid t_k = 1 - (1 - k / steps) ** power with ``steps`` intervals.
+
+    ``power`` 1 is the uniform grid; ``power`` > 1 shortens the steps toward t = 1, where a sampler's
+    drift changes fastest (the last interval is steps ** -power long, the first about power / steps);
+    0 < ``power`` < 1 shortens them toward t = 0.
+
+    Returns:
+        times: (steps + 1,) increasing, times[0] = 0, times[-1] = 1 exactly.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
+        raise ValueError(f"power must be a finite number > 0, got {power!r}")
+    if power == 1:
+        return uniform_grid(steps, device=device, dtype=dtype)
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    times = 1.0 - (1.0 - u) ** power
+    times[0], times[-1] = 0.0, 1.0
+    return times.to(device=device, dtype=dtype)
 
 
 def random_grid(steps: int, *, low: float = 1.0, high: float = 10.0,

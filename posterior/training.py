@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .exploration import EXPLORE_DECAYS, LinearDecay
-from .grids import random_grid, uniform_grid
+from .grids import power_grid, random_grid
 from .lr_schedule import CosineDecay
 from .buffer_training import ReplayTraining
 from .objectives.base import Objective
@@ -34,6 +35,8 @@ class TrainingConfig:
         steps: N, time steps per training trajectory.
         train_grid: "uniform", or "random" (a fresh coarse grid every iteration whose
             increments are drawn from U[grid_low, grid_high] and normalized).
+        grid_power: with ``train_grid`` "uniform", the fixed grid is ``power_grid(steps, grid_power)``:
+            1 is uniform, > 1 shortens the steps toward t = 1 (see :func:`posterior.grids.power_grid`).
         steps_max: with a random grid, draw the number of steps uniformly from
             [steps, steps_max] every iteration (None: always ``steps``).
         lr_policy: Adam learning rate of the policy.
@@ -73,6 +76,7 @@ class TrainingConfig:
     train_grid: str = "uniform"
     grid_low: float = 1.0
     grid_high: float = 10.0
+    grid_power: float = 1.0
     steps_max: int | None = None
     lr_policy: float = 1e-3
     lr_flow: float = 1e-1
@@ -108,6 +112,11 @@ class TrainingConfig:
         if self.steps_max is not None and (self.train_grid != "random" or self.steps_max < self.steps):
             raise ValueError(f"steps_max needs train_grid='random' and steps_max >= steps, got "
                              f"{self.steps_max} with {self.train_grid!r} and steps={self.steps}")
+        if not (math.isfinite(self.grid_power) and self.grid_power > 0):
+            raise ValueError(f"grid_power must be a finite number > 0, got {self.grid_power}")
+        if self.grid_power != 1 and self.train_grid != "uniform":
+            raise ValueError(f"grid_power {self.grid_power} needs train_grid='uniform' (a random grid has its own "
+                             f"steps), got {self.train_grid!r}")
 
 
 # settings that may change when a run is resumed: the budget and the checkpoint cadence
@@ -167,7 +176,7 @@ class Trainer:
         self.exploration = LinearDecay(config.explore, config.explore_horizon or config.iterations,
                                        linear_in=config.explore_decay)
         self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
-        self.times = uniform_grid(config.steps, device=self.device, dtype=self.dtype)
+        self.times = power_grid(config.steps, config.grid_power, device=self.device, dtype=self.dtype)
         self.history = TrainingHistory()
         self.iteration = 0
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -246,7 +255,7 @@ class Trainer:
             generator=self.generator, differentiable=self.objective.differentiable)
 
     def train_times(self) -> torch.Tensor:
-        """(N + 1,) grid of this iteration: the fixed uniform grid, or a fresh random one."""
+        """(N + 1,) grid of this iteration: the fixed (uniform or power) grid, or a fresh random one."""
         cfg = self.config
         if cfg.train_grid == "uniform":
             return self.times

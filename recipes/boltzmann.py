@@ -89,10 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100, help="time steps of training trajectories")
     p.add_argument("--train-grid", choices=("uniform", "random"), default="uniform",
                    help="random: a fresh coarse grid every iteration (increments ~ U[1, 10], normalized)")
+    p.add_argument("--grid-power", type=float, default=1.0,
+                   help="grid t_k = 1 - (1 - k/N)^P for training (with --train-grid uniform) and evaluation: "
+                        "1 is uniform, > 1 shortens the steps toward t = 1")
     p.add_argument("--train-steps-max", type=int, default=None,
                    help="with --train-grid random: a random number of steps in [--steps, this] per iteration")
     p.add_argument("--eval-steps", type=int, default=None,
-                   help="steps of the uniform evaluation grid (default: --steps, or 100 with --train-grid random)")
+                   help="steps of the evaluation grid (default: --steps, or 100 with --train-grid random)")
     p.add_argument("--buffer", choices=("none", "uniform", "rank"), default="none",
                    help="replay buffer: alternate forward updates and backward updates from buffer states")
     p.add_argument("--buffer-size", type=int, default=600_000)
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
                                flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None,
                                separate_replay_log_z=args.replay_log_z == "separate").to(device)
     config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
-                            train_grid=args.train_grid, steps_max=args.train_steps_max, lr_policy=args.lr_policy,
+                            train_grid=args.train_grid, grid_power=args.grid_power, steps_max=args.train_steps_max,
+                            lr_policy=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon,
                             explore_decay=args.explore_decay, seed=args.seed,
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
         "local_search": args.local_search, "teacher": args.teacher, "replay_log_z": args.replay_log_z,
         "teacher_target_power": args.teacher_target_power if args.teacher else None,
-        "train_grid": args.train_grid, "eval_steps": eval_steps,
+        "train_grid": args.train_grid, "grid_power": args.grid_power, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
         "iters": trainer.iteration, "seconds_per_iter": history.median_seconds(),
         "seconds_total": seconds_total, "train_wall_seconds_this_run": train_seconds,
@@ -302,7 +306,8 @@ def evaluate_once(args: argparse.Namespace, sampler, path: BoltzmannPath, target
     if target.has_exact_samples:
         exact = target.sample(args.eval_samples, generator=gen)
         exact_ref = target.sample(args.eval_samples, generator=gen)
-    result = evaluate(sampler, path, num_samples=args.eval_samples, steps=eval_steps, seed=args.seed + 1 + offset,
+    result = evaluate(sampler, path, num_samples=args.eval_samples, steps=eval_steps, grid_power=args.grid_power,
+                      seed=args.seed + 1 + offset,
                       log_z=target.log_z, exact_samples=exact, exact_reference=exact_ref)
     return result, exact
 

@@ -5,7 +5,7 @@ import torch
 
 from constraints import GaussianTarget
 from gaussian_cases import kl_gaussians, optimal_drift
-from posterior.grids import random_grid, uniform_grid
+from posterior.grids import power_grid, random_grid, uniform_grid
 from posterior.networks import PISFlow, PISPolicy
 from posterior.objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
 from posterior.objectives.subtrajectory_balance import subtrajectory_weights
@@ -84,16 +84,18 @@ def test_forward_looking_flow_adds_reference_and_reward():
     torch.testing.assert_close(log_f[-1], traj.log_reward)
 
 
-@pytest.mark.parametrize("grid", ["uniform", "random"])
+@pytest.mark.parametrize("grid", ["uniform", "random", "power"])
 def test_residual_near_zero_at_analytic_optimal_drift(grid):
     """Euler-Maruyama with the closed-form optimal drift: residual ~ -log Z up to discretization,
-    on a uniform grid and on a random grid (each step's own dt in log p_F and log p_B)."""
+    on a uniform grid, a random grid and a power grid refined toward t = 1 (each step's own dt in
+    log p_F and log p_B)."""
     sigma2, log_z = 1.0, 0.7
     mean, var = torch.tensor([1.0, -0.5], dtype=torch.float64), torch.tensor([0.5, 2.0], dtype=torch.float64)
     sampler, path, _ = _setup(mean, var.sqrt(), log_z, sigma2)
     n, b = 400, 2000
-    times = (uniform_grid(n, dtype=torch.float64) if grid == "uniform" else
-             random_grid(n, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    times = {"uniform": lambda: uniform_grid(n, dtype=torch.float64),
+             "random": lambda: random_grid(n, generator=torch.Generator().manual_seed(5), dtype=torch.float64),
+             "power": lambda: power_grid(n, 2.0, dtype=torch.float64)}[grid]()
     gen = torch.Generator().manual_seed(0)
 
     def residual_with(scale):

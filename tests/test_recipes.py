@@ -20,7 +20,8 @@ def _run(args, tmp_path):
 @pytest.mark.parametrize("extra", [["--target", "gmm25", "--objective", "tb", "--explore", "0.2", "--teacher",
                                     "--lr-decay-horizon", "5", "--replay-log-z", "separate", "--ema", "0.5"],
                                    ["--target", "manywell", "--dim", "4", "--objective", "fl-subtb", "--langevin",
-                                    "--flow-embedding", "shared", "--langevin-scale", "shared", "--hidden", "24"],
+                                    "--flow-embedding", "shared", "--langevin-scale", "shared", "--hidden", "24",
+                                    "--grid-power", "2"],
                                    ["--target", "gmm25", "--objective", "vargrad", "--local-search", "--ls-every", "4",
                                     "--ls-steps", "10", "--ls-burn-in", "5", "--train-grid", "random",
                                     "--noising", "vp", "--learn-backward"]])
@@ -42,6 +43,7 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert metrics["shallow_share_exact"] == pytest.approx(0.1557, abs=1e-3)
         assert metrics["barrier_share_exact"] == pytest.approx(0.00365, abs=1e-4) and 0 <= metrics["barrier_share"] <= 1
     assert metrics["hidden"] == (24 if "--hidden" in extra else 64)
+    assert metrics["grid_power"] == metrics["config"]["grid_power"] == (2.0 if "--grid-power" in extra else 1.0)
     averaged = "--ema" in extra  # the averaged weights are evaluated; the last ones beside them, on the same exact sets
     assert metrics["ema_decay"] == (0.5 if averaged else 0.0) and ("raw_weights" in metrics) == averaged
     if averaged:

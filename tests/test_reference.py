@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from posterior.grids import check_grid, random_grid, uniform_grid
+from posterior.grids import check_grid, power_grid, random_grid, uniform_grid
 from posterior.reference import BrownianBridge
 from posterior.sampler import DiffusionSampler
 from posterior.networks import PISPolicy
@@ -21,6 +21,26 @@ def test_uniform_and_random_grids():
         uniform_grid(0)
     with pytest.raises(ValueError, match="increasing"):
         check_grid(torch.tensor([0.0, 0.6, 0.4, 1.0]))
+
+
+def test_power_grid():
+    torch.testing.assert_close(power_grid(10, 1.0), uniform_grid(10))
+    t = power_grid(100, 2.0, dtype=torch.float64)
+    check_grid(t)
+    assert t.shape == (101,) and t[0] == 0 and t[-1] == 1
+    inc = t[1:] - t[:-1]
+    assert bool((inc[1:] < inc[:-1]).all())  # steps shrink toward t = 1
+    assert math.isclose(float(inc[-1]), 1e-4, rel_tol=1e-9)  # the last is steps ** -power
+    assert math.isclose(float(inc[0]), 1 - 0.99 ** 2, rel_tol=1e-9)
+    torch.testing.assert_close(t[50], torch.tensor(0.75, dtype=torch.float64))
+    toward_zero = power_grid(10, 0.5, dtype=torch.float64)
+    check_grid(toward_zero)
+    assert float(toward_zero[1] - toward_zero[0]) < float(toward_zero[-1] - toward_zero[-2])
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="power"):
+            power_grid(10, bad)
+    with pytest.raises(ValueError, match="steps"):
+        power_grid(0, 2.0)
 
 
 def test_bridge_log_prob_matches_direct_gaussian():

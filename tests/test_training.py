@@ -294,3 +294,23 @@ def test_log_z_batch_init_needs_a_learned_scalar_log_z():
         _shifted_gaussian_trainer("batch", objective="vargrad")
     with pytest.raises(ValueError, match="log_z_init"):
         TrainingConfig(log_z_init="first")
+
+
+def test_power_grid_is_the_training_grid_and_resume_checks_it(tmp_path):
+    from posterior.grids import power_grid
+
+    ckpt = tmp_path / "ckpt.pt"
+    trainer = _trainer(iterations=2, checkpoint=ckpt, grid_power=2.0)
+    torch.testing.assert_close(trainer.train_times(), power_grid(10, 2.0))
+    trainer.run(progress=False)
+    trainer.save(ckpt)
+    traj = trainer.trajectories(0.0)
+    assert traj.states.shape[0] == 11
+    with pytest.raises(ValueError, match="grid_power"):
+        _trainer(iterations=2, checkpoint=ckpt).load(ckpt)  # a uniform-grid run cannot resume it
+    with pytest.raises(ValueError, match="grid_power must be a finite number > 0"):
+        TrainingConfig(grid_power=0.0)
+    with pytest.raises(ValueError, match="needs train_grid='uniform'"):
+        TrainingConfig(grid_power=2.0, train_grid="random")
+    result = evaluate(trainer.sampler, trainer.path, num_samples=64, steps=10, grid_power=2.0, log_z=0.0)
+    assert math.isfinite(result["log_z_elbo"]) and result["log_z_elbo"] <= result["log_z_rw"]
