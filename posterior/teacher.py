@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import checkpoint
-from .grids import uniform_grid
+from .grids import power_grid
 from .objectives.base import Objective
 from .path_target import BoltzmannPath
 from .sampler import DiffusionSampler
@@ -41,6 +41,7 @@ class StudentResidualReward:
         student_objective: its objective (provides ``log_z()`` and the reward floor).
         student_path: the student's target path measure.
         steps: grid size of the backward trajectories that measure the residual.
+        grid_power: their grid's power (:func:`posterior.grids.power_grid`; the student's training grid).
         under_weight: C, extra weight where the student under-samples (delta < 0).
         eps: floor of the reward (keeps log R_T finite where the student is exact).
         target_power: alpha, exponent of the target reward R(x) multiplying the teacher's reward
@@ -50,7 +51,7 @@ class StudentResidualReward:
     """
 
     def __init__(self, student: DiffusionSampler, student_objective: Objective, student_path: BoltzmannPath, *,
-                 steps: int = 100, under_weight: float = 19.0, eps: float = 1e-3, target_power: float = 1.0,
+                 steps: int = 100, grid_power: float = 1.0, under_weight: float = 19.0, eps: float = 1e-3, target_power: float = 1.0,
                  log_z_fallback: Callable[[], float] | None = None, seed: int = 0) -> None:
         if under_weight < 0 or eps <= 0:
             raise ValueError(f"need under_weight >= 0 and eps > 0, got {under_weight} and {eps}")
@@ -59,7 +60,7 @@ class StudentResidualReward:
         self.student, self.objective, self.path = student, student_objective, student_path
         self.dim = student_path.dim
         param = next(student.parameters())
-        self.times = uniform_grid(steps, device=param.device, dtype=param.dtype)
+        self.times = power_grid(steps, grid_power, device=param.device, dtype=param.dtype)
         self.under_weight, self.eps, self.target_power = float(under_weight), float(eps), float(target_power)
         self.log_z_fallback = log_z_fallback
         self.generator = torch.Generator(device=param.device).manual_seed(seed)
@@ -128,6 +129,7 @@ def make_teacher(student: DiffusionSampler, student_objective: Objective, studen
     """Wire a teacher sampler and its TB objective to a student (``config``: the teacher's
     :class:`TrainingConfig`, e.g. the student's with another seed)."""
     reward = StudentResidualReward(student, student_objective, student_path, steps=config.steps,
+                                   grid_power=config.grid_power,
                                    under_weight=under_weight, target_power=target_power,
                                    log_z_fallback=log_z_fallback,
                                    seed=config.seed + 1)

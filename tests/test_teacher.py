@@ -99,3 +99,15 @@ def test_teacher_target_power_multiplies_the_reward_by_a_power_of_the_target():
     assert torch.isneginf(values[x[:, 0] > 4.0]).all() and torch.isfinite(values[x[:, 0] <= 4.0]).all()
     with pytest.raises(ValueError, match="target_power"):
         StudentResidualReward(sampler, objective, path, target_power=-1.0)
+
+
+def test_teacher_measures_the_residual_on_the_students_power_grid():
+    from posterior.grids import power_grid
+
+    sampler, objective, path, target = _student()
+    reward = StudentResidualReward(sampler, objective, path, steps=10, grid_power=2.0, target_power=0.0)
+    torch.testing.assert_close(reward.times, power_grid(10, 2.0, dtype=torch.float64))
+    x = torch.linspace(-3, 5, 9, dtype=torch.float64)[:, None]
+    log_normal = -0.5 * x[:, 0] ** 2 - 0.5 * math.log(2 * math.pi)  # the reference's identity holds on any grid
+    torch.testing.assert_close(reward.residual(x), objective.log_z() + log_normal - target.log_reward(x),
+                               rtol=1e-9, atol=1e-9)
