@@ -31,14 +31,11 @@ def power_grid(steps: int, power: float = 1.0, *, device: torch.device | str | N
     Returns:
         times: (steps + 1,) increasing, times[0] = 0, times[-1] = 1 exactly.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
         raise ValueError(f"power must be a finite number > 0, got {power!r}")
     if power == 1:
         return uniform_grid(steps, device=device, dtype=dtype)
-    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    times = 1.0 - (1.0 - u) ** power
+    times = 1.0 - (1.0 - uniform_grid(steps, dtype=torch.float64)) ** power  # uniform_grid validates steps
     times[0], times[-1] = 0.0, 1.0
     return times.to(device=device, dtype=dtype)
 
