@@ -51,8 +51,9 @@ class StudentResidualReward:
     """
 
     def __init__(self, student: DiffusionSampler, student_objective: Objective, student_path: BoltzmannPath, *,
-                 steps: int = 100, grid_power: float = 1.0, under_weight: float = 19.0, eps: float = 1e-3, target_power: float = 1.0,
-                 log_z_fallback: Callable[[], float] | None = None, seed: int = 0) -> None:
+                 steps: int = 100, grid_power: float = 1.0, under_weight: float = 19.0, eps: float = 1e-3,
+                 target_power: float = 1.0, log_z_fallback: Callable[[], float] | None = None,
+                 seed: int = 0) -> None:
         if under_weight < 0 or eps <= 0:
             raise ValueError(f"need under_weight >= 0 and eps > 0, got {under_weight} and {eps}")
         if not target_power >= 0:

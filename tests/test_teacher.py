@@ -5,6 +5,7 @@ import torch
 
 from constraints import GaussianTarget
 from posterior.factory import make_objective, make_sampler
+from posterior.grids import power_grid
 from posterior.buffer_training import ReplayConfig, ReplayTraining
 from posterior.path_target import BoltzmannPath
 from posterior.teacher import StudentResidualReward, make_teacher
@@ -102,8 +103,6 @@ def test_teacher_target_power_multiplies_the_reward_by_a_power_of_the_target():
 
 
 def test_teacher_measures_the_residual_on_the_students_power_grid():
-    from posterior.grids import power_grid
-
     sampler, objective, path, target = _student()
     reward = StudentResidualReward(sampler, objective, path, steps=10, grid_power=2.0, target_power=0.0)
     torch.testing.assert_close(reward.times, power_grid(10, 2.0, dtype=torch.float64))
