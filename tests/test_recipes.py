@@ -438,3 +438,68 @@ def test_w2_floor_recipe_contract(tmp_path):
     assert abs(sharp["gaussian_std"]["mean"] - 3 ** -0.5) < 0.05
     with pytest.raises(AssertionError):
         _run(["recipes/w2_floor.py", "--betas", "1,-2", "--n", "10"], tmp_path)
+
+
+def _write_stub_public_code(root: Path) -> Path:
+    """A stand-in for gfn-diffusion's energy_sampling folder whose 'sampler' draws exact Manywell samples with
+    log p_F − log p_B = log R − log Z, so every evaluation must give Δlog Z = Δlog Z_RW = 0 and ESS = 1."""
+    (root / "models").mkdir(parents=True)
+    (root / "energies.py").write_text(
+        "from constraints import Manywell\n"
+        "class ManyWell:\n"
+        "    def __init__(self, device):\n"
+        "        self.target = Manywell(32)\n"
+        "    def log_reward(self, x):\n"
+        "        return self.target.log_reward(x)\n")
+    (root / "models" / "__init__.py").write_text("from .gfn import GFN\n")
+    (root / "models" / "gfn.py").write_text(
+        "import torch\n"
+        "from constraints import Manywell\n"
+        "class GFN(torch.nn.Module):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__()\n"
+        "        self.w = torch.nn.Parameter(torch.ones(3))\n"
+        "        self.target = Manywell(32)\n"
+        "    def get_trajectory_fwd(self, s, exploration_std, log_r):\n"
+        "        k = s.shape[0]\n"
+        "        states = torch.zeros(k, 101, 32)\n"
+        "        states[:, -1] = self.target.sample(k)\n"
+        "        log_pfs, log_pbs = torch.zeros(k, 100), torch.zeros(k, 100)\n"
+        "        log_pfs[:, 0] = log_r(states[:, -1]) - self.target.log_z\n"
+        "        return states, log_pfs, log_pbs, torch.zeros(k, 101)\n")
+    (root / "gflownet_losses.py").write_text(
+        "def pis(initial_state, gfn, log_reward_fn, exploration_std=None):\n"
+        "    return (gfn.w ** 2).sum()\n")
+    (root / "utils.py").write_text(
+        "import torch\n"
+        "def set_seed(seed):\n"
+        "    torch.manual_seed(seed)\n"
+        "def get_gfn_optimizer(model, *args):\n"
+        "    return torch.optim.SGD(model.parameters(), lr=0.1)\n")
+    return root
+
+
+def test_public_code_recipe_evaluates_an_exact_sampler_exactly(tmp_path):
+    code = _write_stub_public_code(tmp_path / "energy_sampling")
+    out = tmp_path / "run"
+    recipe_args = ["recipes/public_code_pis.py", "--code-dir", str(code), "--out", str(out)]
+    _run([*recipe_args, "--iters", "3", "--eval-repeats", "2"], tmp_path)
+    result = json.loads((out / "metrics.json").read_text())
+    assert (out / "model.pt").is_file() and len(result["history"]) == 1
+    assert len(result["evaluations"]) == 2
+    for e in result["evaluations"]:
+        assert e["delta_log_z"] < 1e-3 and e["delta_log_z_rw"] < 1e-3
+        assert abs(e["ess"] - 1.0) < 1e-3
+        assert len(e["shallow_shares"]) == 16
+        assert abs(sum(e["shallow_shares"]) / 16 - 0.1557) < 0.03  # exact share of x1 < 0 per pair
+        assert 4.0 < e["w2"] < 7.0  # two exact 2000-sample sets: the floor, about 5.4
+    _run([*recipe_args, "--eval-only", "--eval-seed", "7", "--eval-repeats", "1"], tmp_path)
+    again = json.loads((out / "metrics-eval.json").read_text())
+    assert again["eval_seed"] == 7 and again["evaluations"][0]["delta_log_z"] < 1e-3
+
+
+def test_public_code_recipe_refuses_a_folder_without_the_code(tmp_path):
+    result = subprocess.run([sys.executable, "recipes/public_code_pis.py", "--code-dir", str(tmp_path),
+                             "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "--code-dir: expected the energy_sampling folder" in result.stderr
