@@ -18,7 +18,8 @@ shallow-well share of every pair and W2 against 2000 exact samples (drawn with a
 so the evaluations' random stream is the public code's). ``--eval-only`` skips training and evaluates
 ``DIR/model.pt`` again with ``--eval-seed``.
 
-Writes DIR/model.pt (the state dict) and DIR/metrics.json.
+Writes DIR/model.pt (the state dict) and DIR/metrics.json; ``--eval-only`` writes DIR/metrics-eval.json
+(DIR/metrics-eval-seedN.json with ``--eval-seed N``).
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               flush=True)
     result["evaluations"] = evals
     result["eval_repeats"] = summarize_repeats(evals, ("delta_log_z", "delta_log_z_rw", "ess", "w2"))
-    write_json(result, args.out / ("metrics-eval.json" if args.eval_only else "metrics.json"))
+    name = "metrics.json" if not args.eval_only else (
+        "metrics-eval.json" if args.eval_seed is None else f"metrics-eval-seed{args.eval_seed}.json")
+    write_json(result, args.out / name)
     return result
 
 

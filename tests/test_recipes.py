@@ -494,7 +494,7 @@ def test_public_code_recipe_evaluates_an_exact_sampler_exactly(tmp_path):
         assert abs(sum(e["shallow_shares"]) / 16 - 0.1557) < 0.03  # exact share of x1 < 0 per pair
         assert 4.0 < e["w2"] < 7.0  # two exact 2000-sample sets: the floor, about 5.4
     _run([*recipe_args, "--eval-only", "--eval-seed", "7", "--eval-repeats", "1"], tmp_path)
-    again = json.loads((out / "metrics-eval.json").read_text())
+    again = json.loads((out / "metrics-eval-seed7.json").read_text())
     assert again["eval_seed"] == 7 and again["evaluations"][0]["delta_log_z"] < 1e-3
 
 
