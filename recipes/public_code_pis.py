@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.iters < 0 or args.eval_repeats < 1:
         raise SystemExit(f"--iters must be >= 0 and --eval-repeats >= 1, got {args.iters} and {args.eval_repeats}")
+    if args.eval_only and not (args.out / "model.pt").is_file():
+        raise SystemExit(f"--eval-only: expected the weights of a finished run at {str(args.out / 'model.pt')!r}")
     code = import_public_code(args.code_dir)
     torch.set_num_threads(args.threads)
     code["set_seed"](args.seed)

@@ -503,3 +503,7 @@ def test_public_code_recipe_refuses_a_folder_without_the_code(tmp_path):
                              "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "--code-dir: expected the energy_sampling folder" in result.stderr
+    code = _write_stub_public_code(tmp_path / "energy_sampling")
+    result = subprocess.run([sys.executable, "recipes/public_code_pis.py", "--code-dir", str(code), "--eval-only",
+                             "--out", str(tmp_path / "empty")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--eval-only: expected the weights of a finished run" in result.stderr
