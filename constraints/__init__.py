@@ -1,15 +1,15 @@
 """Benchmark Boltzmann targets ``p(x) ∝ exp(log_reward(x))``."""
 
-from .classifier import ClassifierLikelihood, ImageTransform
-from .funnel import Funnel
-from .gaussian import GaussianTarget
-from .gmm25 import GaussianMixture25
-from .lgcp import LogGaussianCoxProcess
-from .likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
+from posterior.constraints.classifier import ClassifierLikelihood, ImageTransform
+from posterior.constraints.funnel import Funnel
+from posterior.constraints.gaussian import GaussianTarget
+from posterior.constraints.gmm25 import GaussianMixture25
+from posterior.constraints.lgcp import LogGaussianCoxProcess
+from posterior.constraints.likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
                           LatentPosteriorReward, Mask, ObservationOperator)
-from .manywell import Manywell
-from .registry import TARGET_NAMES, make_target
-from .target import BoltzmannTarget
+from posterior.constraints.manywell import Manywell
+from posterior.constraints.registry import TARGET_NAMES, make_target
+from posterior.constraints.target import BoltzmannTarget
 
 __all__ = [
     "BernoulliImageLikelihood",

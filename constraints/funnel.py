@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .target import BoltzmannTarget
+from posterior.constraints.target import BoltzmannTarget
 
 
 class Funnel(BoltzmannTarget):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .target import BoltzmannTarget
+from posterior.constraints.target import BoltzmannTarget
 
 SIGNAL_VARIANCE: float = 1.91
 BETA: float = 1.0 / 33.0

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posterior.checks import check_no_nan, format_shape
+from posterior.core.checks import check_no_nan, format_shape
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -274,7 +274,7 @@ class LatentPosteriorReward(nn.Module):
     """Unnormalized latent posterior ``log p(z) + β · log r(decode(z), y)``.
 
     Args:
-        prior: A :class:`priors.vae.VAEDecoderPrior` (``latent_dim``, ``log_prob``, ``decode``).
+        prior: A :class:`posterior.priors.vae.VAEDecoderPrior` (``latent_dim``, ``log_prob``, ``decode``).
         likelihood: Object with ``log_likelihood(x, y) -> (B,)``.
         beta: Tempering exponent of the likelihood (1 = the posterior).
 

@@ -10,7 +10,7 @@ from scipy import integrate
 from scipy.special import logsumexp as np_logsumexp
 from torch import Tensor
 
-from .target import BoltzmannTarget
+from posterior.constraints.target import BoltzmannTarget
 
 # Rejection proposal for the double-well coordinate:
 # q = 0.2 N(-1.7, 0.5²) + 0.8 N(1.7, 0.5²).

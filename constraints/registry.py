@@ -6,11 +6,11 @@ import math
 import os
 from pathlib import Path
 
-from .funnel import Funnel
-from .gmm25 import GaussianMixture25
-from .lgcp import LogGaussianCoxProcess
-from .manywell import Manywell
-from .target import BoltzmannTarget
+from posterior.constraints.funnel import Funnel
+from posterior.constraints.gmm25 import GaussianMixture25
+from posterior.constraints.lgcp import LogGaussianCoxProcess
+from posterior.constraints.manywell import Manywell
+from posterior.constraints.target import BoltzmannTarget
 
 TARGET_NAMES: tuple[str, ...] = ("gmm25", "funnel", "manywell", "lgcp")
 PINES_ENV_VAR: str = "POSTERIOR_PINES_PATH"

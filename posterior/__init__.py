@@ -1,17 +1,25 @@
-"""posterior: amortized samplers of p(x | y) ∝ p(x) r(x, y) with diffusion-structured policies."""
+"""posterior: amortized samplers of p(x | y) ∝ p(x) r(x, y) with diffusion-structured policies.
 
-from .conditional_sampler import ConditionalSampler, build_conditional_sampler
-from .cpu_allocator import retain_freed_memory
-from .fit import fit
-from .grids import random_grid, uniform_grid
-from .buffer_training import ReplayConfig, ReplayTraining
-from .networks import PISFlow, PISPolicy
-from .objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
-from .path_target import BoltzmannPath
-from .reference import BrownianBridge, VPNoising
-from .sampler import DiffusionSampler
-from .training import Trainer, TrainingConfig
-from .trajectories import Trajectories
+Sub-packages, in the direction of their dependencies::
+
+    priors, constraints  ->  core  ->  paths  ->  samplers, diffusion  ->  objectives
+    ->  evaluation, baselines  ->  training  ->  fit
+"""
+
+from posterior.core.grids import random_grid, uniform_grid
+from posterior.core.trajectories import Trajectories
+from posterior.fit import fit
+from posterior.objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
+from posterior.paths.path_target import BoltzmannPath
+from posterior.paths.reference import BrownianBridge, VPNoising
+from posterior.samplers.conditional_sampler import ConditionalSampler, build_conditional_sampler
+from posterior.samplers.networks import PISFlow, PISPolicy
+from posterior.samplers.sampler import DiffusionSampler
+from posterior.training.cpu_allocator import retain_freed_memory
+from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.replay import ReplayConfig, ReplayTraining
+
+__version__ = "0.2.0"
 
 __all__ = [
     "BoltzmannPath", "BrownianBridge", "ConditionalSampler", "DiffusionSampler", "PISFlow", "PISPolicy",

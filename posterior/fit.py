@@ -11,21 +11,21 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .checks import check_no_nan, check_shape
-from .cpu_allocator import retain_freed_memory
-from .conditional_sampler import ConditionalSampler, build_conditional_sampler
-from .factory import OBJECTIVES, default_flow_lr, make_objective
-from .buffer_training import ReplayConfig, ReplayTraining
-from .objectives import TrajectoryBalance, VarGrad
-from .objectives.log_partition import ConditionalLogZ
-from .objectives.base import Objective
-from .networks import PISPolicy
-from .path_target import BoltzmannPath
-from .training import Trainer, TrainingConfig
-from .trajectories import Trajectories
+from posterior.core.checks import check_no_nan, check_shape
+from posterior.training.cpu_allocator import retain_freed_memory
+from posterior.samplers.conditional_sampler import ConditionalSampler, build_conditional_sampler
+from posterior.objectives.factory import OBJECTIVES, default_flow_lr, make_objective
+from posterior.training.replay import ReplayConfig, ReplayTraining
+from posterior.objectives import TrajectoryBalance, VarGrad
+from posterior.objectives.log_partition import ConditionalLogZ
+from posterior.objectives.base import Objective
+from posterior.samplers.networks import PISPolicy
+from posterior.paths.path_target import BoltzmannPath
+from posterior.training.engine import Trainer, TrainingConfig
+from posterior.core.trajectories import Trajectories
 
 if TYPE_CHECKING:
-    from .diffusion_posterior import DiffusionPosterior
+    from posterior.diffusion.diffusion_posterior import DiffusionPosterior
 
 
 class ConditionalTrainer(Trainer):
@@ -86,14 +86,14 @@ class _CallableLikelihood:
 def _posterior_reward(prior: Any, reward: Any, latent_dim: int | None) -> Any:
     """log p(z) + log r(decode(z), y) for a decoder prior (a diffusion prior decodes by its DDIM
     solve); the reward itself otherwise."""
-    from constraints.likelihoods import LatentPosteriorReward
-    from priors.vae import VAEDecoderPrior
+    from posterior.constraints.likelihoods import LatentPosteriorReward
+    from posterior.priors.vae import VAEDecoderPrior
 
     if prior is None:
         if not hasattr(reward, "dim") or not hasattr(reward, "log_reward"):
             raise ValueError("without a prior, reward must have `dim` and `log_reward(x, y)` (the full log-density)")
         return reward
-    from priors.diffusion import DiffusionPrior
+    from posterior.priors.diffusion import DiffusionPrior
 
     if isinstance(prior, DiffusionPrior):  # noise space: z is the initial noise, f the DDIM solve
         shape, prior_ddim = tuple(prior.event_shape), prior.ddim_solve
@@ -142,19 +142,19 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
     Args:
         reward: with a ``prior``: a likelihood (``log_likelihood(x, y) -> (B,)``) or a callable
             (x, y) -> (B,); without: the full conditional log-density (``dim``, ``log_reward(x, y)``).
-        prior: a :class:`priors.VAEDecoderPrior`, a decoder / generator ``nn.Module`` z -> x (then
-            pass ``latent_dim``), or a :class:`priors.DiffusionPrior`.
+        prior: a :class:`posterior.priors.VAEDecoderPrior`, a decoder / generator ``nn.Module`` z -> x (then
+            pass ``latent_dim``), or a :class:`posterior.priors.DiffusionPrior`.
         space: "noise": the sampler runs in the prior's latent / noise space with target
             N(z; 0, I) r(f(z), y) (f: the decoder, or a diffusion prior's deterministic DDIM solve);
             "data" (diffusion priors, unconditional): fine-tune the prior into the posterior with
             relative trajectory balance (objective "rtb" or "tb"), VarGrad ("vargrad") or the
             pathwise KL through the reward's gradient ("pis"; on-policy, no explore) (see
-            :func:`posterior.rtb_training.RTBTrainer`), which returns a
-            :class:`posterior.diffusion_posterior.DiffusionPosterior`. It uses
+            :func:`posterior.training.rtb_training.RTBTrainer`), which returns a
+            :class:`posterior.diffusion.diffusion_posterior.DiffusionPosterior`. It uses
             iterations, batch_size, lr_policy, lr_flow (log Z's rate), explore, the lr decay, ema_decay, seed,
             device (must be the prior's), checkpoint_dir / checkpoint_every / resume, progress and
             learn_variance (then each step's variance is learned too, per step and dimension:
-            :class:`posterior.learned_variance.LearnedVarianceDenoiser`);
+            :class:`posterior.diffusion.learned_variance.LearnedVarianceDenoiser`);
             the noise-space sampler's settings (steps, langevin, hidden, replay, ...) are refused
             when not at their defaults.
         conditions: (N, *cond_shape) training conditions, or None for an unconditional target.
@@ -166,7 +166,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             ``langevin_scale`` "per-dimension" (NN2 has d outputs) or "shared" (one output, the
             paper's public code's default).
         log_var_lr_scale: with ``learn_variance``, the log-variance's learning rate relative to
-            ``lr_policy`` (see :class:`posterior.training.TrainingConfig`).
+            ``lr_policy`` (see :class:`posterior.training.engine.TrainingConfig`).
         lr_decay_horizon, lr_decay_final: cosine decay of ``lr_policy`` to ``lr_decay_final`` times
             its value over the first ``lr_decay_horizon`` iterations (0: constant rate).
         ema_decay: keep an exponential moving average of the trained weights with this decay (e.g.
@@ -174,7 +174,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
             checkpoint keeps both, so a resumed run continues from the last weights.
         log_z_init: "tb" only: "zero", or "batch" to start log Z (the shared offset of log Z(y)) at
             the first batch's estimate; use it with ``learn_variance`` and ``explore`` (see
-            :class:`posterior.training.TrainingConfig`).
+            :class:`posterior.training.engine.TrainingConfig`).
         checkpoint_dir: folder for ``checkpoint.pt`` every ``checkpoint_every`` iterations;
             ``resume=True`` continues the same run from it.
         process_index, gradient_sync: for data-parallel training (one call per process): every
@@ -187,7 +187,7 @@ def fit(*, reward: Any, prior: Any = None, conditions: Tensor | None = None, obj
         replay: a :class:`ReplayConfig` to alternate forward updates with backward updates from a
             replay buffer (and MALA local search); every stored sample keeps its condition.
         retain_cpu_memory: on the CPU, keep freed tensor memory in the process heap for reuse
-            (:func:`posterior.cpu_allocator.retain_freed_memory`, a process-wide glibc setting)
+            (:func:`posterior.training.cpu_allocator.retain_freed_memory`, a process-wide glibc setting)
             instead of page-faulting fresh buffers every iteration; False leaves malloc as it is.
     Returns:
         the trained :class:`ConditionalSampler` (``sample``, ``log_z``, ``save_pretrained``).
@@ -278,14 +278,14 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
                   noise_space_settings: dict[str, Any], learn_variance: bool):
     """space="data": RTB (or VarGrad, or the pathwise KL) fine-tuning of a diffusion prior toward prior x reward, on the
     prior's device (``device``, when given, must be that one); ``lr_log_z`` None keeps RTBConfig's default."""
-    from priors.diffusion import DiffusionPrior
+    from posterior.priors.diffusion import DiffusionPrior
 
-    from .diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath
-    from .objectives import PathIntegral, RelativeTrajectoryBalance
-    from .rtb_training import RTBConfig, RTBTrainer
+    from posterior.diffusion.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath
+    from posterior.objectives import PathIntegral, RelativeTrajectoryBalance
+    from posterior.training.rtb_training import RTBConfig, RTBTrainer
 
     if not isinstance(prior, DiffusionPrior):
-        raise ValueError(f"space='data' needs a priors.DiffusionPrior, got {type(prior).__name__}; "
+        raise ValueError(f"space='data' needs a posterior.priors.DiffusionPrior, got {type(prior).__name__}; "
                          "use space='noise' for decoders and generators")
     _refuse_noise_space_settings(noise_space_settings)
     if conditions is not None:
@@ -308,10 +308,10 @@ def _fit_relative(prior: Any, reward: Any, conditions: Tensor | None, objective:
         if len(prior.event_shape) != 1:
             raise ValueError("the prior's denoiser has no parameters to fine-tune; pass a DiffusionPosterior "
                              "with your own trainable model")
-        from .residual_denoiser import ResidualDenoiser
+        from posterior.diffusion.residual_denoiser import ResidualDenoiser
         model = ResidualDenoiser(prior.denoiser, prior.event_shape[0])
     if learn_variance:
-        from .learned_variance import LearnedVarianceDenoiser
+        from posterior.diffusion.learned_variance import LearnedVarianceDenoiser
         model = LearnedVarianceDenoiser(model, prior)
     # the near-deterministic end of the schedule stays the prior's (see DiffusionPosterior)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE))

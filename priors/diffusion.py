@@ -15,7 +15,7 @@ trajectories have densities, it uses var = 1 - a_{tau_1} (the forward noise of t
 (``final_variance``). Every posterior built on this prior uses the same variances (so relative
 trajectory balance compares two Gaussians with equal variance at every step), unless its model
 scales them: a ``model`` with a method ``log_variance_scale(k)`` (e.g.
-:class:`posterior.learned_variance.LearnedVarianceDenoiser`) has step variance var_k * exp(s_k),
+:class:`posterior.diffusion.learned_variance.LearnedVarianceDenoiser`) has step variance var_k * exp(s_k),
 with s_k broadcastable to the event shape.
 """
 
@@ -134,7 +134,7 @@ class DiffusionPrior(nn.Module):
 
     def step_mean(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
         """Mean of the step-k transition from x (B, *event_shape). A ``model`` with a method
-        ``step_mean_shift(x, k)`` (e.g. :class:`posterior.guided_denoiser.GuidedDenoiser`) has its
+        ``step_mean_shift(x, k)`` (e.g. :class:`posterior.diffusion.guided_denoiser.GuidedDenoiser`) has its
         value added to the mean."""
         x0 = self.predict_x0(x, k, model)
         mean = self.coef_x0[k].to(x) * x0 + self.coef_xt[k].to(x) * x

@@ -19,20 +19,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
-from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
-from posterior.evaluation import evaluate, summarize_repeats  # noqa: E402
-from posterior.exploration import EXPLORE_DECAYS, PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
-from posterior.factory import (LANGEVIN_SCALES, NOISING, OBJECTIVES, STATE_FLOW_OBJECTIVES,  # noqa: E402
-                               default_flow_lr, langevin_per_dimension, make_objective, make_sampler)
-from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
-from posterior.path_target import BoltzmannPath  # noqa: E402
-from posterior.metrics import wasserstein2  # noqa: E402
-from posterior.plotting import plot_curves, plot_samples  # noqa: E402
-from posterior.reference import BrownianBridge  # noqa: E402
-from posterior.smc import annealed_smc, long_run_mala  # noqa: E402
-from posterior.teacher import make_teacher  # noqa: E402
-from posterior.training import Trainer, TrainingConfig  # noqa: E402
+from posterior.constraints.registry import TARGET_NAMES, make_target  # noqa: E402
+from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
+from posterior.evaluation.evaluation import evaluate, summarize_repeats  # noqa: E402
+from posterior.training.exploration import EXPLORE_DECAYS, PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
+from posterior.samplers.factory import LANGEVIN_SCALES, NOISING, langevin_per_dimension, make_sampler  # noqa: E402
+from posterior.objectives.factory import OBJECTIVES, STATE_FLOW_OBJECTIVES, default_flow_lr, make_objective  # noqa: E402
+from posterior.training.replay import ReplayConfig, ReplayTraining  # noqa: E402
+from posterior.paths.path_target import BoltzmannPath  # noqa: E402
+from posterior.core.metrics import wasserstein2  # noqa: E402
+from posterior.evaluation.plotting import plot_curves, plot_samples  # noqa: E402
+from posterior.paths.reference import BrownianBridge  # noqa: E402
+from posterior.baselines.smc import annealed_smc, long_run_mala  # noqa: E402
+from posterior.training.teacher import make_teacher  # noqa: E402
+from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
 
 
 EVAL_REPEAT_SEED_STRIDE = 1_000  # seed offset between independent evaluations of one run

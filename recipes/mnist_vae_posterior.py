@@ -34,11 +34,11 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import gather_object, is_tensorboard_available  # noqa: E402
 
 import posterior  # noqa: E402
-from constraints.likelihoods import BernoulliImageLikelihood  # noqa: E402
+from posterior.constraints.likelihoods import BernoulliImageLikelihood  # noqa: E402
 from posterior.data import (default_data_dir, load_evaluation_subset, mnist_training_images,  # noqa: E402
                             offline_evaluation_split)
-from posterior.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
-from priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
+from posterior.baselines.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
+from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,7 +202,7 @@ def checkpoint_iteration(path: Path) -> int:
     """The iteration a run's checkpoint reached (for --eval-only)."""
     if not path.exists():
         raise FileNotFoundError(f"--eval-only needs a checkpoint: {path} does not exist (train with --out first)")
-    from posterior.checkpoint import load
+    from posterior.training.checkpoint import load
 
     return int(load(path)["iteration"])
 

@@ -13,7 +13,7 @@ are left out: they change no weight.
 
 After training, ``--eval-repeats`` evaluations as its ``log_partition_function`` does them (K = 2000
 trajectories from its model, same random stream), each reporting what ``recipes/boltzmann.py`` reports:
-Δlog Z, Δlog Z_RW (against the exact log Z by quadrature from ``constraints.Manywell``), ESS, the
+Δlog Z, Δlog Z_RW (against the exact log Z by quadrature from ``posterior.constraints.Manywell``), ESS, the
 shallow-well share of every pair and W2 against 2000 exact samples (drawn with a separate generator,
 so the evaluations' random stream is the public code's). ``--eval-only`` skips training and evaluates
 ``DIR/model.pt`` again with ``--eval-seed``.
@@ -36,10 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from constraints import Manywell  # noqa: E402
-from posterior.checkpoint import save_atomic, write_json  # noqa: E402
-from posterior.evaluation import summarize_repeats  # noqa: E402
-from posterior import metrics  # noqa: E402
+from posterior.constraints import Manywell  # noqa: E402
+from posterior.training.checkpoint import save_atomic, write_json  # noqa: E402
+from posterior.evaluation.evaluation import summarize_repeats  # noqa: E402
+from posterior.core import metrics  # noqa: E402
 
 DIM, BATCH, STEPS, K = 32, 300, 100, 2000
 

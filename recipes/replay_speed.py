@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posterior.checkpoint import write_json  # noqa: E402
-from posterior.replay_buffer import ReplayBuffer  # noqa: E402
+from posterior.training.checkpoint import write_json  # noqa: E402
+from posterior.training.replay_buffer import ReplayBuffer  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

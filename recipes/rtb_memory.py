@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posterior.checkpoint import write_json  # noqa: E402
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
+from posterior.training.checkpoint import write_json  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.diffusion.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
-from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
-from priors.ddpm_training import small_unet  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.priors.ddpm_training import small_unet  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
 MODES = {"full": dict(per_step=False), "checkpoint": dict(per_step=False, checkpoint=True),
          "per_step": dict(per_step=True), "per_step_quarter": dict(per_step=True, step_fraction=0.25),

@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mnist_classifier_guidance as guidance_recipe  # noqa: E402
-from constraints.classifier import ClassifierLikelihood  # noqa: E402
-from posterior import checkpoint  # noqa: E402
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
-from posterior.lora import lora_denoiser  # noqa: E402
-from posterior.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
-from posterior.weight_average import WeightAverage  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.constraints.classifier import ClassifierLikelihood  # noqa: E402
+from posterior.training import checkpoint  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
+from posterior.diffusion.lora import lora_denoiser  # noqa: E402
+from posterior.evaluation.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
+from posterior.training.weight_average import WeightAverage  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posterior.checkpoint import write_json  # noqa: E402
-from posterior.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.training.checkpoint import write_json  # noqa: E402
+from posterior.diffusion.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
 
 def step_gradient_norms(prior: DiffusionPrior, batch_size: int, generator: torch.Generator) -> list[float]:

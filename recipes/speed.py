@@ -22,14 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posterior.cpu_allocator import retain_freed_memory  # noqa: E402
-from posterior.checkpoint import write_json  # noqa: E402
-from constraints.registry import TARGET_NAMES, make_target  # noqa: E402
-from posterior.factory import OBJECTIVES, default_flow_lr, make_objective, make_sampler  # noqa: E402
-from posterior.buffer_training import ReplayConfig, ReplayTraining  # noqa: E402
-from posterior.grids import uniform_grid  # noqa: E402
-from posterior.path_target import BoltzmannPath  # noqa: E402
-from posterior.training import Trainer, TrainingConfig  # noqa: E402
+from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
+from posterior.training.checkpoint import write_json  # noqa: E402
+from posterior.constraints.registry import TARGET_NAMES, make_target  # noqa: E402
+from posterior.samplers.factory import make_sampler  # noqa: E402
+from posterior.objectives.factory import OBJECTIVES, default_flow_lr, make_objective  # noqa: E402
+from posterior.training.replay import ReplayConfig, ReplayTraining  # noqa: E402
+from posterior.core.grids import uniform_grid  # noqa: E402
+from posterior.paths.path_target import BoltzmannPath  # noqa: E402
+from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
 
 
 def floor_seconds(sampler, batch: int, steps: int, repeats: int, generator: torch.Generator) -> float:

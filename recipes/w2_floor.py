@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from constraints import Manywell  # noqa: E402
-from posterior.checkpoint import write_json  # noqa: E402
-from posterior.evaluation import summarize_repeats  # noqa: E402
-from posterior.metrics import wasserstein2  # noqa: E402
+from posterior.constraints import Manywell  # noqa: E402
+from posterior.training.checkpoint import write_json  # noqa: E402
+from posterior.evaluation.evaluation import summarize_repeats  # noqa: E402
+from posterior.core.metrics import wasserstein2  # noqa: E402
 
 
 def parse_betas(text: str) -> list[float]:

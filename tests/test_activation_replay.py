@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from constraints import GaussianTarget
-from posterior.grids import random_grid
-from posterior.networks import PISPolicy
+from posterior.constraints import GaussianTarget
+from posterior.core.grids import random_grid
+from posterior.samplers.networks import PISPolicy
 from posterior.objectives import TrajectoryBalance
-from posterior.path_target import BoltzmannPath
-from posterior.sampler import DiffusionSampler
+from posterior.paths.path_target import BoltzmannPath
+from posterior.samplers.sampler import DiffusionSampler
 
 
 @pytest.mark.parametrize("langevin,learn_variance,context,per_dimension", [

@@ -3,12 +3,13 @@ import math
 import pytest
 import torch
 
-from constraints import GaussianTarget
-from constraints import GaussianMixture25
-from posterior.factory import make_objective, make_sampler
-from posterior.buffer_training import ReplayConfig, ReplayTraining
-from posterior.path_target import BoltzmannPath
-from posterior.training import Trainer, TrainingConfig
+from posterior.constraints import GaussianTarget
+from posterior.constraints import GaussianMixture25
+from posterior.samplers.factory import make_sampler
+from posterior.objectives.factory import make_objective
+from posterior.training.replay import ReplayConfig, ReplayTraining
+from posterior.paths.path_target import BoltzmannPath
+from posterior.training.engine import Trainer, TrainingConfig
 
 
 def _trainer(iterations=8, checkpoint=None, local_search=True, objective="tb", train_grid="uniform",

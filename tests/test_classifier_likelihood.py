@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from constraints import ClassifierLikelihood, ImageTransform
+from posterior.constraints import ClassifierLikelihood, ImageTransform
 
 transformers = pytest.importorskip("transformers")
 

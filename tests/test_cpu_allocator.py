@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from posterior.cpu_allocator import retain_freed_memory
+from posterior.training.cpu_allocator import retain_freed_memory
 
 # Three 12 MiB tensors allocated and freed together, ten times. The baseline pins glibc's mmap
 # threshold at its initial 128 KiB (MALLOC_MMAP_THRESHOLD_), so every round maps its pages anew:
@@ -16,7 +16,7 @@ from posterior.cpu_allocator import retain_freed_memory
 FAULTS_SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from posterior.cpu_allocator import retain_freed_memory
+from posterior.training.cpu_allocator import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 counts = []

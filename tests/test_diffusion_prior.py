@@ -6,12 +6,12 @@ from torch import nn
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
-from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
+from posterior.diffusion.guided_denoiser import GuidedDenoiser  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
+from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance, VarGrad  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
-from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
 
 
 class TinyDenoiser(nn.Module):
@@ -171,7 +171,7 @@ def test_exploration_widens_only_the_trained_steps():
 
 
 def test_sir_approaches_the_exact_posterior_and_guidance_runs():
-    from posterior.guidance import guided_sample, sampling_importance_resampling
+    from posterior.baselines.guidance import guided_sample, sampling_importance_resampling
     prior, mixture = _mixture_prior(steps=30)
     prior = prior.float()
 
@@ -201,7 +201,7 @@ def test_sir_approaches_the_exact_posterior_and_guidance_runs():
 def test_guided_sampling_skips_zero_density_and_reports_nan(mode):
     """A -inf log r (zero density) gives no guidance, so the sample is the unguided one with the same
     noise, not a step of inf or a silently zeroed NaN; a NaN log r raises."""
-    from posterior.guidance import guided_sample
+    from posterior.baselines.guidance import guided_sample
     prior, _ = _mixture_prior(steps=8)
     prior = prior.float()
 
@@ -275,7 +275,7 @@ def test_schedule_buffers_follow_the_denoiser_device():
 
 @pytest.mark.parametrize("beta", [1.0, 2.5])
 def test_rtb_history_records_the_batch_log_z_of_forward_batches(beta):
-    from posterior.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.rtb_training import RTBConfig, RTBTrainer
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 10, (3,)).double()
@@ -293,7 +293,7 @@ def test_rtb_history_records_the_batch_log_z_of_forward_batches(beta):
 
 
 def _rtb_trainer(iterations, checkpoint_path=None, trajectory_pool=None, **overrides):
-    from posterior.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.rtb_training import RTBConfig, RTBTrainer
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
@@ -340,7 +340,7 @@ def test_rtb_trainer_refuses_a_checkpoint_of_a_different_run(tmp_path):
 
 def test_rtb_trainer_decays_the_posterior_learning_rate_but_not_log_z(tmp_path):
     from lr_checks import assert_rates_follow_decay
-    from posterior.lr_schedule import CosineDecay
+    from posterior.training.lr_schedule import CosineDecay
     decay = CosineDecay(horizon=5, final=0.2)
     assert decay(0) == 1.0 and decay(5) == decay(9) == pytest.approx(0.2)
     assert decay(2.5) == pytest.approx(0.6) and CosineDecay(0, 0.2)(7) == 1.0
@@ -422,7 +422,7 @@ def test_guided_posterior_starts_closer_to_the_posterior_than_the_prior_does():
 
 
 def test_signal_weighted_guidance_scales_and_their_own_learning_rate():
-    from posterior.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.rtb_training import RTBConfig, RTBTrainer
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()

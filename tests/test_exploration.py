@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from constraints import GaussianTarget
-from posterior.exploration import PUBLIC_CODE_EXPLORE_HORIZON, LinearDecay, explore_from_step_std
-from posterior.factory import make_objective
-from posterior.grids import uniform_grid
-from posterior.networks import PISPolicy
-from posterior.path_target import BoltzmannPath
-from posterior.sampler import DiffusionSampler
-from posterior.training import Trainer, TrainingConfig
+from posterior.constraints import GaussianTarget
+from posterior.training.exploration import PUBLIC_CODE_EXPLORE_HORIZON, LinearDecay, explore_from_step_std
+from posterior.objectives.factory import make_objective
+from posterior.core.grids import uniform_grid
+from posterior.samplers.networks import PISPolicy
+from posterior.paths.path_target import BoltzmannPath
+from posterior.samplers.sampler import DiffusionSampler
+from posterior.training.engine import Trainer, TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import posterior
-from constraints.likelihoods import GaussianObservation, Identity
-from posterior.conditional_sampler import ConditionalSampler
-from priors.vae import VAEDecoderPrior
+from posterior.constraints.likelihoods import GaussianObservation, Identity
+from posterior.samplers.conditional_sampler import ConditionalSampler
+from posterior.priors.vae import VAEDecoderPrior
 
 NOISE = 0.5
 
@@ -131,12 +131,12 @@ def test_conditional_losses_vanish_at_exact_posterior_sampler():
     N(y / 2, I / 2); its Föllmer drift is linear, and the residual is ~ constant per condition.
     """
     from gaussian_cases import optimal_drift
-    from posterior.conditional_path import bind_conditions
-    from posterior.grids import uniform_grid
+    from posterior.paths.conditional_path import bind_conditions
+    from posterior.core.grids import uniform_grid
     from posterior.objectives import VarGrad
-    from posterior.sampler import DiffusionSampler
-    from posterior.networks import PISPolicy
-    from constraints.likelihoods import LatentPosteriorReward
+    from posterior.samplers.sampler import DiffusionSampler
+    from posterior.samplers.networks import PISPolicy
+    from posterior.constraints.likelihoods import LatentPosteriorReward
 
     reward = LatentPosteriorReward(VAEDecoderPrior(torch.nn.Identity(), 2), GaussianObservation(Identity(), 1.0))
     y = torch.tensor([[1.0, -1.0], [3.0, 0.5]], dtype=torch.float64).repeat_interleave(500, 0)
@@ -154,7 +154,7 @@ def test_conditional_losses_vanish_at_exact_posterior_sampler():
         states.append(x)
         drifts.append(u)
     states = torch.stack(states)
-    from posterior.trajectories import Trajectories
+    from posterior.core.trajectories import Trajectories
     traj = Trajectories(times=times, states=states,
                         log_pf_steps=sampler.log_pf_steps(states, times, torch.stack(drifts), None),
                         log_q_steps=path.log_q_steps(states, times), log_reward=path.log_reward(states[-1]))
@@ -203,8 +203,8 @@ def test_fit_trains_with_every_objective(objective):
 def _ring_diffusion_prior():
     """A 5-step DDPM prior on 2-D points whose denoiser is a ring mixture's exact score."""
     diffusers = pytest.importorskip("diffusers")
-    from priors.diffusion import DiffusionPrior
-    from priors.gaussian_mixture import MixtureDenoiser, ring_mixture
+    from posterior.priors.diffusion import DiffusionPrior
+    from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     mixture = ring_mixture(4, radius=1.0, std=0.2)
@@ -212,7 +212,7 @@ def _ring_diffusion_prior():
 
 
 def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
-    from posterior.diffusion_posterior import DiffusionPosterior
+    from posterior.diffusion.diffusion_posterior import DiffusionPosterior
 
     prior = _ring_diffusion_prior()
 
@@ -245,7 +245,7 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
                       lr_decay_horizon=2, lr_decay_final=1.5, progress=False)
     with pytest.raises(ValueError, match="space='data' trains one unconditional posterior"):
         posterior.fit(prior=prior, reward=likelihood, conditions=y, space="data", iterations=1, progress=False)
-    with pytest.raises(ValueError, match="space='data' needs a priors.DiffusionPrior"):
+    with pytest.raises(ValueError, match="space='data' needs a posterior.priors.DiffusionPrior"):
         posterior.fit(prior=lambda z: z, latent_dim=2, reward=likelihood, conditions=y, space="data", progress=False)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from posterior.gaussian_steps import gaussian_step_log_density
+from posterior.samplers.gaussian_steps import gaussian_step_log_density
 
 
 def reference_log_density(drift, increment, c, var, clip):

@@ -5,10 +5,10 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.diffusion_posterior import DiffusionPosterior  # noqa: E402
-from posterior.importance_pool import ImportancePool  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
-from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior  # noqa: E402
+from posterior.training.importance_pool import ImportancePool  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
 from test_diffusion_prior import _rtb_trainer  # noqa: E402
 
 
@@ -178,7 +178,7 @@ def test_forward_kl_weight_decays_on_a_cosine_and_then_adds_nothing():
 
 
 def test_forward_kl_decay_settings_are_checked():
-    from posterior.rtb_training import RTBConfig
+    from posterior.training.rtb_training import RTBConfig
 
     with pytest.raises(ValueError, match="forward_kl_decay_horizon must be >= 0"):
         RTBConfig(forward_kl=1.0, forward_kl_decay_horizon=-1)
@@ -191,7 +191,7 @@ def test_forward_kl_decay_settings_are_checked():
 
 def test_forward_kl_needs_a_pool_and_a_nonnegative_weight_and_admits_the_pathwise_kl():
     from posterior.objectives import PathIntegral
-    from posterior.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.rtb_training import RTBConfig, RTBTrainer
 
     pool = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2))
     with pytest.raises(ValueError, match="forward_kl=0.5 needs a trajectory_pool"):

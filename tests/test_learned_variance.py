@@ -10,10 +10,10 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
-from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.diffusion.guided_denoiser import GuidedDenoiser  # noqa: E402
+from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 from test_diffusion_prior import TinyDenoiser  # noqa: E402
 
 

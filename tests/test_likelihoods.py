@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from constraints.likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
+from posterior.constraints.likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
                                      LatentPosteriorReward, Mask)
-from priors.vae import MLPVAE, VAEDecoderPrior
+from posterior.priors.vae import MLPVAE, VAEDecoderPrior
 
 
 def test_bernoulli_matches_direct_formula():

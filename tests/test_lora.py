@@ -7,12 +7,12 @@ from torch import nn
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
-from posterior.lora import adaptable_layer_names, lora_denoiser, trainable_parameter_count  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
+from posterior.diffusion.lora import adaptable_layer_names, lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
-from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
-from priors.ddpm_training import small_unet  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.priors.ddpm_training import small_unet  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
 
 class TwoLayerDenoiser(nn.Module):

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from posterior.mala import AdaptiveMALA
+from posterior.samplers.mala import AdaptiveMALA
 
 
 def _gaussian(mean, var):

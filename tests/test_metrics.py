@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from posterior import metrics
+from posterior.core import metrics
 
 
 def _log_weights(k, log_z, shift, generator):
@@ -58,7 +58,7 @@ def test_wasserstein2_exact_values():
 
 
 def test_summarize_repeats_mean_std_and_missing_metrics():
-    from posterior.evaluation import summarize_repeats
+    from posterior.evaluation.evaluation import summarize_repeats
 
     results = [{"log_z_rw": 1.0, "w2": None, "ess": 0.5}, {"log_z_rw": 2.0, "w2": 3.0, "ess": 0.5},
                {"log_z_rw": 4.0, "w2": 3.5, "ess": 0.5}]

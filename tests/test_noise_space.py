@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from posterior.noise_space import NoiseSpaceTarget
+from posterior.diffusion.noise_space import NoiseSpaceTarget
 
 
 def test_linear_generator_gives_the_analytic_gaussian_posterior_over_noise():

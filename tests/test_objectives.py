@@ -3,15 +3,15 @@ import math
 import pytest
 import torch
 
-from constraints import GaussianTarget
+from posterior.constraints import GaussianTarget
 from gaussian_cases import kl_gaussians, optimal_drift
-from posterior.grids import power_grid, random_grid, uniform_grid
-from posterior.networks import PISFlow, PISPolicy
+from posterior.core.grids import power_grid, random_grid, uniform_grid
+from posterior.samplers.networks import PISFlow, PISPolicy
 from posterior.objectives import PathIntegral, SubTrajectoryBalance, TrajectoryBalance, VarGrad
 from posterior.objectives.subtrajectory_balance import subtrajectory_weights
-from posterior.path_target import BoltzmannPath
-from posterior.sampler import DiffusionSampler
-from posterior.training import Trainer, TrainingConfig
+from posterior.paths.path_target import BoltzmannPath
+from posterior.samplers.sampler import DiffusionSampler
+from posterior.training.engine import Trainer, TrainingConfig
 
 
 def _setup(mean, std, log_scale, sigma2, dim=2):
@@ -166,7 +166,7 @@ def test_min_log_reward_floor_in_loss():
 @pytest.mark.parametrize("objective,noising,learn_backward", [("tb", "brownian", False), ("vargrad", "brownian", False),
                                                              ("tb", "vp", False), ("tb", "brownian", True)])
 def test_short_training_on_gaussian_reaches_log_z(objective, noising, learn_backward):
-    from posterior.factory import make_sampler
+    from posterior.samplers.factory import make_sampler
     torch.manual_seed(0)
     sampler = make_sampler(2, 1.0, noising=noising, learn_backward=learn_backward)
     target = GaussianTarget(mean=torch.tensor([1.0, -0.5]), std=torch.tensor([0.7, 1.3]), log_scale=2.0)
@@ -187,7 +187,8 @@ def test_flow_with_shared_embeddings_reads_and_trains_the_policys_embeddings():
     """PISFlow(shared_embeddings=policy) is joint(policy.state_embed(x) + policy.time_embed(t)); its
     own parameters are the head only (no duplicate in the optimizer), its loss reaches the policy's
     embeddings, and a Trainer step updates both the head (lr_flow) and the embeddings."""
-    from posterior.factory import make_objective, make_sampler
+    from posterior.samplers.factory import make_sampler
+    from posterior.objectives.factory import make_objective
 
     torch.manual_seed(0)
     sampler = make_sampler(2, 1.0)

@@ -6,10 +6,10 @@ from torch import nn
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
-from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.evaluation.path_kl import exact_posterior_path_kl, sampler_path_kl  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
 
 
 def _mixture_prior(steps: int) -> DiffusionPrior:

@@ -9,15 +9,15 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.guided_denoiser import GuidedDenoiser  # noqa: E402
-from posterior.learned_variance import LearnedVarianceDenoiser  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.diffusion.guided_denoiser import GuidedDenoiser  # noqa: E402
+from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.objectives import PathIntegral, VarGrad  # noqa: E402
-from posterior.pathwise_kl import pathwise_kl  # noqa: E402
-from posterior.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
-from priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
-from posterior.residual_denoiser import ResidualDenoiser  # noqa: E402
+from posterior.objectives.pathwise_kl import pathwise_kl  # noqa: E402
+from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
+from posterior.diffusion.residual_denoiser import ResidualDenoiser  # noqa: E402
 from test_diffusion_prior import _mixture_prior  # noqa: E402
 
 

@@ -5,10 +5,10 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
-from posterior.posterior_resampling import resample_posterior  # noqa: E402
-from priors.diffusion import DiffusionPrior  # noqa: E402
-from priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
+from posterior.evaluation.posterior_resampling import resample_posterior  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
 from test_path_kl import ShiftedEpsilon  # noqa: E402
 
 

@@ -183,7 +183,7 @@ def test_rtb_step_gradients_recipe_flags_the_near_deterministic_steps(tmp_path):
     pytest.importorskip("diffusers")
     from diffusers import DDPMScheduler
 
-    from priors.ddpm_training import small_unet
+    from posterior.priors.ddpm_training import small_unet
 
     folder = tmp_path / "ddpm"
     small_unet(8, widths=(8, 16)).save_pretrained(folder)
@@ -445,7 +445,7 @@ def _write_stub_public_code(root: Path) -> Path:
     log p_F − log p_B = log R − log Z, so every evaluation must give Δlog Z = Δlog Z_RW = 0 and ESS = 1."""
     (root / "models").mkdir(parents=True)
     (root / "energies.py").write_text(
-        "from constraints import Manywell\n"
+        "from posterior.constraints import Manywell\n"
         "class ManyWell:\n"
         "    def __init__(self, device):\n"
         "        self.target = Manywell(32)\n"
@@ -454,7 +454,7 @@ def _write_stub_public_code(root: Path) -> Path:
     (root / "models" / "__init__.py").write_text("from .gfn import GFN\n")
     (root / "models" / "gfn.py").write_text(
         "import torch\n"
-        "from constraints import Manywell\n"
+        "from posterior.constraints import Manywell\n"
         "class GFN(torch.nn.Module):\n"
         "    def __init__(self, *args, **kwargs):\n"
         "        super().__init__()\n"

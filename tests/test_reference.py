@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from posterior.grids import check_grid, power_grid, random_grid, uniform_grid
-from posterior.reference import BrownianBridge
-from posterior.sampler import DiffusionSampler
-from posterior.networks import PISPolicy
+from posterior.core.grids import check_grid, power_grid, random_grid, uniform_grid
+from posterior.paths.reference import BrownianBridge
+from posterior.samplers.sampler import DiffusionSampler
+from posterior.samplers.networks import PISPolicy
 
 
 def test_uniform_and_random_grids():
@@ -86,7 +86,7 @@ def test_zero_drift_policy_is_the_reference_path_measure():
         def grad_log_reward(self, x):
             return torch.zeros_like(x)
 
-    from posterior.path_target import BoltzmannPath
+    from posterior.paths.path_target import BoltzmannPath
     path = BoltzmannPath(Flat(), sampler.reference)
     traj = sampler.forward_trajectories(64, times, path, generator=torch.Generator().manual_seed(3),
                                         track_gradients=False)
@@ -96,7 +96,7 @@ def test_zero_drift_policy_is_the_reference_path_measure():
 
 
 def test_vp_log_prob_matches_direct_gaussian_and_its_coefficients():
-    from posterior.reference import VPNoising
+    from posterior.paths.reference import VPNoising
     vp = VPNoising(sigma2=2.0, beta_min=0.1, beta_max=20.0)
     times = random_grid(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     states = torch.randn(7, 4, 3, dtype=torch.float64)
@@ -111,7 +111,7 @@ def test_vp_log_prob_matches_direct_gaussian_and_its_coefficients():
 
 
 def test_vp_backward_marginals():
-    from posterior.reference import VPNoising
+    from posterior.paths.reference import VPNoising
     sigma2, n = 2.0, 20
     vp = VPNoising(sigma2, beta_min=0.1, beta_max=8.0)
     times = uniform_grid(n, dtype=torch.float64)
@@ -130,8 +130,8 @@ def test_vp_backward_marginals():
 def test_zero_drift_policy_is_exact_for_the_reference_marginal(reference):
     """Target Z * (reference marginal at t = 1): log p_F - log Q = -log Z for every trajectory,
     forward or backward, on a random grid (the start density is part of log p_F for VP)."""
-    from posterior.path_target import BoltzmannPath
-    from posterior.reference import VPNoising
+    from posterior.paths.path_target import BoltzmannPath
+    from posterior.paths.reference import VPNoising
     sigma2, log_z = 1.7, 0.4
     ref = BrownianBridge(sigma2) if reference == "brownian" else VPNoising(sigma2)
     sampler = DiffusionSampler(PISPolicy(3), sigma2=sigma2, reference=ref).double()
@@ -160,8 +160,8 @@ def test_zero_drift_policy_is_exact_for_the_reference_marginal(reference):
 
 @pytest.mark.parametrize("base", ["brownian", "vp"])
 def test_learned_backward_starts_at_its_base_and_its_kernels_are_what_it_samples(base):
-    from posterior.learned_backward import LearnedBackward
-    from posterior.reference import VPNoising
+    from posterior.samplers.learned_backward import LearnedBackward
+    from posterior.paths.reference import VPNoising
     ref = BrownianBridge(1.5) if base == "brownian" else VPNoising(1.5)
     learned = LearnedBackward(ref, 2).double()
     times = random_grid(9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from posterior.replay_buffer import ReplayBuffer
+from posterior.training.replay_buffer import ReplayBuffer
 
 
 def _fill(buffer, n, batch=7, seed=0):

@@ -1,6 +1,6 @@
 import torch
 
-from posterior.sample_quality import frechet_distance, mean_pairwise_distance
+from posterior.evaluation.sample_quality import frechet_distance, mean_pairwise_distance
 
 
 def test_frechet_distance_of_gaussians_matches_closed_form():

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from constraints import GaussianMixture25, Manywell
-from posterior.evaluation import evaluate
-from posterior.factory import make_objective, make_sampler
-from posterior.path_target import BoltzmannPath
-from posterior.training import Trainer, TrainingConfig
+from posterior.constraints import GaussianMixture25, Manywell
+from posterior.evaluation.evaluation import evaluate
+from posterior.samplers.factory import make_sampler
+from posterior.objectives.factory import make_objective
+from posterior.paths.path_target import BoltzmannPath
+from posterior.training.engine import Trainer, TrainingConfig
 
 pytestmark = pytest.mark.slow
 

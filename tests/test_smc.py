@@ -2,10 +2,10 @@ import math
 
 import torch
 
-from constraints import GaussianTarget
-from posterior.path_target import BoltzmannPath
-from posterior.reference import BrownianBridge
-from posterior.smc import annealed_smc, long_run_mala
+from posterior.constraints import GaussianTarget
+from posterior.paths.path_target import BoltzmannPath
+from posterior.paths.reference import BrownianBridge
+from posterior.baselines.smc import annealed_smc, long_run_mala
 
 
 def _path(log_z=1.3):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from constraints import (
+from posterior.constraints import (
     TARGET_NAMES,
     BoltzmannTarget,
     Funnel,
@@ -20,8 +20,8 @@ from constraints import (
     Manywell,
     make_target,
 )
-from constraints.manywell import BARRIER_HALF_WIDTH, double_well_log_density, proposal_log_density
-from constraints.registry import default_pines_path
+from posterior.constraints.manywell import BARRIER_HALF_WIDTH, double_well_log_density, proposal_log_density
+from posterior.constraints.registry import default_pines_path
 
 F64 = torch.float64
 N_KS = 5000
@@ -440,7 +440,7 @@ def test_make_target_lgcp_default_path() -> None:
 
 
 def test_gmm25_mode_shares_count_exact_samples_evenly():
-    from constraints import GaussianMixture25
+    from posterior.constraints import GaussianMixture25
     target = GaussianMixture25()
     shares = target.mode_shares(target.sample(50_000, generator=torch.Generator().manual_seed(0)))
     assert shares.shape == (25,) and abs(float(shares.sum()) - 1) < 1e-6

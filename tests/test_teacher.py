@@ -3,13 +3,14 @@ import math
 import pytest
 import torch
 
-from constraints import GaussianTarget
-from posterior.factory import make_objective, make_sampler
-from posterior.grids import power_grid
-from posterior.buffer_training import ReplayConfig, ReplayTraining
-from posterior.path_target import BoltzmannPath
-from posterior.teacher import StudentResidualReward, make_teacher
-from posterior.training import Trainer, TrainingConfig
+from posterior.constraints import GaussianTarget
+from posterior.samplers.factory import make_sampler
+from posterior.objectives.factory import make_objective
+from posterior.core.grids import power_grid
+from posterior.training.replay import ReplayConfig, ReplayTraining
+from posterior.paths.path_target import BoltzmannPath
+from posterior.training.teacher import StudentResidualReward, make_teacher
+from posterior.training.engine import Trainer, TrainingConfig
 
 
 def _student(log_z=0.3):

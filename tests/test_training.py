@@ -3,12 +3,13 @@ import math
 import pytest
 import torch
 
-from constraints import GaussianTarget
-from posterior.evaluation import evaluate
-from posterior.factory import make_objective, make_sampler
+from posterior.constraints import GaussianTarget
+from posterior.evaluation.evaluation import evaluate
+from posterior.samplers.factory import make_sampler
+from posterior.objectives.factory import make_objective
 from posterior.objectives.log_partition import ConditionalLogZ
-from posterior.path_target import BoltzmannPath
-from posterior.training import Trainer, TrainingConfig
+from posterior.paths.path_target import BoltzmannPath
+from posterior.training.engine import Trainer, TrainingConfig
 
 
 def _trainer(objective="tb", iterations=8, checkpoint=None, target=None, langevin=False, **settings):
@@ -42,7 +43,7 @@ def test_resume_continues_the_same_run(tmp_path, objective):
 
 def test_policy_learning_rate_decays_but_log_z_rate_stays(tmp_path):
     from lr_checks import assert_rates_follow_decay
-    from posterior.lr_schedule import CosineDecay
+    from posterior.training.lr_schedule import CosineDecay
 
     decay = CosineDecay(horizon=4, final=0.25)
     trainer = _trainer("tb", iterations=6, lr_decay_horizon=4, lr_decay_final=0.25)
@@ -195,7 +196,7 @@ def test_log_variance_rows_take_scaled_steps(conditional):
         torch.manual_seed(0)
         config = TrainingConfig(iterations=3, batch_size=16, steps=8, log_var_lr_scale=scale, seed=1)
         if conditional:
-            from posterior.conditional_sampler import build_conditional_sampler
+            from posterior.samplers.conditional_sampler import build_conditional_sampler
             from posterior.fit import ConditionalTrainer
             from posterior.objectives import VarGrad
 
@@ -297,7 +298,7 @@ def test_log_z_batch_init_needs_a_learned_scalar_log_z():
 
 
 def test_power_grid_is_the_training_grid_and_resume_checks_it(tmp_path):
-    from posterior.grids import power_grid
+    from posterior.core.grids import power_grid
 
     ckpt = tmp_path / "ckpt.pt"
     trainer = _trainer(iterations=2, checkpoint=ckpt, grid_power=2.0)

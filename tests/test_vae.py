@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from constraints.likelihoods import BernoulliImageLikelihood
+from posterior.constraints.likelihoods import BernoulliImageLikelihood
 from posterior.data import EVALUATION_SUBSET, default_data_dir, load_evaluation_subset
-from posterior.vae_baselines import encoder_elbo, encoder_iwae
-from priors.vae import MLPVAE, VAEDecoderPrior, train_vae
+from posterior.baselines.vae_baselines import encoder_elbo, encoder_iwae
+from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae
 
 WEIGHTS = "reference_mnist_vae.safetensors"
 # Known values for the reference VAE on the 100 evaluation images (mean over images).

@@ -1,11 +1,11 @@
-"""Training objectives, each written against :class:`~posterior.trajectories.Trajectories`."""
+"""Training objectives, each written against :class:`~posterior.core.trajectories.Trajectories`."""
 
-from .base import Objective
-from .path_integral import PathIntegral
-from .relative_trajectory_balance import RelativeTrajectoryBalance
-from .subtrajectory_balance import SubTrajectoryBalance, subtrajectory_weights
-from .trajectory_balance import TrajectoryBalance
-from .vargrad import VarGrad
+from posterior.objectives.base import Objective
+from posterior.objectives.path_integral import PathIntegral
+from posterior.objectives.relative_trajectory_balance import RelativeTrajectoryBalance
+from posterior.objectives.subtrajectory_balance import SubTrajectoryBalance, subtrajectory_weights
+from posterior.objectives.trajectory_balance import TrajectoryBalance
+from posterior.objectives.vargrad import VarGrad
 
 __all__ = ["Objective", "PathIntegral", "RelativeTrajectoryBalance", "SubTrajectoryBalance", "TrajectoryBalance", "VarGrad",
            "subtrajectory_weights"]

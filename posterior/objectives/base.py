@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ..trajectories import Trajectories
+from posterior.core.trajectories import Trajectories
 
 
 class Objective(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..trajectories import Trajectories
-from .base import Objective
+from posterior.core.trajectories import Trajectories
+from posterior.objectives.base import Objective
 
 
 class PathIntegral(Objective):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..trajectories import Trajectories
-from .trajectory_balance import ConditionalLogZ, TrajectoryBalance
+from posterior.core.trajectories import Trajectories
+from posterior.objectives.trajectory_balance import ConditionalLogZ, TrajectoryBalance
 
 
 class RelativeTrajectoryBalance(TrajectoryBalance):

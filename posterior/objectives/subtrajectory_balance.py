@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..networks import PISFlow
-from ..path_target import BoltzmannPath
-from ..trajectories import Trajectories
-from .base import Objective
+from posterior.samplers.networks import PISFlow
+from posterior.paths.path_target import BoltzmannPath
+from posterior.core.trajectories import Trajectories
+from posterior.objectives.base import Objective
 
 
 def subtrajectory_weights(steps: int, lam: float, *, device=None, dtype=torch.float32) -> Tensor:

@@ -7,9 +7,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..trajectories import Trajectories
-from .base import Objective
-from .log_partition import ConditionalLogZ, scalar_log_z
+from posterior.core.trajectories import Trajectories
+from posterior.objectives.base import Objective
+from posterior.objectives.log_partition import ConditionalLogZ, scalar_log_z
 
 
 class TrajectoryBalance(Objective):

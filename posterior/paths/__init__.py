@@ -1,0 +1,1 @@
+"""Reference (noising) processes and target path measures log Q(tau | y)."""
