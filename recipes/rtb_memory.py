@@ -29,7 +29,8 @@ from posterior.training.checkpoint import write_json  # noqa: E402
 from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.diffusion.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
-from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
 from posterior.priors.ddpm_training import small_unet  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
@@ -52,9 +53,9 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     posterior = DiffusionPosterior(prior, model, checkpoint_steps=options.get("checkpoint", False))
     path = DiffusionPriorPath(prior, lambda x: -x.flatten(1).square().mean(-1))
     objective = PathIntegral() if options.get("pathwise") else RelativeTrajectoryBalance()
-    trainer = RTBTrainer(posterior, path, objective,
-                         RTBConfig(iterations=args.iters + 1, batch_size=args.batch, per_step=options["per_step"],
-                                   step_fraction=options.get("step_fraction", 1.0)))
+    trainer = Trainer(posterior, objective, TrainConfig(iterations=args.iters + 1, batch_size=args.batch,
+                                                        per_step=options["per_step"],
+                                                        step_fraction=options.get("step_fraction", 1.0)), path=path)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)

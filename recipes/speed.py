@@ -21,16 +21,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipes/_paths.py: where the shared data is
 
 from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.training.checkpoint import write_json  # noqa: E402
 from posterior.constraints.registry import TARGET_NAMES, make_target  # noqa: E402
+from _paths import pines_path  # noqa: E402
 from posterior.samplers.factory import make_sampler  # noqa: E402
 from posterior.objectives.factory import OBJECTIVES, default_flow_lr, make_objective  # noqa: E402
 from posterior.training.replay import ReplayConfig, ReplayTraining  # noqa: E402
 from posterior.core.grids import uniform_grid  # noqa: E402
 from posterior.paths.path_target import BoltzmannPath  # noqa: E402
-from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
 
 
 def floor_seconds(sampler, batch: int, steps: int, repeats: int, generator: torch.Generator) -> float:
@@ -78,15 +81,15 @@ def main(argv: list[str] | None = None) -> dict:
         retain_freed_memory()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    target = make_target(args.target, dim=args.dim).to(device)
+    target = make_target(args.target, dim=args.dim, pines_path=pines_path()).to(device)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin).to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path).to(device)
-    config = TrainingConfig(iterations=args.warmup + args.iters, batch_size=args.batch, steps=args.steps,
+    config = TrainConfig(iterations=args.warmup + args.iters, batch_size=args.batch, steps=args.steps,
                             lr_flow=default_flow_lr(args.objective), seed=args.seed)
     replay = (ReplayTraining(ReplayConfig(local_search=True), target.dim, device=device)
               if args.local_search else None)
-    trainer = Trainer(sampler, objective, path, config, replay=replay)
+    trainer = Trainer(sampler, objective, config, path=path, replay=replay)
     trainer.run(progress=False)
     seconds = trainer.history.median_seconds(skip=args.warmup)
     timed = trainer.history.seconds[args.warmup:]

@@ -9,21 +9,22 @@ from posterior.samplers.factory import make_sampler
 from posterior.objectives.factory import make_objective
 from posterior.training.replay import ReplayConfig, ReplayTraining
 from posterior.paths.path_target import BoltzmannPath
-from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.config import TrainConfig
+from posterior.training.engine import Trainer
 
 
 def _trainer(iterations=8, checkpoint=None, local_search=True, objective="tb", train_grid="uniform",
-             separate_replay_log_z=False):
+             separate_replay_log_z=False, log_z_init="batch"):
     torch.manual_seed(0)
     sampler = make_sampler(2, 1.0)
     target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]))
     path = BoltzmannPath(target, sampler.reference)
     replay = ReplayTraining(ReplayConfig(capacity=500, local_search=local_search, ls_every=4, ls_steps=20,
                                          ls_burn_in=10, ls_step_size=0.05), dim=2)
-    config = TrainingConfig(iterations=iterations, batch_size=32, steps=10, explore=0.5, checkpoint_every=4,
-                            seed=3, train_grid=train_grid)
+    config = TrainConfig(iterations=iterations, batch_size=32, steps=10, explore=0.0 if objective == "pis" else 0.5,
+                         checkpoint_every=4, seed=3, train_grid=train_grid, log_z_init=log_z_init)
     objective = make_objective(objective, path, separate_replay_log_z=separate_replay_log_z)
-    return Trainer(sampler, objective, path, config, checkpoint_path=checkpoint, replay=replay)
+    return Trainer(sampler, objective, config, path=path, checkpoint_path=checkpoint, replay=replay)
 
 
 def test_updates_alternate_and_forward_states_fill_the_buffer():
@@ -36,7 +37,7 @@ def test_updates_alternate_and_forward_states_fill_the_buffer():
 
 
 def test_separate_replay_log_z_trains_on_backward_batches_only():
-    trainer = _trainer(iterations=4, local_search=False, separate_replay_log_z=True)
+    trainer = _trainer(iterations=4, local_search=False, separate_replay_log_z=True, log_z_init="zero")
     main, replayed = trainer.objective.log_z_param, trainer.objective.replay_log_z_param
     for iteration in range(4):
         before = main.item(), replayed.item()
@@ -90,16 +91,16 @@ def test_resume_with_buffers_continues_the_same_run(tmp_path, train_grid):
 def test_random_number_of_steps_varies_the_grid():
     trainer = _trainer(iterations=1, local_search=False, train_grid="random")
     trainer.config.steps_max = 14
-    sizes = {trainer.train_times().numel() - 1 for _ in range(40)}
+    sizes = {trainer.model.train_times(trainer.generator).numel() - 1 for _ in range(40)}
     assert sizes <= set(range(10, 15)) and len(sizes) >= 4
     with pytest.raises(ValueError, match="steps_max"):
-        TrainingConfig(steps=10, steps_max=5, train_grid="random")
+        TrainConfig(steps=10, steps_max=5, train_grid="random")
     with pytest.raises(ValueError, match="steps_max"):
-        TrainingConfig(steps=10, steps_max=20)
+        TrainConfig(steps=10, steps_max=20)
 
 
 def test_simulation_based_objective_refuses_a_buffer():
-    with pytest.raises(ValueError, match="off-policy objective"):
+    with pytest.raises(ValueError, match="PathIntegral trains on the sampler's own reparameterized paths"):
         _trainer(objective="pis")
 
 

@@ -275,35 +275,46 @@ def test_schedule_buffers_follow_the_denoiser_device():
 
 @pytest.mark.parametrize("beta", [1.0, 2.5])
 def test_rtb_history_records_the_batch_log_z_of_forward_batches(beta):
-    from posterior.training.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.config import TrainConfig
+    from posterior.training.engine import Trainer
+    from posterior.training.replay import ReplayConfig
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 10, (3,)).double()
     posterior = DiffusionPosterior(prior).double()
     # posterior = prior at the first iteration and log r = -1.3 everywhere: log Q - log p_F = -1.3 beta exactly
     path = DiffusionPriorPath(prior, lambda x: x.new_full((x.shape[0],), -1.3), beta=beta)
-    trainer = RTBTrainer(posterior, path, VarGrad(), RTBConfig(iterations=1, batch_size=8, replay=True, seed=0),
-                         dtype=torch.float64)
+    trainer = Trainer(posterior, VarGrad(), TrainConfig(iterations=1, batch_size=8, seed=0), path=path,
+                      replay=ReplayConfig(capacity=1000), dtype=torch.float64)
     trainer.run()
-    assert trainer.history.batch_log_z[0] == pytest.approx(-1.3 * beta, abs=1e-9)
+    assert trainer.history.log_z_batch[0] == pytest.approx(-1.3 * beta, abs=1e-9)
     trainer.config.iterations = 2  # the second iteration trains on backward trajectories from the buffer
     trainer.run()
-    assert trainer.history.batch_log_z[1] is None
-    assert len(trainer.history.batch_log_z) == len(trainer.history.loss) == 2
+    assert trainer.history.log_z_batch[1] is None
+    assert len(trainer.history.log_z_batch) == len(trainer.history.loss) == 2
 
 
-def _rtb_trainer(iterations, checkpoint_path=None, trajectory_pool=None, **overrides):
-    from posterior.training.rtb_training import RTBConfig, RTBTrainer
+def _rtb_trainer(iterations, checkpoint_path=None, trajectory_pool=None, objective=None, **overrides):
+    """Trainer of a 6-step diffusion posterior on event shape (3,); ``replay`` (default True) keeps a buffer,
+    ``trajectory_pool`` and the ``forward_kl*`` overrides make an importance-pool source."""
+    from posterior.training.config import TrainConfig
+    from posterior.training.engine import Trainer
+    from posterior.training.importance_pool import PoolTraining
+    from posterior.training.replay import ReplayConfig
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
     posterior = DiffusionPosterior(prior).double()
     path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
-    settings = dict(iterations=iterations, batch_size=8, lr=1e-2, explore=0.3, replay=True, step_fraction=0.5,
+    settings = dict(iterations=iterations, batch_size=8, lr=1e-2, explore=0.3, step_fraction=0.5,
                     seed=4, lr_decay_horizon=5, lr_decay_final=0.2)
     settings.update(overrides)
-    return RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=0.01).double(), RTBConfig(**settings),
-                      dtype=torch.float64, checkpoint_path=checkpoint_path, trajectory_pool=trajectory_pool)
+    replay = ReplayConfig(capacity=100_000) if settings.pop("replay", True) else None
+    pool_settings = {k: settings.pop(k) for k in list(settings) if k.startswith("forward_kl")}
+    pool = None if trajectory_pool is None else PoolTraining(trajectory_pool, **pool_settings)
+    objective = objective if objective is not None else RelativeTrajectoryBalance(hinge=0.01).double()
+    return Trainer(posterior, objective, TrainConfig(**settings), path=path, dtype=torch.float64,
+                   checkpoint_path=checkpoint_path, replay=replay, pool=pool)
 
 
 def test_rtb_trainer_resumed_from_a_checkpoint_continues_the_same_run(tmp_path):
@@ -315,16 +326,16 @@ def test_rtb_trainer_resumed_from_a_checkpoint_continues_the_same_run(tmp_path):
     first.run()
     resumed = _rtb_trainer(6, ckpt, checkpoint_every=2)
     resumed.load(ckpt)
-    assert resumed.iteration == 3 and len(resumed.buffer) == len(first.buffer) > 0
+    assert resumed.iteration == 3 and len(resumed.replay.buffer) == len(first.replay.buffer) > 0
     resumed.run()
-    for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters()):
+    for a, b in zip(straight.sampler.model.parameters(), resumed.sampler.model.parameters()):
         assert torch.equal(a, b)
     assert straight.objective.log_z() == resumed.objective.log_z()
     assert straight.history.loss == resumed.history.loss
-    assert straight.history.batch_log_z == resumed.history.batch_log_z
-    assert resumed.history.batch_log_z_curve(window=2) == [
-        (2, straight.history.batch_log_z[0]), (4, straight.history.batch_log_z[2]),
-        (6, straight.history.batch_log_z[4])]  # one forward batch per window of two (replay alternates)
+    assert straight.history.log_z_batch == resumed.history.log_z_batch
+    assert resumed.history.log_z_batch_curve(window=2) == [
+        (2, straight.history.log_z_batch[0]), (4, straight.history.log_z_batch[2]),
+        (6, straight.history.log_z_batch[4])]  # one forward batch per window of two (replay alternates)
 
 
 def test_rtb_trainer_refuses_a_checkpoint_of_a_different_run(tmp_path):
@@ -332,7 +343,7 @@ def test_rtb_trainer_refuses_a_checkpoint_of_a_different_run(tmp_path):
     _rtb_trainer(2, ckpt).run()
     with pytest.raises(ValueError, match=r"lr=0.01 \(now 0.001\)"):
         _rtb_trainer(4, ckpt, lr=1e-3).load(ckpt)
-    with pytest.raises(ValueError, match=r"replay=True \(now False\)"):
+    with pytest.raises(ValueError, match=r"belongs to another problem: replay=\{.*\} \(now None\)"):
         _rtb_trainer(4, ckpt, replay=False).load(ckpt)
     with pytest.raises(ValueError, match="checkpoint_every"):
         _rtb_trainer(4, checkpoint_every=-1)
@@ -345,8 +356,8 @@ def test_rtb_trainer_decays_the_posterior_learning_rate_but_not_log_z(tmp_path):
     assert decay(0) == 1.0 and decay(5) == decay(9) == pytest.approx(0.2)
     assert decay(2.5) == pytest.approx(0.6) and CosineDecay(0, 0.2)(7) == 1.0
     trainer = _rtb_trainer(7)
-    assert_rates_follow_decay(trainer, 7, 1e-2, decay, trainer.config.lr_log_z)
-    with pytest.raises(ValueError, match="lr decay horizon"):
+    assert_rates_follow_decay(trainer, 7, 1e-2, decay, 0.1)  # RTB's default log Z rate
+    with pytest.raises(ValueError, match="TrainConfig.lr_decay_horizon must be an integer >= 0"):
         _rtb_trainer(2, lr_decay_horizon=-1)
     with pytest.raises(ValueError, match="final lr multiplier"):
         _rtb_trainer(2, lr_decay_final=1.5)
@@ -422,7 +433,8 @@ def test_guided_posterior_starts_closer_to_the_posterior_than_the_prior_does():
 
 
 def test_signal_weighted_guidance_scales_and_their_own_learning_rate():
-    from posterior.training.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.config import TrainConfig
+    from posterior.training.engine import Trainer
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     prior = DiffusionPrior(TinyDenoiser(), scheduler, 6, (3,)).double()
@@ -432,8 +444,8 @@ def test_signal_weighted_guidance_scales_and_their_own_learning_rate():
         GuidedDenoiser(prior.posterior_copy(), prior, _quadratic_log_r, init_scale=torch.ones(5))
     posterior = DiffusionPosterior(prior, guided)
     path = DiffusionPriorPath(prior, _quadratic_log_r)
-    trainer = RTBTrainer(posterior, path, VarGrad(), RTBConfig(iterations=1, batch_size=8, lr=1e-5, lr_guidance=0.3),
-                         dtype=torch.float64)
+    trainer = Trainer(posterior, VarGrad(), TrainConfig(iterations=1, batch_size=8, lr=1e-5, lr_guidance=0.3),
+                      path=path, dtype=torch.float64)
     assert [group["lr"] for group in trainer.optimizer.param_groups] == [1e-5, 0.3]
     assert trainer.optimizer.param_groups[1]["params"] == [guided.scale]
     before = guided.scale.detach().clone()
@@ -456,11 +468,11 @@ def test_rtb_weight_average_is_resumed_and_swapped_in_to_sample(tmp_path):
     assert resumed.ema.count == straight.ema.count == 6
     for a, b in zip(straight.ema.averaged, resumed.ema.averaged, strict=True):
         assert torch.equal(a, b)
-    trained = [p.detach().clone() for p in resumed.posterior.model.parameters()]
+    trained = [p.detach().clone() for p in resumed.sampler.model.parameters()]
     with resumed.averaged_weights():
-        for p, averaged in zip(resumed.posterior.model.parameters(), resumed.ema.averaged, strict=True):
+        for p, averaged in zip(resumed.sampler.model.parameters(), resumed.ema.averaged, strict=True):
             assert torch.equal(p, averaged)
-    assert all(torch.equal(p, t) for p, t in zip(resumed.posterior.model.parameters(), trained))
+    assert all(torch.equal(p, t) for p, t in zip(resumed.sampler.model.parameters(), trained))
     assert any(not torch.equal(a, t) for a, t in zip(resumed.ema.averaged, trained))
     with pytest.raises(ValueError, match=r"ema_decay=0.6 \(now 0.0\)"):
         _rtb_trainer(6, ckpt).load(ckpt)

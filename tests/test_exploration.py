@@ -14,7 +14,8 @@ from posterior.core.grids import uniform_grid
 from posterior.samplers.networks import PISPolicy
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.config import TrainConfig
+from posterior.training.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,17 +72,17 @@ def test_std_decay_is_the_public_codes_schedule():
 def test_trainer_samples_with_the_configured_decay(monkeypatch, decay, expected):
     sampler, path = _zero_drift_sampler(1.0)
     objective = make_objective("tb", path).double()
-    config = TrainingConfig(iterations=20, batch_size=8, steps=5, explore=4.0, explore_horizon=10,
+    config = TrainConfig(iterations=20, batch_size=8, steps=5, explore=4.0, explore_horizon=10,
                             explore_decay=decay, seed=0)
-    trainer = Trainer(sampler, objective, path, config)
+    trainer = Trainer(sampler, objective, config, path=path)
     used = []
-    sample = trainer.trajectories
-    monkeypatch.setattr(trainer, "trajectories", lambda explore: used.append(explore) or sample(explore))
+    sample = trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward", lambda explore, *a, **k: used.append(explore) or sample(explore, *a, **k))
     trainer.iteration = 5
     trainer.step()
     assert used == [pytest.approx(expected)]
     with pytest.raises(ValueError, match="explore_decay must be one of"):
-        TrainingConfig(explore_decay="linear")
+        TrainConfig(explore_decay="linear")
 
 
 def _boltzmann_recipe():

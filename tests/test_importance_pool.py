@@ -93,7 +93,7 @@ def test_odd_iterations_train_on_whole_paths_resampled_from_the_pool(monkeypatch
         assert states.shape == (7, 8, 3) and torch.equal(states, path_a.expand(7, 8, 3))
     for states in scored[0::2]:
         assert not torch.equal(states[:, :1], path_a)
-    assert [v is None for v in trainer.history.batch_log_z] == [False, True, False, True]
+    assert [v is None for v in trainer.history.log_z_batch] == [False, True, False, True]
 
 
 def test_pool_trainer_resumes_the_same_run_with_its_own_pool(tmp_path):
@@ -108,22 +108,22 @@ def test_pool_trainer_resumes_the_same_run_with_its_own_pool(tmp_path):
     other = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     resumed = _pool_trainer(6, other, ckpt, checkpoint_every=3)  # the checkpoint's pool wins
     resumed.load(ckpt)
-    assert torch.equal(resumed.trajectory_pool.paths, pool.paths)
+    assert torch.equal(resumed.pool.pool.paths, pool.paths)
     resumed.run()
     assert straight.history.loss == resumed.history.loss
-    for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters(), strict=True):
+    for a, b in zip(straight.sampler.model.parameters(), resumed.sampler.model.parameters(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="written with a trajectory_pool"):
-        _pool_trainer(6, None, ckpt).load(ckpt)
+    with pytest.raises(ValueError, match="belongs to another problem: pool="):
+        _pool_trainer(6, None, ckpt, checkpoint_every=3).load(ckpt)
 
 
 def test_pool_and_replay_buffer_are_not_combined_and_pool_paths_must_fit_the_prior():
     pool = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2))
-    with pytest.raises(ValueError, match="trajectory_pool and config.replay"):
+    with pytest.raises(ValueError, match="replay and pool are two sources"):
         _pool_trainer(2, pool, replay=True)
-    with pytest.raises(ValueError, match=r"trajectory_pool.paths must have shape \(7, B, 3\)"):
+    with pytest.raises(ValueError, match=r"pool.paths must have shape \(7, B, 3\)"):
         _pool_trainer(2, ImportancePool(torch.zeros(6, 2, 3), torch.zeros(2)))  # one state short
-    with pytest.raises(ValueError, match="trajectory_pool.paths must have shape"):
+    with pytest.raises(ValueError, match="pool.paths must have shape"):
         _pool_trainer(2, ImportancePool(torch.zeros(7, 2, 4), torch.zeros(2)))
 
 
@@ -134,19 +134,19 @@ def test_forward_kl_adds_the_pool_paths_negative_log_likelihood_gradient_every_i
     with_term = _pool_trainer(2, pool, forward_kl=lam, explore=0.0)
     plain = _pool_trainer(2, None, explore=0.0)  # same weights, seed and forward batch
     # the expected extra gradient: lambda * grad of -mean log q over 8 copies of path a (trained steps)
-    untouched = _pool_trainer(2, None, explore=0.0).posterior
+    untouched = _pool_trainer(2, None, explore=0.0).sampler
     nll = -untouched.prior.log_prob_steps(path_a.expand(7, 8, 3), model=untouched.model,
                                           steps=untouched.trained_steps).sum(0).mean()
     (lam * nll).backward()
-    loss_with, loss_plain = with_term.step(), plain.step()
-    for p_with, p_plain, p_nll in zip(with_term.posterior.model.parameters(), plain.posterior.model.parameters(),
+    loss_with, loss_plain = with_term.step()[0], plain.step()[0]
+    for p_with, p_plain, p_nll in zip(with_term.sampler.model.parameters(), plain.sampler.model.parameters(),
                                       untouched.model.parameters(), strict=True):
         torch.testing.assert_close(p_with.grad, p_plain.grad + p_nll.grad)
     assert loss_with == pytest.approx(loss_plain + lam * float(nll.detach()))
     # every iteration is a forward batch: the pool feeds only the forward-KL term
     trainer = _pool_trainer(2, pool, forward_kl=lam)
     trainer.run()
-    assert all(v is not None for v in trainer.history.batch_log_z)
+    assert all(v is not None for v in trainer.history.log_z_batch)
 
 
 def test_forward_kl_weight_decays_on_a_cosine_and_then_adds_nothing():
@@ -154,17 +154,17 @@ def test_forward_kl_weight_decays_on_a_cosine_and_then_adds_nothing():
     pool = ImportancePool(torch.cat([path_a, path_a + 5.0], 1), torch.tensor([0.0, -math.inf]))
     lam, decay = 0.4, dict(forward_kl_decay_horizon=4, forward_kl_decay_final=0.25)
     trainer = _pool_trainer(8, pool, forward_kl=lam, explore=0.0, **decay)
-    weights = [trainer.config.forward_kl_weight(i) for i in (0, 2, 4, 7)]
+    weights = [trainer.pool.forward_kl_weight(i) for i in (0, 2, 4, 7)]
     assert weights == pytest.approx([lam, lam * (0.25 + 0.75 * 0.5), lam * 0.25, lam * 0.25])
-    untouched = _pool_trainer(2, None, explore=0.0).posterior
+    untouched = _pool_trainer(2, None, explore=0.0).sampler
     nll = -untouched.prior.log_prob_steps(path_a.expand(7, 8, 3), model=untouched.model,
                                           steps=untouched.trained_steps).sum(0).mean()
     nll.backward()
     # halfway through the horizon the added gradient is the decayed weight times the NLL gradient
     with_term, plain = _pool_trainer(8, pool, forward_kl=lam, explore=0.0, **decay), _pool_trainer(8, None, explore=0.0)
     with_term.iteration = plain.iteration = 2
-    loss_with, loss_plain = with_term.step(), plain.step()
-    for p_with, p_plain, p_nll in zip(with_term.posterior.model.parameters(), plain.posterior.model.parameters(),
+    loss_with, loss_plain = with_term.step()[0], plain.step()[0]
+    for p_with, p_plain, p_nll in zip(with_term.sampler.model.parameters(), plain.sampler.model.parameters(),
                                       untouched.model.parameters(), strict=True):
         torch.testing.assert_close(p_with.grad, p_plain.grad + weights[1] * p_nll.grad)
     assert loss_with == pytest.approx(loss_plain + weights[1] * float(nll.detach()))
@@ -173,36 +173,34 @@ def test_forward_kl_weight_decays_on_a_cosine_and_then_adds_nothing():
     plain = _pool_trainer(8, None, explore=0.0)
     off.iteration = plain.iteration = 5
     assert off.step() == plain.step()
-    for p_off, p_plain in zip(off.posterior.model.parameters(), plain.posterior.model.parameters(), strict=True):
+    for p_off, p_plain in zip(off.sampler.model.parameters(), plain.sampler.model.parameters(), strict=True):
         assert torch.equal(p_off.grad, p_plain.grad)
 
 
 def test_forward_kl_decay_settings_are_checked():
-    from posterior.training.rtb_training import RTBConfig
-
-    with pytest.raises(ValueError, match="forward_kl_decay_horizon must be >= 0"):
-        RTBConfig(forward_kl=1.0, forward_kl_decay_horizon=-1)
-    with pytest.raises(ValueError, match=r"forward_kl_decay_final must be in \[0, 1\]"):
-        RTBConfig(forward_kl=1.0, forward_kl_decay_horizon=10, forward_kl_decay_final=1.5)
-    with pytest.raises(ValueError, match="decays the forward_kl weight, which is 0"):
-        RTBConfig(forward_kl_decay_horizon=10)
-    assert RTBConfig(forward_kl=0.5).forward_kl_weight(10_000) == 0.5  # no horizon: constant
-
-
-def test_forward_kl_needs_a_pool_and_a_nonnegative_weight_and_admits_the_pathwise_kl():
-    from posterior.objectives import PathIntegral
-    from posterior.training.rtb_training import RTBConfig, RTBTrainer
+    from posterior.training.importance_pool import PoolTraining
 
     pool = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2))
-    with pytest.raises(ValueError, match="forward_kl=0.5 needs a trajectory_pool"):
-        _pool_trainer(2, None, forward_kl=0.5)
-    with pytest.raises(ValueError, match="forward_kl must be >= 0"):
-        _pool_trainer(2, pool, forward_kl=-1.0)
-    plain = _pool_trainer(2, None)
-    kl = dict(iterations=2, batch_size=4, lr=1e-2, seed=0)
-    with pytest.raises(ValueError, match="takes no explore, replay or trajectory_pool"):
-        RTBTrainer(plain.posterior, plain.path, PathIntegral(), RTBConfig(**kl), trajectory_pool=pool)
-    trainer = RTBTrainer(plain.posterior, plain.path, PathIntegral(), RTBConfig(**kl, forward_kl=0.5),
-                         dtype=torch.float64, trajectory_pool=pool)
+    with pytest.raises(ValueError, match="forward_kl_decay_horizon must be an integer >= 0"):
+        PoolTraining(pool, forward_kl=1.0, forward_kl_decay_horizon=-1)
+    with pytest.raises(ValueError, match=r"forward_kl_decay_final must be in \[0, 1\]"):
+        PoolTraining(pool, forward_kl=1.0, forward_kl_decay_horizon=10, forward_kl_decay_final=1.5)
+    with pytest.raises(ValueError, match="decays the forward_kl weight, which is 0"):
+        PoolTraining(pool, forward_kl_decay_horizon=10)
+    with pytest.raises(ValueError, match="forward_kl must be a finite number >= 0"):
+        PoolTraining(pool, forward_kl=-1.0)
+    with pytest.raises(TypeError, match="pool must be an ImportancePool"):
+        PoolTraining(None, forward_kl=0.5)
+    assert PoolTraining(pool, forward_kl=0.5).forward_kl_weight(10_000) == 0.5  # no horizon: constant
+
+
+def test_forward_kl_admits_the_pathwise_kl_but_pool_batches_do_not():
+    from posterior.objectives import PathIntegral
+
+    pool = ImportancePool(torch.zeros(7, 2, 3, dtype=torch.float64), torch.zeros(2))
+    kl = dict(replay=False, explore=0.0, step_fraction=1.0, objective=PathIntegral())
+    with pytest.raises(ValueError, match="takes no explore, replay buffer or importance-pool batches"):
+        _pool_trainer(2, pool, **kl)
+    trainer = _pool_trainer(2, pool, forward_kl=0.5, **kl)
     trainer.run()
-    assert trainer.iteration == 2 and all(v is not None for v in trainer.history.batch_log_z)
+    assert trainer.iteration == 2 and all(v is not None for v in trainer.history.log_z_batch)

@@ -10,7 +10,9 @@ pytest.importorskip("peft")
 from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath, accumulate_gradients_per_step  # noqa: E402
 from posterior.diffusion.lora import adaptable_layer_names, lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.objectives import RelativeTrajectoryBalance  # noqa: E402
-from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
+from posterior.training.replay import ReplayConfig  # noqa: E402
 from posterior.priors.ddpm_training import small_unet  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
@@ -109,17 +111,17 @@ def _lora_trainer(iterations, checkpoint_path=None):
     torch.manual_seed(0)
     posterior = DiffusionPosterior(prior, lora_denoiser(prior.denoiser, rank=2)).double()
     path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
-    config = RTBConfig(iterations=iterations, batch_size=8, lr=1e-2, explore=0.3, replay=True, seed=4)
-    return RTBTrainer(posterior, path, RelativeTrajectoryBalance(hinge=0.01).double(), config,
-                      dtype=torch.float64, checkpoint_path=checkpoint_path)
+    config = TrainConfig(iterations=iterations, batch_size=8, lr=1e-2, explore=0.3, seed=4)
+    return Trainer(posterior, RelativeTrajectoryBalance(hinge=0.01).double(), config, path=path,
+                   replay=ReplayConfig(capacity=100_000), dtype=torch.float64, checkpoint_path=checkpoint_path)
 
 
 def test_rtb_trains_the_adapters_only_and_resumes_the_same_run(tmp_path):
     straight = _lora_trainer(6)
-    frozen_before = {n: p.clone() for n, p in straight.posterior.model.named_parameters() if not p.requires_grad}
-    adapters_before = {n: p.clone() for n, p in straight.posterior.model.named_parameters() if p.requires_grad}
+    frozen_before = {n: p.clone() for n, p in straight.sampler.model.named_parameters() if not p.requires_grad}
+    adapters_before = {n: p.clone() for n, p in straight.sampler.model.named_parameters() if p.requires_grad}
     straight.run()
-    named = dict(straight.posterior.model.named_parameters())
+    named = dict(straight.sampler.model.named_parameters())
     assert all(torch.equal(named[n], p) for n, p in frozen_before.items())
     assert any(not torch.equal(named[n], p) for n, p in adapters_before.items())
     ckpt = tmp_path / "rtb.pt"
@@ -129,7 +131,7 @@ def test_rtb_trains_the_adapters_only_and_resumes_the_same_run(tmp_path):
     resumed = _lora_trainer(6, ckpt)
     resumed.load(ckpt)
     resumed.run()
-    for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters()):
+    for a, b in zip(straight.sampler.model.parameters(), resumed.sampler.model.parameters()):
         assert torch.equal(a, b)
     assert straight.history.loss == resumed.history.loss
 

@@ -11,7 +11,8 @@ from posterior.objectives import PathIntegral, SubTrajectoryBalance, TrajectoryB
 from posterior.objectives.subtrajectory_balance import subtrajectory_weights
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.config import TrainConfig
+from posterior.training.engine import Trainer
 
 
 def _setup(mean, std, log_scale, sigma2, dim=2):
@@ -172,7 +173,7 @@ def test_short_training_on_gaussian_reaches_log_z(objective, noising, learn_back
     target = GaussianTarget(mean=torch.tensor([1.0, -0.5]), std=torch.tensor([0.7, 1.3]), log_scale=2.0)
     path = BoltzmannPath(target, sampler.reference)
     obj = TrajectoryBalance() if objective == "tb" else VarGrad()
-    Trainer(sampler, obj, path, TrainingConfig(iterations=300, batch_size=300, steps=20)).run(progress=False)
+    Trainer(sampler, obj, TrainConfig(iterations=300, batch_size=300, steps=20), path=path).run(progress=False)
     traj = sampler.forward_trajectories(2000, uniform_grid(20), path, generator=torch.Generator().manual_seed(1),
                                         track_gradients=False)
     elbo = float(traj.log_weight.mean())
@@ -216,8 +217,8 @@ def test_flow_with_shared_embeddings_reads_and_trains_the_policys_embeddings():
 
     objective = make_objective("fl-subtb", path, flow_embeddings=policy)
     torch.nn.init.normal_(objective.flow.joint[-1].weight)
-    config = TrainingConfig(iterations=1, batch_size=16, steps=8, lr_flow=1e-2, seed=0)
-    trainer = Trainer(sampler, objective, path, config)  # no parameter in two optimizer groups
+    config = TrainConfig(iterations=1, batch_size=16, steps=8, lr_flow=1e-2, seed=0)
+    trainer = Trainer(sampler, objective, config, path=path)  # no parameter in two optimizer groups
     embed_before = policy.state_embed.weight.detach().clone()
     head_before = objective.flow.joint[1].weight.detach().clone()
     trainer.step()

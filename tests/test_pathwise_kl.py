@@ -14,7 +14,9 @@ from posterior.diffusion.guided_denoiser import GuidedDenoiser  # noqa: E402
 from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.objectives import PathIntegral, VarGrad  # noqa: E402
 from posterior.objectives.pathwise_kl import pathwise_kl  # noqa: E402
-from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
+from posterior.training.replay import ReplayConfig  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 from posterior.priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
 from posterior.diffusion.residual_denoiser import ResidualDenoiser  # noqa: E402
@@ -108,12 +110,12 @@ def test_pathwise_kl_and_vargrad_training_reach_the_same_posterior():
         if name == "kl-variance":
             model = LearnedVarianceDenoiser(model, prior)
         posterior = DiffusionPosterior(prior, model, frozen_final_steps=prior.final_steps_below(1e-3))
-        trainer = RTBTrainer(posterior, path, objective, RTBConfig(iterations=300, batch_size=128, lr=3e-3, seed=0,
-                                                                   lr_decay_horizon=300))
+        trainer = Trainer(posterior, objective, TrainConfig(iterations=300, batch_size=128, lr=3e-3, seed=0,
+                                                            lr_decay_horizon=300), path=path)
         trainer.run()
         with torch.no_grad():
             batch = pathwise_kl(posterior, path, 8000, generator=torch.Generator().manual_seed(1))
-        results[name] = (trainer.history.batch_log_z[0], -float(batch.log_ratio.mean()), batch.states[-1])
+        results[name] = (trainer.history.log_z_batch[0], -float(batch.log_ratio.mean()), batch.states[-1])
     (start, elbo_kl, x_kl), (_, elbo_vargrad, x_vargrad) = results["kl"], results["vargrad"]
     assert start < log_z - 3.0 and elbo_kl <= log_z + 0.01
     assert elbo_kl > log_z - 0.15 and abs(elbo_kl - elbo_vargrad) < 0.03
@@ -146,17 +148,17 @@ def test_pathwise_kl_floors_zero_density_rewards_and_refuses_what_it_cannot_diff
     guided = DiffusionPosterior(prior, GuidedDenoiser(prior.posterior_copy(), prior, half.log_reward).double())
     with pytest.raises(ValueError, match="GuidedDenoiser"):
         pathwise_kl(guided, half, 4, dtype=torch.float64)
-    for setting in ({"explore": 0.1}, {"replay": True}):
+    for config, replay in ((TrainConfig(iterations=1, explore=0.1), None), (TrainConfig(iterations=1), ReplayConfig())):
         with pytest.raises(ValueError, match="reparameterized paths"):
-            RTBTrainer(posterior, half, PathIntegral(), RTBConfig(iterations=1, **setting))
+            Trainer(posterior, PathIntegral(), config, path=half, replay=replay)
 
 
 def test_pathwise_training_resumes_the_same_run(tmp_path):
     def trainer(path_file):
         _, posterior, path = _shifted_posterior(frozen=2)
-        return RTBTrainer(posterior, path, PathIntegral(), RTBConfig(iterations=6, batch_size=8, lr=1e-2, seed=3,
-                                                                     checkpoint_every=2),
-                          dtype=torch.float64, checkpoint_path=path_file)
+        return Trainer(posterior, PathIntegral(), TrainConfig(iterations=6, batch_size=8, lr=1e-2, seed=3,
+                                                              checkpoint_every=2),
+                       path=path, dtype=torch.float64, checkpoint_path=path_file)
 
     straight = trainer(None)
     straight.run()
@@ -167,8 +169,8 @@ def test_pathwise_training_resumes_the_same_run(tmp_path):
     resumed.load(tmp_path / "kl.pt")
     resumed.run()
     assert straight.history.loss == resumed.history.loss
-    assert straight.history.batch_log_z == resumed.history.batch_log_z and None not in straight.history.batch_log_z
-    for a, b in zip(straight.posterior.model.parameters(), resumed.posterior.model.parameters()):
+    assert straight.history.log_z_batch == resumed.history.log_z_batch and None not in straight.history.log_z_batch
+    for a, b in zip(straight.sampler.model.parameters(), resumed.sampler.model.parameters()):
         assert torch.equal(a, b)
 
 

@@ -265,8 +265,8 @@ def test_mnist_recipe_two_processes_stay_in_sync(tmp_path):
     assert metrics["processes"] == 2 and [r["image"] for r in metrics["per_image"]] == [0, 1, 2, 3]
     first = torch.load(out / "checkpoint.pt", weights_only=False)
     second = torch.load(out / "checkpoint-1.pt", weights_only=False)
-    for name, value in first["sampler"].items():  # averaged gradients: identical parameters
-        torch.testing.assert_close(value, second["sampler"][name], rtol=0, atol=0, msg=name)
+    for name, value in first["model"].items():  # averaged gradients: identical parameters
+        torch.testing.assert_close(value, second["model"][name], rtol=0, atol=0, msg=name)
     assert not torch.equal(first["generator"], second["generator"])  # but different noise
 
 

@@ -10,7 +10,8 @@ from posterior.evaluation.evaluation import evaluate
 from posterior.samplers.factory import make_sampler
 from posterior.objectives.factory import make_objective
 from posterior.paths.path_target import BoltzmannPath
-from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.config import TrainConfig
+from posterior.training.engine import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,9 @@ def _train(target, objective, iterations, langevin=False, explore=0.0, steps=50)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=langevin)
     path = BoltzmannPath(target, sampler.reference)
     obj = make_objective(objective, path)
-    config = TrainingConfig(iterations=iterations, batch_size=300, steps=steps, explore=explore,
+    config = TrainConfig(iterations=iterations, batch_size=300, steps=steps, explore=explore,
                             lr_flow=1e-2 if "subtb" in objective else 1e-1)
-    Trainer(sampler, obj, path, config).run(progress=False)
+    Trainer(sampler, obj, config, path=path).run(progress=False)
     return sampler, path
 
 

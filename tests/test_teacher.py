@@ -10,7 +10,8 @@ from posterior.core.grids import power_grid
 from posterior.training.replay import ReplayConfig, ReplayTraining
 from posterior.paths.path_target import BoltzmannPath
 from posterior.training.teacher import StudentResidualReward, make_teacher
-from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.config import TrainConfig
+from posterior.training.engine import Trainer
 
 
 def _student(log_z=0.3):
@@ -52,12 +53,12 @@ def test_teacher_feeds_the_student_buffer_and_resumes_exactly(tmp_path):
         target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]))
         path = BoltzmannPath(target, sampler.reference)
         objective = make_objective("tb", path)
-        config = TrainingConfig(iterations=iterations, batch_size=16, steps=8, checkpoint_every=4, seed=1)
+        config = TrainConfig(iterations=iterations, batch_size=16, steps=8, checkpoint_every=4, seed=1)
         replay = ReplayTraining(ReplayConfig(capacity=1000), dim=2)
-        trainer = Trainer(sampler, objective, path, config, checkpoint_path=checkpoint, replay=replay)
+        trainer = Trainer(sampler, objective, config, path=path, checkpoint_path=checkpoint, replay=replay)
         teacher_sampler = make_sampler(2, 1.0)
         replay.teacher = make_teacher(sampler, objective, path, teacher_sampler, make_objective("tb", None, dim=2),
-                                      TrainingConfig(iterations=iterations, batch_size=16, steps=8, seed=2))
+                                      TrainConfig(iterations=iterations, batch_size=16, steps=8, seed=2))
         return trainer
 
     full = build()

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from posterior.samplers.factory import make_sampler
 from posterior.objectives.factory import make_objective
 from posterior.objectives.log_partition import ConditionalLogZ
 from posterior.paths.path_target import BoltzmannPath
-from posterior.training.engine import Trainer, TrainingConfig
+from posterior.training.config import TrainConfig
+from posterior.training.engine import Trainer
 
 
 def _trainer(objective="tb", iterations=8, checkpoint=None, target=None, langevin=False, **settings):
@@ -18,9 +20,10 @@ def _trainer(objective="tb", iterations=8, checkpoint=None, target=None, langevi
     target = target or GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]))
     path = BoltzmannPath(target, sampler.reference)
     obj = make_objective(objective, path)
-    config = TrainingConfig(**{**dict(iterations=iterations, batch_size=32, steps=10, explore=0.5,
-                                      checkpoint_every=4, seed=3), **settings})
-    return Trainer(sampler, obj, path, config, checkpoint_path=checkpoint)
+    explore = 0.0 if objective == "pis" else 0.5  # a simulation-based objective takes no exploration
+    config = TrainConfig(**{**dict(iterations=iterations, batch_size=32, steps=10, explore=explore,
+                                   checkpoint_every=4, seed=3), **settings})
+    return Trainer(sampler, obj, config, path=path, checkpoint_path=checkpoint)
 
 
 @pytest.mark.parametrize("objective", ["tb", "subtb", "pis"])
@@ -47,12 +50,12 @@ def test_policy_learning_rate_decays_but_log_z_rate_stays(tmp_path):
 
     decay = CosineDecay(horizon=4, final=0.25)
     trainer = _trainer("tb", iterations=6, lr_decay_horizon=4, lr_decay_final=0.25)
-    assert_rates_follow_decay(trainer, 6, 1e-3, decay, trainer.config.lr_flow)
+    assert_rates_follow_decay(trainer, 6, 1e-3, decay, 0.1)  # TB's default log Z rate
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
-    with pytest.raises(ValueError, match="lr decay horizon"):
-        TrainingConfig(lr_decay_horizon=-1)
+    with pytest.raises(ValueError, match="TrainConfig.lr_decay_horizon must be an integer >= 0"):
+        TrainConfig(lr_decay_horizon=-1)
     with pytest.raises(ValueError, match="final lr multiplier"):
-        TrainingConfig(lr_decay_final=2.0)
+        TrainConfig(lr_decay_final=2.0)
 
 
 def test_weight_average_is_the_exponential_moving_average_of_every_step():
@@ -82,7 +85,7 @@ def test_weight_average_is_the_exponential_moving_average_of_every_step():
     with pytest.raises(ValueError, match=r"weight average tensor 0: saved shape \(1,\), expected"):
         _trainer("tb", ema_decay=decay).ema.load_state_dict(state)
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
-        TrainingConfig(ema_decay=1.0)
+        TrainConfig(ema_decay=1.0)
 
 
 def test_resume_restores_the_weight_average(tmp_path):
@@ -170,11 +173,11 @@ def test_bad_user_models_give_clear_errors():
         _trainer(target=NanScoreTarget(), langevin=True).step()
     trainer = _trainer()
     with pytest.raises(ValueError, match=r"samples must have shape \(B, 2\)"):
-        trainer.sampler.backward_trajectories(torch.zeros(4, 3), trainer.times, trainer.path)
-    with pytest.raises(ValueError, match="explore must be >= 0"):
-        TrainingConfig(explore=-1.0)
-    with pytest.raises(ValueError, match="iterations must be >= 1"):
-        TrainingConfig(iterations=0)
+        trainer.sampler.backward_trajectories(torch.zeros(4, 3), trainer.model.times, trainer.path)
+    with pytest.raises(ValueError, match="TrainConfig.explore must be a finite number >= 0"):
+        TrainConfig(explore=-1.0)
+    with pytest.raises(ValueError, match="TrainConfig.iterations must be an integer >= 1"):
+        TrainConfig(iterations=0)
 
 
 def test_non_finite_gradient_names_the_parameter():
@@ -194,10 +197,9 @@ def test_log_variance_rows_take_scaled_steps(conditional):
 
     def one_step(scale):
         torch.manual_seed(0)
-        config = TrainingConfig(iterations=3, batch_size=16, steps=8, log_var_lr_scale=scale, seed=1)
+        config = TrainConfig(iterations=3, batch_size=16, steps=8, log_var_lr_scale=scale, seed=1)
         if conditional:
             from posterior.samplers.conditional_sampler import build_conditional_sampler
-            from posterior.fit import ConditionalTrainer
             from posterior.objectives import VarGrad
 
             class Shifted:
@@ -208,11 +210,12 @@ def test_log_variance_rows_take_scaled_steps(conditional):
 
             model = build_conditional_sampler(dim=2, reward=Shifted(), sigma2=1.0, cond_shape=(2,), encoder="mlp",
                                               learn_variance=True)
-            trainer = ConditionalTrainer(model, VarGrad(group_size=4), torch.randn(10, 2), config, 4)
+            trainer = Trainer(model, VarGrad(group_size=4), replace(config, samples_per_condition=4),
+                              conditions=torch.randn(10, 2))
         else:
             model = make_sampler(2, 1.0, learn_variance=True)
             path = BoltzmannPath(target, model.reference)
-            trainer = Trainer(model, make_objective("tb", path), path, config)
+            trainer = Trainer(model, make_objective("tb", path), config, path=path)
         before = [p.detach().clone() for p in model.parameters()]
         trainer.step()
         return [p.detach() - b for p, b in zip(model.parameters(), before)]
@@ -229,7 +232,7 @@ def test_log_variance_rows_take_scaled_steps(conditional):
             torch.testing.assert_close(d_scaled, d_full)
     assert n == 2
     with pytest.raises(ValueError, match="log_var_lr_scale"):
-        TrainingConfig(log_var_lr_scale=0.0)
+        TrainConfig(log_var_lr_scale=0.0)
 
 
 def _shifted_gaussian_trainer(log_z_init: str, objective: str = "tb") -> Trainer:
@@ -237,8 +240,8 @@ def _shifted_gaussian_trainer(log_z_init: str, objective: str = "tb") -> Trainer
     sampler = make_sampler(2, 1.0)
     target = GaussianTarget(mean=torch.tensor([1.0, 0.0]), std=torch.tensor([0.5, 1.0]), log_scale=20.0)
     path = BoltzmannPath(target, sampler.reference)
-    config = TrainingConfig(iterations=1, batch_size=64, steps=10, explore=0.5, log_z_init=log_z_init, seed=3)
-    return Trainer(sampler, make_objective(objective, path), path, config)
+    config = TrainConfig(iterations=1, batch_size=64, steps=10, explore=0.5, log_z_init=log_z_init, seed=3)
+    return Trainer(sampler, make_objective(objective, path), config, path=path)
 
 
 def test_log_z_batch_init_zeroes_the_first_batch_mean_residual():
@@ -254,7 +257,7 @@ def test_log_z_batch_init_zeroes_the_first_batch_mean_residual():
 
 def test_tb_warm_start_sets_the_offset_that_zeroes_the_mean_residual():
     trainer = _shifted_gaussian_trainer("batch")
-    traj = trainer.trajectories(0.5)
+    traj = trainer.model.forward(0.5, trainer.generator, differentiable=False)
     objective = trainer.objective
     objective.warm_start_log_z(traj)
     residual = (objective.log_z_of(traj) + objective.residual(traj)).detach()
@@ -273,7 +276,7 @@ def test_tb_warm_start_leaves_zero_density_trajectories_out():
     """A reward of -inf is a legal zero density: those trajectories must not pull log Z toward
     min_log_reward; a batch with none of positive density leaves log Z alone."""
     trainer = _shifted_gaussian_trainer("batch")
-    traj = trainer.trajectories(0.5)
+    traj = trainer.model.forward(0.5, trainer.generator, differentiable=False)
     objective = trainer.objective
     objective.warm_start_log_z(traj)
     clean = objective.log_z()
@@ -290,11 +293,13 @@ def test_tb_warm_start_leaves_zero_density_trajectories_out():
     assert objective.log_z() == pytest.approx(expected, abs=1e-4)
 
 
-def test_log_z_batch_init_needs_a_learned_scalar_log_z():
-    with pytest.raises(ValueError, match="log_z_init='batch'.*VarGrad"):
-        _shifted_gaussian_trainer("batch", objective="vargrad")
-    with pytest.raises(ValueError, match="log_z_init"):
-        TrainingConfig(log_z_init="first")
+def test_log_z_batch_init_is_the_default_and_leaves_objectives_without_a_scalar_log_z_alone():
+    assert TrainConfig().log_z_init == "batch"
+    trainer = _shifted_gaussian_trainer("batch", objective="vargrad")
+    trainer.step()  # VarGrad has no learned log Z: nothing to start
+    assert trainer.objective.log_z() is None
+    with pytest.raises(ValueError, match="TrainConfig.log_z_init must be one of"):
+        TrainConfig(log_z_init="first")
 
 
 def test_power_grid_is_the_training_grid_and_resume_checks_it(tmp_path):
@@ -302,16 +307,16 @@ def test_power_grid_is_the_training_grid_and_resume_checks_it(tmp_path):
 
     ckpt = tmp_path / "ckpt.pt"
     trainer = _trainer(iterations=2, checkpoint=ckpt, grid_power=2.0)
-    torch.testing.assert_close(trainer.train_times(), power_grid(10, 2.0))
+    torch.testing.assert_close(trainer.model.train_times(trainer.generator), power_grid(10, 2.0))
     trainer.run(progress=False)
     trainer.save(ckpt)
-    traj = trainer.trajectories(0.0)
+    traj = trainer.model.forward(0.0, trainer.generator, differentiable=False)
     assert traj.states.shape[0] == 11
     with pytest.raises(ValueError, match="grid_power"):
         _trainer(iterations=2, checkpoint=ckpt).load(ckpt)  # a uniform-grid run cannot resume it
     with pytest.raises(ValueError, match="grid_power must be a finite number > 0"):
-        TrainingConfig(grid_power=0.0)
+        TrainConfig(grid_power=0.0)
     with pytest.raises(ValueError, match="needs train_grid='uniform'"):
-        TrainingConfig(grid_power=2.0, train_grid="random")
+        TrainConfig(grid_power=2.0, train_grid="random")
     result = evaluate(trainer.sampler, trainer.path, num_samples=64, steps=10, grid_power=2.0, log_z=0.0)
     assert math.isfinite(result["log_z_elbo"]) and result["log_z_elbo"] <= result["log_z_rw"]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from posterior.core import metrics
@@ -17,8 +14,10 @@ from posterior.samplers.factory import langevin_per_dimension, make_sampler
 from posterior.core.grids import uniform_grid
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.engine import TrainingHistory
 from posterior.core.trajectories import Trajectories
+
+if TYPE_CHECKING:
+    from posterior.training.history import TrainingHistory
 
 
 class ConditionalSampler(nn.Module):
@@ -42,7 +41,7 @@ class ConditionalSampler(nn.Module):
         self.encoder = encoder
         self.config = dict(config or {})
         self._reward = (reward,)  # a tuple keeps a user's nn.Module out of our parameters
-        self.training_history: TrainingHistory | None = None  # set by `fit`
+        self.training_history: "TrainingHistory | None" = None  # set by `fit`
 
     @property
     def reward(self) -> Any:
@@ -151,30 +150,6 @@ class ConditionalSampler(nn.Module):
         result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
                   "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
         return {k: v[0] if y is None else v for k, v in result.items()}
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into the folder ``path``."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / "model.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(folder / "model.safetensors")
-        (folder / "config.json").write_text(json.dumps(self.config, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, reward: Any, *,
-                        device: torch.device | str = "cpu") -> "ConditionalSampler":
-        """Rebuild a sampler saved with :meth:`save_pretrained`; ``reward`` is the user's log R."""
-        folder = Path(path)
-        for name in ("config.json", "model.safetensors"):
-            if not (folder / name).exists():
-                raise FileNotFoundError(f"{folder / name} not found: path must be a folder written by save_pretrained")
-        config = json.loads((folder / "config.json").read_text())
-        model = build_conditional_sampler(reward=reward, **config)
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        return model.to(device)
 
 
 def build_conditional_sampler(*, dim: int, reward: Any, sigma2: float = 1.0, cond_shape: tuple[int, ...] | None = None,

@@ -93,3 +93,55 @@ class ImportancePool:
     @classmethod
     def from_state_dict(cls, state: dict) -> "ImportancePool":
         return cls(state["paths"], state["log_weights"])
+
+
+class PoolTraining:
+    """An importance pool as a batch source of the training engine.
+
+    Without ``forward_kl`` odd iterations train on paths resampled from the pool (beside the forward
+    batches of even iterations). With ``forward_kl`` = lambda > 0 every iteration instead adds a
+    mass-covering term lambda * mean(-log q(tau)) over a batch of pool paths, a Monte Carlo gradient of
+    lambda KL(target || q) up to the pool's resampling error; the reverse KL of RTB, VarGrad and the
+    pathwise KL is mode-seeking, the forward term penalizes target paths the posterior under-covers.
+    Both vanish at q = target, so the optimum is unchanged. lambda can decay on a cosine
+    (``forward_kl_decay_horizon`` iterations to ``forward_kl_decay_final`` times its value).
+
+    Args:
+        pool: the :class:`ImportancePool` of prior paths weighted by r^beta.
+        forward_kl, forward_kl_decay_horizon, forward_kl_decay_final: the forward-KL weight and its decay.
+    """
+
+    def __init__(self, pool: ImportancePool, *, forward_kl: float = 0.0, forward_kl_decay_horizon: int = 0,
+                 forward_kl_decay_final: float = 0.0) -> None:
+        if not isinstance(pool, ImportancePool):
+            raise TypeError(f"pool must be an ImportancePool, got {type(pool).__name__}")
+        if not (isinstance(forward_kl, (int, float)) and math.isfinite(forward_kl) and forward_kl >= 0.0):
+            raise ValueError(f"forward_kl must be a finite number >= 0 (0: off), got {forward_kl!r}")
+        if isinstance(forward_kl_decay_horizon, bool) or not isinstance(forward_kl_decay_horizon, int) \
+                or forward_kl_decay_horizon < 0:
+            raise ValueError(f"forward_kl_decay_horizon must be an integer >= 0 (0: constant), got "
+                             f"{forward_kl_decay_horizon!r}")
+        if not 0.0 <= forward_kl_decay_final <= 1.0:
+            raise ValueError(f"forward_kl_decay_final must be in [0, 1], got {forward_kl_decay_final}")
+        if forward_kl_decay_horizon and not forward_kl:
+            raise ValueError(f"forward_kl_decay_horizon={forward_kl_decay_horizon} decays the forward_kl weight, "
+                             "which is 0 (off)")
+        self.pool = pool
+        self.forward_kl = float(forward_kl)
+        self.forward_kl_decay_horizon = int(forward_kl_decay_horizon)
+        self.forward_kl_decay_final = float(forward_kl_decay_final)
+
+    @property
+    def trains_odd_iterations(self) -> bool:
+        """Whether odd iterations train on pool paths (no forward-KL term)."""
+        return not self.forward_kl
+
+    def forward_kl_weight(self, iteration: int) -> float:
+        """The forward-KL weight lambda at ``iteration`` (after its cosine decay)."""
+        from posterior.training.lr_schedule import CosineDecay
+
+        return self.forward_kl * CosineDecay(self.forward_kl_decay_horizon, self.forward_kl_decay_final)(iteration)
+
+    def settings(self) -> dict:
+        return {"forward_kl": self.forward_kl, "forward_kl_decay_horizon": self.forward_kl_decay_horizon,
+                "forward_kl_decay_final": self.forward_kl_decay_final}

@@ -128,13 +128,13 @@ def make_teacher(student: DiffusionSampler, student_objective: Objective, studen
                  under_weight: float = 19.0, target_power: float = 1.0,
                  log_z_fallback: Callable[[], float] | None = None) -> AdaptiveTeacher:
     """Wire a teacher sampler and its TB objective to a student (``config``: the teacher's
-    :class:`TrainingConfig`, e.g. the student's with another seed)."""
+    :class:`TrainConfig`, e.g. the student's with another seed)."""
     reward = StudentResidualReward(student, student_objective, student_path, steps=config.steps,
                                    grid_power=config.grid_power,
                                    under_weight=under_weight, target_power=target_power,
                                    log_z_fallback=log_z_fallback,
                                    seed=config.seed + 1)
     path = BoltzmannPath(reward, teacher.reference)
-    return AdaptiveTeacher(Trainer(teacher, teacher_objective, path, config))
+    return AdaptiveTeacher(Trainer(teacher, teacher_objective, config, path=path))
 
 

@@ -1,0 +1,41 @@
+"""Build the trainable posterior of a diffusion prior (data space) from plain settings, the same way
+when `fit` starts it and when `Posterior.from_pretrained` restores it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from posterior.diffusion.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath
+
+
+def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[DiffusionPosterior, DiffusionPriorPath]:
+    """(posterior, path) for ``prior`` (a :class:`posterior.priors.DiffusionPrior`) and ``reward`` (a likelihood
+    with ``log_likelihood(x)``, or a callable x -> (B,)).
+
+    ``spec``: ``learn_variance`` (learn each step's variance too), ``beta`` (the reward's exponent) and
+    ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's). A
+    denoiser without parameters (an analytic one) gets a trainable residual correction.
+    """
+    from posterior.priors.diffusion import DiffusionPrior
+
+    if not isinstance(prior, DiffusionPrior):
+        raise ValueError(f"space='data' needs a posterior.priors.DiffusionPrior, got {type(prior).__name__}; "
+                         "use space='noise' for decoders and generators")
+    log_r = reward.log_likelihood if hasattr(reward, "log_likelihood") else reward
+    if not callable(log_r):
+        raise TypeError(f"reward must be a likelihood with log_likelihood(x) or a callable x -> (B,), "
+                        f"got {type(reward).__name__}")
+    model = prior.posterior_copy()
+    if not any(True for _ in model.parameters()):  # an analytic denoiser: learn a residual correction
+        if len(prior.event_shape) != 1:
+            raise ValueError("the prior's denoiser has no parameters to fine-tune; pass a DiffusionPosterior "
+                             "with your own trainable model")
+        from posterior.diffusion.residual_denoiser import ResidualDenoiser
+        model = ResidualDenoiser(prior.denoiser, prior.event_shape[0])
+    if spec.get("learn_variance", False):
+        from posterior.diffusion.learned_variance import LearnedVarianceDenoiser
+        model = LearnedVarianceDenoiser(model, prior)
+    frozen = spec.get("frozen_final_steps")
+    frozen = prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE) if frozen is None else int(frozen)
+    posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
+    return posterior, DiffusionPriorPath(prior, log_r, beta=spec.get("beta", 1.0))

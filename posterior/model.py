@@ -1,0 +1,207 @@
+"""`Posterior`: what `fit` returns, whatever it trained, with one contract.
+
+- A sampler in a prior's latent / noise space (a VAE decoder, a generator, a diffusion prior's DDIM
+  solve): :meth:`Posterior.sample` gives decoded samples x = f(z), :meth:`Posterior.sample_latent` z.
+- A sampler of a density without a prior (a Boltzmann target, conditional or not): samples x.
+- A posterior fine-tuned from a diffusion prior in data space: samples x on the prior's schedule.
+
+``log_z(y, num_samples)`` gives per-condition estimates of log Z(y) (ELBO, importance-weighted, its
+standard error, ESS); ``save_pretrained(folder)`` writes ``config.json`` (class, library version, kind,
+architecture, what the prior and reward were) and ``model.safetensors``; ``from_pretrained(folder,
+prior=..., reward=...)`` rebuilds it in a fresh process from the same prior and reward that went to
+`fit`, and refuses others, saying what to pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from posterior.core import metrics
+from posterior.core.grids import uniform_grid
+from posterior.targets import decoder_prior, describe, sampler_target
+
+KINDS = ("sampler", "diffusion")
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class Posterior(nn.Module):
+    """A trained amortized posterior p(x | y) ∝ p(x) r(x, y).
+
+    Args:
+        network: a :class:`~posterior.samplers.conditional_sampler.ConditionalSampler` (kind "sampler") or a
+            :class:`~posterior.diffusion.diffusion_posterior.DiffusionPosterior` (kind "diffusion").
+        prior: the prior passed to `fit` (None for a density without a prior).
+        reward: the reward / likelihood passed to `fit`.
+        spec: how to rebuild ``network`` (saved in ``config.json``).
+        path: a diffusion posterior's target path measure (prior, reward, beta).
+    """
+
+    def __init__(self, network: nn.Module, *, prior: Any, reward: Any, spec: dict[str, Any], path: Any = None) -> None:
+        super().__init__()
+        if spec.get("kind") not in KINDS:
+            raise ValueError(f"spec['kind'] must be one of {KINDS}, got {spec.get('kind')!r}")
+        self.network = network
+        self.spec = dict(spec)
+        self._user = (prior, reward, path)  # not submodules: the user's models are neither trained nor saved here
+        decoder = decoder_prior(prior, spec.get("latent_dim")) if spec["kind"] == "sampler" else None
+        self._decoder = (decoder,)  # a tuple keeps the user's decoder out of this module's parameters
+        self.training_history = None  # set by `fit`
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def kind(self) -> str:
+        return self.spec["kind"]
+
+    @property
+    def prior(self) -> Any:
+        return self._user[0]
+
+    @property
+    def reward(self) -> Any:
+        return self._user[1]
+
+    @property
+    def conditional(self) -> bool:
+        return self.spec.get("cond_shape") is not None
+
+    def _device(self) -> torch.device:
+        for tensor in self.network.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def _check_y(self, y: Tensor | None) -> Tensor | None:
+        if not self.conditional:
+            if y is not None:
+                raise ValueError("this posterior is unconditional: pass y=None")
+            return None
+        if y is None:
+            raise ValueError(f"this posterior is conditional: pass y of shape (B, {_shape(self.spec['cond_shape'])})")
+        y = torch.as_tensor(y)
+        if y.is_floating_point() and y.dtype != torch.float32:
+            y = y.float()
+        return y
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_latent(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """Samples of the sampler's own state z: (len(y), num_samples, d), or (num_samples, d) without y.
+        For a posterior without a latent space (no decoder prior, or data space) this is :meth:`sample`."""
+        _check_count(num_samples)
+        if self.kind == "diffusion":
+            return self.sample(y, num_samples, generator=generator)
+        return self.network.sample(self._check_y(y), num_samples, steps=steps, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Posterior samples in the user's space: decoded x = f(z) for a latent / noise-space posterior.
+
+        Returns:
+            (len(y), num_samples, *event_shape), or (num_samples, *event_shape) without y.
+        """
+        _check_count(num_samples)
+        if self.kind == "diffusion":
+            self._check_y(y)
+            prior = self.network.prior
+            states = prior.sample(num_samples, generator=generator, model=self.network.model,
+                                  model_steps=self.network.trained_steps, device=self._device())
+            return states[-1]
+        z = self.sample_latent(y, num_samples, steps=steps, generator=generator)
+        decoder = self._decoder[0]
+        if decoder is None:
+            return z
+        flat = decoder.decode(z.reshape(-1, z.shape[-1]))
+        return flat.reshape(z.shape[:-1] + flat.shape[1:])
+
+    @torch.no_grad()
+    def log_z(self, y: Tensor | None = None, num_samples: int = 2000, *, steps: int = 100,
+              generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Per-condition estimates of log Z(y) = log ∫ p(x) r(x, y) dx from ``num_samples`` trajectories each.
+
+        Returns:
+            dict of (len(y),) tensors (scalars without y): ``elbo`` (log Ẑ), ``rw`` (importance-weighted
+            log Ẑ_RW), ``rw_stderr`` (its delta-method standard error) and ``ess`` (normalized ESS).
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+            raise ValueError(f"num_samples must be an integer >= 2 (a spread of weights needs two), got {num_samples!r}")
+        if self.kind == "sampler":
+            return self.network.log_z(self._check_y(y), num_samples, steps=steps, generator=generator)
+        self._check_y(y)
+        traj = self.network.trajectories(num_samples, self._user[2], generator=generator, track_gradients=False)
+        log_w = traj.log_weight.reshape(1, -1)
+        result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
+                  "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
+        return {k: v[0] for k, v in result.items()}
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``folder``; a diffusion posterior whose
+        denoiser is a ``diffusers`` model also writes it to ``folder/denoiser`` (``UNet2DModel.from_pretrained``
+        loads it)."""
+        from posterior import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = self.network.model if self.kind == "diffusion" else self.network
+        state = {k: v.detach().contiguous().cpu() for k, v in weights.state_dict().items()}
+        tmp = folder / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(folder / WEIGHTS_NAME)
+        config = {"class": "Posterior", "library": "posterior", "version": __version__, **self.spec,
+                  "prior": describe(self.prior), "reward": describe(self.reward)}
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        if self.kind == "diffusion" and callable(getattr(self.network.model, "save_pretrained", None)):
+            self.network.model.save_pretrained(str(folder / "denoiser"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, prior: Any = None, reward: Any = None,
+                        device: torch.device | str = "cpu") -> "Posterior":
+        """Rebuild a posterior saved with :meth:`save_pretrained`, given the prior and reward that went to
+        `fit` (the same classes and sizes as recorded in its config; anything else is refused)."""
+        folder = Path(folder)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found: folder must be written by Posterior.save_pretrained")
+        try:
+            config = json.loads((folder / CONFIG_NAME).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {error}") from None
+        if not isinstance(config, dict) or config.get("class") != "Posterior" or config.get("kind") not in KINDS:
+            raise ValueError(f"{folder / CONFIG_NAME} was not written by Posterior.save_pretrained "
+                             f"(class {config.get('class') if isinstance(config, dict) else None!r})")
+        for role, given in (("prior", prior), ("reward", reward)):
+            saved = config.get(role)
+            if saved != describe(given):
+                what = "None" if saved is None else f"a {saved['class']} ({', '.join(f'{k}={v}' for k, v in saved.items() if k != 'class') or 'as in fit'})"
+                raise ValueError(f"{folder} was trained with {role}={what}; got {role}={describe(given)}: pass the "
+                                 f"same {role} that went to fit")
+        spec = {k: v for k, v in config.items() if k not in ("class", "library", "version", "prior", "reward")}
+        state = load_file(str(folder / WEIGHTS_NAME))
+        if spec["kind"] == "sampler":
+            from posterior.samplers.conditional_sampler import build_conditional_sampler
+
+            target = sampler_target(prior, reward, spec.get("latent_dim"))
+            network = build_conditional_sampler(reward=target, **spec["network"])
+            network.load_state_dict(state)
+            return cls(network, prior=prior, reward=reward, spec=spec).to(device)
+        from posterior.diffusion.build import diffusion_posterior
+
+        network, path = diffusion_posterior(prior, reward, spec["network"])
+        network.model.load_state_dict(state)
+        return cls(network, prior=prior, reward=reward, spec=spec, path=path)
+
+
+def _check_count(num_samples: int) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+
+
+def _shape(shape) -> str:
+    return ", ".join(str(s) for s in shape)

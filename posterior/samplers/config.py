@@ -1,0 +1,50 @@
+"""The architecture of a diffusion sampler built by `fit`: one typed config, validated where defined."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from posterior.samplers.factory import LANGEVIN_SCALES
+
+ENCODERS = ("auto", "mlp", "cnn")
+
+
+@dataclass
+class SamplerConfig:
+    """Settings of the Euler-Maruyama sampler that `fit` trains in latent / noise space (or on a
+    Boltzmann density). A posterior fine-tuned from a diffusion prior (``space="data"``) is the prior's
+    own denoiser and uses only ``learn_variance``.
+
+    Attributes:
+        sigma2: variance per unit time of the reference (Brownian) process.
+        langevin: the Langevin parametrization of the drift, NN1(x, t) + NN2(t) * clipped score of the target.
+        langevin_scale: "per-dimension" (NN2 has d outputs) or "shared" (one, the paper's public code's).
+        learn_variance: learn each step's variance (per dimension) besides its mean.
+        hidden: width of the policy (and of the condition encoder and learned log Z(y)).
+        encoder: condition encoder: "mlp", "cnn", or "auto" (cnn for image-shaped conditions).
+    """
+
+    sigma2: float = 1.0
+    langevin: bool = False
+    langevin_scale: str = "per-dimension"
+    learn_variance: bool = False
+    hidden: int = 64
+    encoder: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sigma2, bool) or not isinstance(self.sigma2, (int, float)) \
+                or not (math.isfinite(self.sigma2) and self.sigma2 > 0):
+            raise ValueError(f"SamplerConfig.sigma2 must be a finite number > 0, got {self.sigma2!r}")
+        for name in ("langevin", "learn_variance"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SamplerConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.langevin_scale not in LANGEVIN_SCALES:
+            raise ValueError(f"SamplerConfig.langevin_scale must be one of {LANGEVIN_SCALES}, got {self.langevin_scale!r}")
+        if self.langevin_scale != "per-dimension" and not self.langevin:
+            raise ValueError(f"SamplerConfig.langevin_scale={self.langevin_scale!r} is for the Langevin "
+                             "parametrization: set langevin=True")
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+            raise ValueError(f"SamplerConfig.hidden must be an integer >= 1, got {self.hidden!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"SamplerConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}")
