@@ -7,7 +7,8 @@ states ranked by log-reward (rank 0 = highest), state of rank r is drawn with pr
 
 The buffer keeps its entries in a ring (oldest overwritten first) and, for rank
 prioritization, the slot order sorted by log-reward. An add merges the sorted batch into
-that order and drops the evicted slots, linear in N with small constants (no re-sort);
+that order and drops the evicted slots in a few vectorized passes, linear in N (no re-sort,
+no Python loop over states: 17k states into a full 600k buffer take ~15 ms of one CPU core);
 a prioritized draw samples ranks by inverting the cumulative weights (cached while N is
 unchanged), so both stay cheap at a full 600k capacity.
 """
@@ -58,6 +59,7 @@ class ReplayBuffer:
         self._order = torch.empty(0, dtype=torch.long, device=device)  # slots, log-reward descending
         self._keys = torch.empty(0, device=device, dtype=dtype)  # -log-reward along _order (ascending)
         self._cumulative: Tensor | None = None  # cumulative rank weights, valid while its length == size
+        self._work: dict = {}  # scratch buffers of the rank order updates (see _reorder)
 
     def __len__(self) -> int:
         return self.size
@@ -92,56 +94,98 @@ class ReplayBuffer:
             b = self.capacity
         slots = (self._next + torch.arange(b, device=self.states.device)) % self.capacity
         overwritten = self.size + b - self.capacity
+        removed = None  # ranks of the entries about to be overwritten (the first capacity - size slots are empty)
         if self.prioritization == "rank" and overwritten > 0:
-            self._evict(slots[b - overwritten:])  # the first capacity - size slots are empty
+            removed = self._ranks_of(slots[b - overwritten:])
         self.states[slots] = states.detach().to(self.states)
         self.log_rewards[slots] = log_rewards.detach().to(self.log_rewards)
         if conditions is not None:
             self.conditions[slots] = conditions.detach().to(self.conditions)
         if self.prioritization == "rank":
-            self._merge(slots)
+            self._reorder(slots, removed)
         self._next = int((self._next + b) % self.capacity)
         self.size = min(self.capacity, self.size + b)
 
-    def _evict(self, slots: Tensor) -> None:
-        """Remove ``slots`` (about to be overwritten) from the sorted order, O(N) copies.
+    def _ranks_of(self, slots: Tensor) -> Tensor:
+        """Ascending positions in ``_order`` of the stored ``slots`` (distinct); reads their keys,
+        so call it before they are overwritten."""
+        order, keys = self._order, self._keys
+        if 128 * slots.numel() <= order.numel():  # few slots: binary search by key
+            wanted = -self.log_rewards[slots]
+            low = torch.searchsorted(keys, wanted)
+            if bool((torch.searchsorted(keys, wanted, right=True) - low == 1).all()):
+                return low.sort().values  # each key is stored once, so it is that slot's
+        # many slots or ties: one pass over the order
+        gone = self._workspace("gone", self.capacity, torch.bool)
+        gone.index_fill_(0, slots, True)
+        ranks = torch.index_select(gone, 0, order, out=self._workspace("hit", order.numel(), torch.bool)).nonzero()
+        gone.index_fill_(0, slots, False)  # (kept all-False between adds)
+        return ranks[:, 0]
 
-        Each slot is found by binary search on its key; among equal keys, by its slot id.
+    def _reorder(self, new_slots: Tensor, removed: Tensor | None) -> None:
+        """Drop the ranks ``removed`` (ascending, see _ranks_of) from the order sorted by descending
+        log-reward and merge ``new_slots`` (already written) into it, keeping every survivor's
+        relative order.
+
+        Vectorized and O(N + B log B): the batch is sorted, each new entry's place found by binary
+        search, and a single gather (its index built by one cumulative sum) lays out the merged
+        order; no re-sort of the stored entries and no Python loop over states. Outputs go to
+        preallocated buffers (ping-pong), which on CPU avoids page-faulting fresh megabytes on
+        every add.
         """
-        keys = self._keys
-        unique = torch.unique(-self.log_rewards[slots])
-        low = torch.searchsorted(keys, unique, right=False).tolist()
-        high = torch.searchsorted(keys, unique, right=True).tolist()
-        remove: list[int] = []
-        for lo, hi in zip(low, high):
-            if hi - lo == 1:
-                remove.append(lo)
-            else:  # ties: match slot ids inside the run of equal keys
-                remove.extend((torch.isin(self._order[lo:hi], slots).nonzero()[:, 0] + lo).tolist())
-        remove.sort()
-        bounds = [-1] + remove + [keys.numel()]
-        spans = [(a + 1, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a + 1]
-        self._order = torch.cat([self._order[a:b] for a, b in spans]) if spans else self._order[:0]
-        self._keys = torch.cat([keys[a:b] for a, b in spans]) if spans else keys[:0]
-
-    def _merge(self, new_slots: Tensor) -> None:
-        """Merge ``new_slots`` into the order sorted by descending log-reward, O(N + B log B) with
-        contiguous copies only."""
+        order, keys = self._order, self._keys
+        n = order.numel()
+        device = order.device
+        if removed is None:
+            removed = order.new_empty(0)
+        e = removed.numel()
         # Ascending keys -log_reward (a -inf reward is a +inf key, ranked last).
         new_keys, perm = torch.sort(-self.log_rewards[new_slots])
         new_slots = new_slots[perm]
-        # New entries go after equal old ones (older first among ties).
-        positions = torch.searchsorted(self._keys, new_keys, right=True).tolist()
-        orders, keys, prev, start, count = [], [], 0, 0, len(positions)
-        for j in range(1, count + 1):  # runs of new entries that share an insertion position
-            if j == count or positions[j] != positions[start]:
-                pos = positions[start]
-                orders += [self._order[prev:pos], new_slots[start:j]]
-                keys += [self._keys[prev:pos], new_keys[start:j]]
-                prev, start = pos, j
-        orders.append(self._order[prev:])
-        keys.append(self._keys[prev:])
-        self._order, self._keys = torch.cat(orders), torch.cat(keys)
+        b = new_keys.numel()
+        m = n - e + b  # merged length (<= capacity)
+        # New entries go after equal old ones (older first among ties): new entry j (in sorted
+        # order) follows the p_j surviving old keys <= its key and the j new ones before it.
+        p = torch.searchsorted(keys, new_keys, right=True)
+        p -= torch.searchsorted(removed, p)  # count survivors only
+        new_ranks = p + torch.arange(b, device=device)
+        # Every other merged rank t holds survivor k = t - #(new ranks < t), whose old rank is
+        # k + #(removed ranks before it). Both counts are steps, so source = cumsum(steps): +1 per
+        # rank, -1 after each new rank, +1 at the merged rank of the first survivor after each
+        # removed rank (survivor r_i - i, preceded by the new entries with p_j <= r_i - i).
+        after = removed - torch.arange(e, device=device)
+        after += torch.searchsorted(p, after, right=True)
+        steps = self._workspace("steps", m, torch.long).fill_(1)
+        steps[0] = 0
+        ends = new_ranks + 1
+        ends = ends[ends < m]
+        steps.index_add_(0, ends, torch.full_like(ends, -1))
+        after = after[after < m]
+        steps.index_add_(0, after, torch.ones_like(after))
+        source = steps.cumsum_(0)
+        source.index_fill_(0, new_ranks, 0)  # any valid index: overwritten below
+        self._order, self._keys = self._spare("order", order, m), self._spare("keys", keys, m)
+        if n > 0:
+            torch.index_select(order, 0, source, out=self._order)
+            torch.index_select(keys, 0, source, out=self._keys)
+        self._order.index_copy_(0, new_ranks, new_slots)
+        self._keys.index_copy_(0, new_ranks, new_keys)
+
+    def _workspace(self, name: str, length: int, dtype: torch.dtype) -> Tensor:
+        """The first ``length`` entries of a preallocated scratch buffer of ``capacity`` entries."""
+        buffer = self._work.get(name)
+        if buffer is None:
+            buffer = self._work[name] = torch.zeros(self.capacity, dtype=dtype, device=self.states.device)
+        return buffer[:length]
+
+    def _spare(self, name: str, current: Tensor, length: int) -> Tensor:
+        """``length`` entries of whichever of two scratch buffers does not hold ``current``."""
+        pair = self._work.setdefault(name, [])
+        for buffer in pair:
+            if buffer.untyped_storage().data_ptr() != current.untyped_storage().data_ptr():
+                return buffer[:length]
+        pair.append(torch.empty(self.capacity, dtype=current.dtype, device=current.device))
+        return pair[-1][:length]
 
     # ------------------------------------------------------------------ sample
     def rank_weights(self) -> Tensor:
@@ -199,7 +243,11 @@ class ReplayBuffer:
             if state["conditions"] is None:
                 raise ValueError("checkpointed buffer has no conditions, this buffer stores them")
             self.conditions[:n] = state["conditions"][:n].to(self.conditions)
+        order, keys = state["order"], state["keys"]
+        if self.prioritization == "rank" and (order.numel() != n or keys.numel() != n):
+            raise ValueError(f"checkpointed buffer holds {n} entries but its rank order has {order.numel()} "
+                             f"(and {keys.numel()} keys); was it written by a uniform buffer?")
         self.size, self._next = n, int(state["next"])
-        self._order = state["order"].to(device=self.states.device, dtype=torch.long)
-        self._keys = state["keys"].to(self.log_rewards)
+        self._order = order.to(device=self.states.device, dtype=torch.long)
+        self._keys = keys.to(self.log_rewards)
         self._cumulative = None
