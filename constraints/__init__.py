@@ -6,7 +6,7 @@ from posterior.constraints.gaussian import GaussianTarget
 from posterior.constraints.gmm25 import GaussianMixture25
 from posterior.constraints.lgcp import LogGaussianCoxProcess
 from posterior.constraints.likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
-                          LatentPosteriorReward, Mask, ObservationOperator)
+                                               Mask, ObservationOperator)
 from posterior.constraints.manywell import Manywell
 from posterior.constraints.registry import TARGET_NAMES, make_target
 from posterior.constraints.target import BoltzmannTarget
@@ -22,7 +22,6 @@ __all__ = [
     "GaussianTarget",
     "Identity",
     "ImageTransform",
-    "LatentPosteriorReward",
     "LogGaussianCoxProcess",
     "Manywell",
     "Mask",

@@ -4,8 +4,6 @@
   non-binarized images (the MNIST VAE task).
 - :class:`GaussianObservation`: ``y = A(x) + noise`` with a linear operator
   :class:`Identity`, :class:`Mask` (inpainting) or :class:`Downsample`.
-- :class:`LatentPosteriorReward`: ``log N(z; 0, I) + log r(decode(z), y)``, the
-  unnormalized log-density of the latent posterior ``p(z | y)``.
 
 Every ``log_likelihood(x, y)`` takes x (B, *event_shape) and y (B, *obs_shape)
 and returns (B,), summed over all non-batch entries (observed ones only for a mask).
@@ -14,7 +12,7 @@ and returns (B,), summed over all non-batch entries (observed ones only for a ma
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -265,65 +263,3 @@ class GaussianObservation(nn.Module):
 
 
 # ====================================================================== latent posterior
-class Likelihood(Protocol):
-    def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:  # (B, *event), (B, *obs) -> (B,)
-        ...
-
-
-class LatentPosteriorReward(nn.Module):
-    """Unnormalized latent posterior ``log p(z) + β · log r(decode(z), y)``.
-
-    Args:
-        prior: A :class:`posterior.priors.vae.VAEDecoderPrior` (``latent_dim``, ``log_prob``, ``decode``).
-        likelihood: Object with ``log_likelihood(x, y) -> (B,)``.
-        beta: Tempering exponent of the likelihood (1 = the posterior).
-
-    Attributes:
-        dim: Latent dimension (the sampler's state dimension).
-    """
-
-    def __init__(self, prior: nn.Module, likelihood: Likelihood, beta: float = 1.0) -> None:
-        super().__init__()
-        for attr in ("latent_dim", "log_prob", "decode"):
-            if not hasattr(prior, attr):
-                raise TypeError(f"prior must provide {attr!r} (e.g. a VAEDecoderPrior), got {type(prior).__name__}")
-        if not hasattr(likelihood, "log_likelihood"):
-            raise TypeError(f"likelihood must provide log_likelihood(x, y), got {type(likelihood).__name__}")
-        self.prior = prior
-        self.likelihood = likelihood
-        self.beta = float(beta)
-        self.dim = int(prior.latent_dim)
-
-    def _check_y(self, z: Tensor, y: Tensor) -> None:
-        _require_tensor(y, "y", "(B, *cond_shape)")
-        if y.ndim < 1 or y.shape[0] != z.shape[0]:
-            raise ValueError(f"y must have shape (B, *cond_shape) with B = z.shape[0] = {z.shape[0]}, "
-                             f"got {tuple(y.shape)}")
-
-    def log_reward(self, z: Tensor, y: Tensor) -> Tensor:
-        """z: (B, latent_dim), y: (B, *cond_shape) -> (B,)."""
-        if hasattr(self.prior, "check_latent"):
-            self.prior.check_latent(z)
-        self._check_y(z, y)
-        x = self.prior.decode(z)
-        ll = self.likelihood.log_likelihood(x, y)
-        if not isinstance(ll, Tensor) or ll.shape != (z.shape[0],):
-            got = tuple(ll.shape) if isinstance(ll, Tensor) else type(ll).__name__
-            raise ValueError(f"likelihood.log_likelihood must return shape (B,) = ({z.shape[0]},), got {got}")
-        check_no_nan(ll, "likelihood.log_likelihood")
-        return self.prior.log_prob(z) + self.beta * ll
-
-    def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        """Alias of :meth:`log_reward`."""
-        return self.log_reward(z, y)
-
-    def grad_log_reward(self, z: Tensor, y: Tensor) -> Tensor:
-        """∇_z log_reward via autograd. (B, latent_dim), (B, *cond_shape) -> (B, latent_dim), detached."""
-        with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            value = self.log_reward(zg, y.detach() if isinstance(y, Tensor) else y)
-            (grad,) = torch.autograd.grad(value.sum(), zg)
-        return grad.detach()
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, beta={self.beta}"

@@ -90,13 +90,14 @@ class Posterior(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample_latent(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
-                      generator: torch.Generator | None = None) -> Tensor:
+                      generator: torch.Generator | None = None, max_trajectories: int = 50_000) -> Tensor:
         """Samples of the sampler's own state z: (len(y), num_samples, d), or (num_samples, d) without y.
         For a posterior without a latent space (no decoder prior, or data space) this is :meth:`sample`."""
         _check_count(num_samples)
         if self.kind == "diffusion":
             return self.sample(y, num_samples, generator=generator)
-        return self.network.sample(self._check_y(y), num_samples, steps=steps, generator=generator)
+        return self.network.sample(self._check_y(y), num_samples, steps=steps, generator=generator,
+                                   max_trajectories=max_trajectories)
 
     @torch.no_grad()
     def sample(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
@@ -122,17 +123,19 @@ class Posterior(nn.Module):
 
     @torch.no_grad()
     def log_z(self, y: Tensor | None = None, num_samples: int = 2000, *, steps: int = 100,
-              generator: torch.Generator | None = None) -> dict[str, Tensor]:
+              generator: torch.Generator | None = None, max_trajectories: int = 50_000) -> dict[str, Tensor]:
         """Per-condition estimates of log Z(y) = log ∫ p(x) r(x, y) dx from ``num_samples`` trajectories each.
 
         Returns:
             dict of (len(y),) tensors (scalars without y): ``elbo`` (log Ẑ), ``rw`` (importance-weighted
             log Ẑ_RW), ``rw_stderr`` (its delta-method standard error) and ``ess`` (normalized ESS).
+            ``max_trajectories`` bounds how many are simulated at once.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
             raise ValueError(f"num_samples must be an integer >= 2 (a spread of weights needs two), got {num_samples!r}")
         if self.kind == "sampler":
-            return self.network.log_z(self._check_y(y), num_samples, steps=steps, generator=generator)
+            return self.network.log_z(self._check_y(y), num_samples, steps=steps, generator=generator,
+                                      max_trajectories=max_trajectories)
         self._check_y(y)
         traj = self.network.trajectories(num_samples, self._user[2], generator=generator, track_gradients=False)
         log_w = traj.log_weight.reshape(1, -1)

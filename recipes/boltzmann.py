@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipes/_paths.py: where the shared data is
 
 from posterior.constraints.registry import TARGET_NAMES, make_target  # noqa: E402
+from _paths import pines_path  # noqa: E402
 from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.evaluation.evaluation import evaluate, summarize_repeats  # noqa: E402
 from posterior.training.exploration import EXPLORE_DECAYS, PUBLIC_CODE_EXPLORE_HORIZON, explore_from_step_std  # noqa: E402
@@ -32,7 +34,8 @@ from posterior.evaluation.plotting import plot_curves, plot_samples  # noqa: E40
 from posterior.paths.reference import BrownianBridge  # noqa: E402
 from posterior.baselines.smc import annealed_smc, long_run_mala  # noqa: E402
 from posterior.training.teacher import make_teacher  # noqa: E402
-from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
 
 
 EVAL_REPEAT_SEED_STRIDE = 1_000  # seed offset between independent evaluations of one run
@@ -77,9 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-var-lr-scale", type=float, default=1.0,
                    help="with --learn-variance: the log-variance's learning rate relative to --lr-policy "
                         "(1: the paper's; with TB + exploration prefer --log-z-init batch)")
-    p.add_argument("--log-z-init", choices=("zero", "batch"), default="zero",
-                   help="TB: start log Z at 0 (the paper's) or at the first batch's estimate (keeps a learned "
-                        "variance from running away under exploration)")
+    p.add_argument("--log-z-init", choices=("zero", "batch"), default="batch",
+                   help="TB: start log Z at the first batch's estimate (default: no climb from 0 on targets with "
+                        "a large log Z; keeps a learned variance from running away under exploration) or at 0 "
+                        "(the paper's)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default: off)")
     p.add_argument("--noising", choices=NOISING, default="brownian",
                    help="reference process: Brownian bridge pinned at 0, or variance-preserving OU")
@@ -134,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--pines", default=None, help="path of pines.csv (LGCP)")
+    p.add_argument("--pines", default=None,
+                   help="path of pines.csv (LGCP; default $POSTERIOR_PINES_PATH or ../shared/data/pines.csv)")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)  # network initialization; all sampling noise uses explicit generators
-    target = make_target(args.target, dim=args.dim, pines_path=args.pines).to(device)
+    target = make_target(args.target, dim=args.dim, pines_path=pines_path(args.pines)).to(device)
     if args.method in ("smc", "mala"):
         return run_baseline(args, target, out, device)
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin, hidden=args.hidden,
@@ -188,9 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
     objective = make_objective(args.objective, path, subtb_lambda=args.subtb_lambda, hidden=args.hidden,
                                flow_embeddings=sampler.policy if args.flow_embedding == "shared" else None,
                                separate_replay_log_z=args.replay_log_z == "separate").to(device)
-    config = TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
+    config = TrainConfig(iterations=args.iters, batch_size=args.batch, steps=args.steps,
                             train_grid=args.train_grid, grid_power=args.grid_power, steps_max=args.train_steps_max,
-                            lr_policy=args.lr_policy,
+                            lr=args.lr_policy,
                             lr_flow=args.lr_flow if args.lr_flow is not None else default_flow_lr(args.objective),
                             explore=args.explore, explore_horizon=args.explore_horizon,
                             explore_decay=args.explore_decay, seed=args.seed,
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
             ls_burn_in=args.ls_burn_in, ls_beta=args.ls_beta, ls_step_size=args.ls_step_size)
         replay = ReplayTraining(replay_config, target.dim, device=device)
     ckpt = out / "checkpoint.pt"
-    trainer = Trainer(sampler, objective, path, config, checkpoint_path=ckpt, replay=replay)
+    trainer = Trainer(sampler, objective, config, path=path, checkpoint_path=ckpt, replay=replay)
     if args.teacher:
         replay.teacher = build_teacher(args, target, sampler, objective, path, config, trainer, device)
     if args.resume and ckpt.exists():
@@ -229,21 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds_total = sum(history.seconds)
     replay_stats = {} if replay is None else replay.stats()
     metrics = {
-        "target": args.target, "dim": target.dim, "method": args.method, "objective": args.objective,
-        "langevin": args.langevin, "langevin_scale": args.langevin_scale if args.langevin else None,
-        "explore": args.explore,
-        "explore_step_std": args.explore_step_std, "explore_horizon": args.explore_horizon or args.iters,
-        "explore_decay": args.explore_decay,
-        "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
-        "hidden": args.hidden, "ema_decay": args.ema, "learn_variance": args.learn_variance,
-        "log_var_lr_scale": args.log_var_lr_scale, "log_z_init": args.log_z_init,
-        "log_var_range": args.log_var_range, "grad_clip": args.grad_clip,
-        "flow_embedding": args.flow_embedding,
-        "noising": args.noising, "learn_backward": args.learn_backward, "steps": args.steps,
-        "buffer": args.buffer if replay is None or args.buffer != "none" else "rank",
-        "local_search": args.local_search, "teacher": args.teacher, "replay_log_z": args.replay_log_z,
-        "teacher_target_power": args.teacher_target_power if args.teacher else None,
-        "train_grid": args.train_grid, "grid_power": args.grid_power, "eval_steps": eval_steps,
+        "target": args.target, "dim": target.dim, "objective": args.objective, "eval_steps": eval_steps,
         "log_z_true": target.log_z, **result,
         "iters": trainer.iteration, "seconds_per_iter": history.median_seconds(),
         "seconds_total": seconds_total, "train_wall_seconds_this_run": train_seconds,
@@ -254,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
         **replay_stats,
         "eval_seconds": time.perf_counter() - eval_start,
         "learned_log_z": objective.log_z(), "learned_replay_log_z": objective.replay_log_z(),
-        "config": asdict(config), "seed": args.seed,
+        # every setting once: the training config as the engine used it, the recipe's flags as given
+        "config": asdict(config), "replay_config": None if replay is None else asdict(replay.config),
+        "flags": {k: v for k, v in vars(args).items() if k != "out"}, "seed": args.seed,
         "device": str(device), "threads": torch.get_num_threads(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -333,7 +326,7 @@ def mode_coverage(target, samples: torch.Tensor) -> dict:
     return {}
 
 
-def build_teacher(args: argparse.Namespace, target, sampler, objective, path, config: TrainingConfig,
+def build_teacher(args: argparse.Namespace, target, sampler, objective, path, config: TrainConfig,
                   trainer: Trainer, device: torch.device):
     """A TB teacher like the student (no Langevin term: its reward has no cheap gradient)."""
     teacher = make_sampler(target.dim, target.reference_variance, noising=args.noising).to(device)

@@ -31,15 +31,16 @@ from posterior.diffusion.diffusion_posterior import DiffusionPosterior, Diffusio
 from posterior.samplers.factory import make_sampler  # noqa: E402
 from posterior.objectives.factory import make_objective  # noqa: E402
 from posterior.core.metrics import wasserstein2  # noqa: E402
-from posterior.diffusion.noise_space import NoiseSpaceTarget  # noqa: E402
+from posterior.targets import sampler_target  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance  # noqa: E402
 from posterior.paths.path_target import BoltzmannPath  # noqa: E402
 from posterior.evaluation.plotting import plot_samples  # noqa: E402
 from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.diffusion.residual_denoiser import ResidualDenoiser  # noqa: E402
 from posterior.training.importance_pool import ImportancePool  # noqa: E402
-from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
-from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
+from posterior.training.importance_pool import PoolTraining  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 from posterior.priors.gaussian_mixture import GaussianMixture, MixtureDenoiser  # noqa: E402
 
@@ -122,24 +123,25 @@ def main(argv: list[str] | None = None) -> dict:
                                           generator=torch.Generator().manual_seed(20_000 + args.seed))
                 if args.pool else None)
         objective = RelativeTrajectoryBalance() if args.objective == "rtb" else PathIntegral()
-        trainer = RTBTrainer(posterior, path, objective,
-                             RTBConfig(iterations=args.iters, batch_size=args.batch, explore=args.explore,
-                                       seed=args.seed, forward_kl=args.forward_kl,
-                                       forward_kl_decay_horizon=args.forward_kl_horizon,
-                                       forward_kl_decay_final=args.forward_kl_final), trajectory_pool=pool)
+        pool = None if pool is None else PoolTraining(pool, forward_kl=args.forward_kl,
+                                                      forward_kl_decay_horizon=args.forward_kl_horizon,
+                                                      forward_kl_decay_final=args.forward_kl_final)
+        trainer = Trainer(posterior, objective, TrainConfig(iterations=args.iters, batch_size=args.batch,
+                                                            explore=args.explore, seed=args.seed),
+                          path=path, pool=pool)
         history = trainer.run(progress=not args.no_progress)
         with torch.no_grad():
             samples = posterior.trajectories(args.eval_samples, path, generator=torch.Generator().manual_seed(1),
                                              track_gradients=False).samples
         seconds_per_iter, learned_log_z = history.median_seconds(), trainer.objective.log_z()
     else:
-        target = NoiseSpaceTarget(prior.ddim_solve, log_likelihood, 2)
+        target = sampler_target(prior, log_likelihood)  # N(z) r(DDIM(z)): the noise-space target
         sampler = make_sampler(2, 1.0)
         bpath = BoltzmannPath(target, sampler.reference)
         objective = make_objective("tb", bpath)
-        trainer = Trainer(sampler, objective, bpath,
-                          TrainingConfig(iterations=args.iters, batch_size=args.batch, steps=args.sampler_steps,
-                                         explore=args.explore, seed=args.seed))
+        trainer = Trainer(sampler, objective, TrainConfig(iterations=args.iters, batch_size=args.batch,
+                                                          steps=args.sampler_steps, explore=args.explore,
+                                                          seed=args.seed), path=bpath)
         history = trainer.run(progress=not args.no_progress)
         with torch.no_grad():
             z = sampler.forward_trajectories(args.eval_samples, trainer.times, bpath, track_gradients=False,

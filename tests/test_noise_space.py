@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from posterior.diffusion.noise_space import NoiseSpaceTarget
+from posterior.priors.vae import VAEDecoderPrior
+from posterior.targets import sampler_target
 
 
 def test_linear_generator_gives_the_analytic_gaussian_posterior_over_noise():
@@ -22,7 +23,7 @@ def test_linear_generator_gives_the_analytic_gaussian_posterior_over_noise():
     def log_likelihood(x):
         return -0.5 * ((x @ a.T - y) ** 2).sum(-1) / s2
 
-    target = NoiseSpaceTarget(generator, log_likelihood, d)
+    target = sampler_target(VAEDecoderPrior(generator, d), log_likelihood)  # unconditional: r(x)
     aw = a @ w
     precision = torch.eye(d, dtype=torch.float64) + aw.T @ aw / s2
     cov = torch.linalg.inv(precision)
@@ -33,5 +34,5 @@ def test_linear_generator_gives_the_analytic_gaussian_posterior_over_noise():
     torch.testing.assert_close(diff, diff[:1].expand(50), rtol=0, atol=1e-9)  # equal up to log p(y)
     torch.testing.assert_close(target.grad_log_reward(z), -(z - mean) @ precision, rtol=1e-9, atol=1e-9)
     # beta tempers the likelihood only
-    tempered = NoiseSpaceTarget(generator, log_likelihood, d, beta=0.5)
+    tempered = sampler_target(VAEDecoderPrior(generator, d), log_likelihood, beta=0.5)
     torch.testing.assert_close(tempered.log_reward(z) - target.log_reward(z), -0.5 * log_likelihood(generator(z)))

@@ -35,25 +35,24 @@ def test_boltzmann_recipe_contract(tmp_path, extra):
         assert key in metrics
     assert metrics["log_z_rw_stderr"] == pytest.approx(math.sqrt((1 / metrics["ess"] - 1) / 64), rel=1e-3, abs=1e-4)
     assert metrics["iters"] == 6 and metrics["w2"] is not None and metrics["delta_log_z"] >= 0
-    assert metrics["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
+    assert metrics["config"]["lr_decay_horizon"] == (5 if "--lr-decay-horizon" in extra else 0)
     if "manywell" in extra:  # per-pair shallow-well shares (dim 4: two pairs)
         assert metrics["shallow_wells_total"] == 2 and 0 <= metrics["shallow_share_min"] <= metrics["shallow_share_max"]
         assert metrics["gaussian_std_exact"] == 1.0 and metrics["gaussian_std"] > 0
         assert 0.15 < metrics["deep_well_std_exact"] < 0.3 and "shallow_well_std" in metrics
         assert metrics["shallow_share_exact"] == pytest.approx(0.1557, abs=1e-3)
         assert metrics["barrier_share_exact"] == pytest.approx(0.00365, abs=1e-4) and 0 <= metrics["barrier_share"] <= 1
-    assert metrics["hidden"] == (24 if "--hidden" in extra else 64)
-    assert metrics["grid_power"] == metrics["config"]["grid_power"] == (2.0 if "--grid-power" in extra else 1.0)
+    assert metrics["flags"]["hidden"] == (24 if "--hidden" in extra else 64)
+    assert metrics["config"]["grid_power"] == (2.0 if "--grid-power" in extra else 1.0)
     averaged = "--ema" in extra  # the averaged weights are evaluated; the last ones beside them, on the same exact sets
-    assert metrics["ema_decay"] == (0.5 if averaged else 0.0) and ("raw_weights" in metrics) == averaged
+    assert metrics["config"]["ema_decay"] == (0.5 if averaged else 0.0) and ("raw_weights" in metrics) == averaged
     if averaged:
         raw = metrics["raw_weights"]
         assert raw["w2_floor"] == metrics["w2_floor"] and raw["delta_log_z"] != metrics["delta_log_z"]
         assert raw["modes_total"] == 25 and raw["log_z_rw_stderr"] > 0
-    assert metrics["langevin_scale"] == (("shared" if "--langevin-scale" in extra else "per-dimension")
-                                         if "--langevin" in extra else None)
+    assert metrics["flags"]["langevin_scale"] == ("shared" if "--langevin-scale" in extra else "per-dimension")
     separate = "--replay-log-z" in extra
-    assert metrics["replay_log_z"] == ("separate" if separate else "shared")
+    assert metrics["flags"]["replay_log_z"] == ("separate" if separate else "shared")
     assert (metrics["learned_replay_log_z"] is not None) == separate
     assert (out / "samples.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     # resume: a longer budget continues from the checkpoint
@@ -408,12 +407,13 @@ def test_variance_sweep_recipe(tmp_path):
     assert set(rows) == kinds | {kind + "-lzbatch" for kind in kinds}
     assert all(set(rows[kind]) == {"2"} for kind in rows)
     metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-r1" / "metrics.json").read_text())
-    assert metrics["learn_variance"] and metrics["log_var_range"] == 1.0 and metrics["log_var_lr_scale"] == 1.0
+    assert metrics["flags"]["learn_variance"] and metrics["flags"]["log_var_range"] == 1.0
+    assert metrics["config"]["log_var_lr_scale"] == 1.0
     metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-lr0.1" / "metrics.json").read_text())
-    assert metrics["log_var_range"] == 4.0 and metrics["log_var_lr_scale"] == 0.1
-    assert metrics["log_z_init"] == "zero"
+    assert metrics["flags"]["log_var_range"] == 4.0 and metrics["config"]["log_var_lr_scale"] == 0.1
+    assert metrics["config"]["log_z_init"] == "zero"
     metrics = json.loads((tmp_path / "gmm25-sweep-T2-learned-lr0.1-lzbatch" / "metrics.json").read_text())
-    assert metrics["log_z_init"] == "batch" and metrics["log_var_lr_scale"] == 0.1
+    assert metrics["config"]["log_z_init"] == "batch" and metrics["config"]["log_var_lr_scale"] == 0.1
     assert (tmp_path / "variance_sweep.png").stat().st_size > 0
 
 

@@ -67,5 +67,5 @@ def check_same_settings(saved: dict[str, Any], current: dict[str, Any], defaults
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic`."""
-    return torch.load(Path(path), map_location=map_location, weights_only=False)
+    """Load a checkpoint written by :func:`save_atomic` without executing code (``weights_only=True``)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
