@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posterior.core.checks import check_no_nan, format_shape
+from posterior.core.checks import format_shape
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

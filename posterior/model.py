@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from posterior.core import metrics
-from posterior.core.grids import uniform_grid
 from posterior.targets import decoder_prior, describe, sampler_target
 
 KINDS = ("sampler", "diffusion")

@@ -1,5 +1,3 @@
-import math
-
 import torch
 
 from posterior.priors.vae import VAEDecoderPrior

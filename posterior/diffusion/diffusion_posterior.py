@@ -17,14 +17,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
 from posterior.core.checks import check_no_nan, check_shape
-from posterior.objectives.base import Objective
 from posterior.core.trajectories import Trajectories
+
+if TYPE_CHECKING:
+    from posterior.objectives.base import Objective
 
 
 # steps with a transition variance below this are "near-deterministic" (a strided DDPM schedule

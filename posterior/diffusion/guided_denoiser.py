@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from posterior.priors.diffusion import denoise
 
 from posterior.core.checks import check_no_nan, check_shape
-from posterior.baselines.guidance import log_reward_gradient
+from posterior.core.gradients import log_reward_gradient
 
 
 class GuidedDenoiser(nn.Module):
