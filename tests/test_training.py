@@ -320,3 +320,17 @@ def test_power_grid_is_the_training_grid_and_resume_checks_it(tmp_path):
         TrainConfig(grid_power=2.0, train_grid="random")
     result = evaluate(trainer.sampler, trainer.path, num_samples=64, steps=10, grid_power=2.0, log_z=0.0)
     assert math.isfinite(result["log_z_elbo"]) and result["log_z_elbo"] <= result["log_z_rw"]
+
+
+def test_a_checkpoint_of_the_old_trainers_or_of_another_problem_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    trainer = _trainer(iterations=2, checkpoint=ckpt)
+    trainer.run(progress=False)
+    state = torch.load(ckpt, weights_only=True)
+    old = {k: v for k, v in state.items() if k not in ("format", "problem", "extra")}
+    old["sampler"] = old.pop("model")  # the layout the pre-0.2 Trainer wrote
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="written by an earlier version of posterior .*start a new run"):
+        _trainer(iterations=4).load(tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="belongs to another problem: objective='TrajectoryBalance' \\(now 'VarGrad'\\)"):
+        _trainer("vargrad", iterations=4).load(ckpt)
