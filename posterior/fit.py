@@ -20,7 +20,8 @@ from posterior.objectives.log_partition import ConditionalLogZ
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.conditional_sampler import ConditionalSampler, build_conditional_sampler
 from posterior.samplers.config import SamplerConfig
-from posterior.targets import sampler_target
+from posterior.proposals import WhitenedTarget
+from posterior.targets import describe, sampler_target
 from posterior.training.config import TrainConfig
 from posterior.training.engine import Trainer
 from posterior.training.replay import ReplayConfig
@@ -35,7 +36,8 @@ DATA_DEFAULTS = TrainConfig(iterations=5000, batch_size=32)
 
 def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray | None = None, *,
         objective: str = "vargrad", space: str = "noise", config: TrainConfig | None = None,
-        sampler: SamplerConfig | None = None, replay: ReplayConfig | None = None, latent_dim: int | None = None,
+        sampler: SamplerConfig | None = None, replay: ReplayConfig | None = None, proposal: Any = None,
+        latent_dim: int | None = None,
         device: torch.device | str | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
         progress: bool = True, process_index: int = 0,
         gradient_sync: Callable[[list[nn.Parameter]], None] | None = None,
@@ -59,6 +61,11 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
             32 conditions of 10 trajectories) or :data:`DATA_DEFAULTS` (5000 iterations of 32 trajectories).
         sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``.
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
+        proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
+            ``vae.proposal()``, the VAE's encoder; :class:`posterior.proposals.FixedGaussian` without
+            conditions). The sampler then runs in its whitened coordinates with the VP reference, so that the
+            untrained sampler is the proposal (its ELBO and IWAE) and training learns the correction
+            (:mod:`posterior.proposals`). Samples and estimates stay in the user's space.
         latent_dim: the size of z for a plain decoder prior.
         device: where to train (default CPU; in data space the prior's device).
         checkpoint_dir: folder for ``checkpoint.pt`` (every ``config.checkpoint_every`` iterations and at the
@@ -88,6 +95,8 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     sampler = sampler if sampler is not None else SamplerConfig()
     conditions = _conditions(conditions)
     if space == "data":
+        if proposal is not None:
+            raise ValueError("proposal is for space='noise' (a Gaussian over the prior's latent / noise space)")
         return _fit_data_space(prior, reward, conditions, objective, config or DATA_DEFAULTS, sampler, replay,
                                latent_dim, device, checkpoint_dir, resume, progress, process_index, gradient_sync, log)
     config = config or NOISE_DEFAULTS
@@ -103,6 +112,13 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if conditions is not None:
         conditions = conditions.to(device)
     target = sampler_target(prior, reward, latent_dim)
+    noising = sampler.noising if sampler.noising != "auto" else ("vp" if proposal is not None else "brownian")
+    if proposal is not None:
+        if noising != "vp" or sampler.sigma2 != 1.0:
+            raise ValueError(f"a proposal needs the VP reference with sigma2 = 1 (SamplerConfig(noising='vp' or 'auto', "
+                             f"sigma2=1.0)): its stationary law N(0, I) makes the untrained sampler the proposal; got "
+                             f"noising={sampler.noising!r}, sigma2={sampler.sigma2}")
+        target = WhitenedTarget(target, proposal)
     _validate(target, conditions, device)
     cond_shape = None if conditions is None else tuple(conditions.shape[1:])
     encoder = sampler.encoder
@@ -110,7 +126,7 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         encoder = "cnn" if cond_shape is not None and (len(cond_shape) == 3 or _is_square(cond_shape)) else "mlp"
     architecture = dict(dim=int(target.dim), sigma2=sampler.sigma2, cond_shape=cond_shape, encoder=encoder,
                         langevin=sampler.langevin, langevin_scale=sampler.langevin_scale,
-                        learn_variance=sampler.learn_variance, hidden=sampler.hidden)
+                        learn_variance=sampler.learn_variance, hidden=sampler.hidden, noising=noising)
     with seeded_initialization(config.seed):  # network initialization; the user's global RNG is left as it was
         model = build_conditional_sampler(reward=target, **architecture).to(device)
         obj = _make_objective(objective, model, target, conditional=conditions is not None,
@@ -125,8 +141,8 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if trainer.ema is not None:
         trainer.ema.copy_to_parameters()
     spec = {"kind": "sampler", "objective": objective, "latent_dim": latent_dim, "cond_shape": _list(cond_shape),
-            "network": {**architecture, "cond_shape": _list(cond_shape)}}
-    result = Posterior(model, prior=prior, reward=reward, spec=spec).to(device)
+            "network": {**architecture, "cond_shape": _list(cond_shape)}, "proposal": describe(proposal)}
+    result = Posterior(model, prior=prior, reward=reward, spec=spec, proposal=proposal).to(device)
     result.training_history = trainer.history
     result.replay = trainer.replay
     return result
@@ -211,7 +227,8 @@ def _conditions(conditions: Any) -> Tensor | None:
 
 
 def _validate(target: Any, conditions: Tensor | None, device: torch.device) -> None:
-    """Evaluate the target once on two points so that shape and NaN problems surface before training."""
+    """Evaluate the target (and a proposal) once on two points so that shape and NaN problems surface before
+    training."""
     dim = int(target.dim)
     x = torch.zeros(2, dim, device=device)
     value = target.log_reward(x) if conditions is None else target.log_reward(

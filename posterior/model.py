@@ -39,15 +39,17 @@ class Posterior(nn.Module):
         reward: the reward / likelihood passed to `fit`.
         spec: how to rebuild ``network`` (saved in ``config.json``).
         path: a diffusion posterior's target path measure (prior, reward, beta).
+        proposal: the Gaussian proposal whose whitened coordinates the sampler runs in (None: none).
     """
 
-    def __init__(self, network: nn.Module, *, prior: Any, reward: Any, spec: dict[str, Any], path: Any = None) -> None:
+    def __init__(self, network: nn.Module, *, prior: Any, reward: Any, spec: dict[str, Any], path: Any = None,
+                 proposal: Any = None) -> None:
         super().__init__()
         if spec.get("kind") not in KINDS:
             raise ValueError(f"spec['kind'] must be one of {KINDS}, got {spec.get('kind')!r}")
         self.network = network
         self.spec = dict(spec)
-        self._user = (prior, reward, path)  # not submodules: the user's models are neither trained nor saved here
+        self._user = (prior, reward, path, proposal)  # not submodules: the user's models are neither trained nor saved
         decoder = decoder_prior(prior, spec.get("latent_dim")) if spec["kind"] == "sampler" else None
         self._decoder = (decoder,)  # a tuple keeps the user's decoder out of this module's parameters
         self.training_history = None  # set by `fit`
@@ -95,8 +97,14 @@ class Posterior(nn.Module):
         _check_count(num_samples)
         if self.kind == "diffusion":
             return self.sample(y, num_samples, generator=generator)
-        return self.network.sample(self._check_y(y), num_samples, steps=steps, generator=generator,
-                                   max_trajectories=max_trajectories)
+        y = self._check_y(y)
+        u = self.network.sample(y, num_samples, steps=steps, generator=generator, max_trajectories=max_trajectories)
+        target = self.network.reward
+        if not hasattr(target, "to_z"):
+            return u
+        flat = u.reshape(-1, u.shape[-1])  # the sampler runs in the proposal's whitened coordinates
+        z = target.to_z(flat, None if y is None else y.to(u.device).repeat_interleave(num_samples, 0))
+        return z.reshape(u.shape)
 
     @torch.no_grad()
     def sample(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
@@ -157,13 +165,13 @@ class Posterior(nn.Module):
         save_file(state, str(tmp))
         tmp.replace(folder / WEIGHTS_NAME)
         config = {"class": "Posterior", "library": "posterior", "version": __version__, **self.spec,
-                  "prior": describe(self.prior), "reward": describe(self.reward)}
+                  "prior": describe(self.prior), "reward": describe(self.reward), "proposal": describe(self._user[3])}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if self.kind == "diffusion" and callable(getattr(self.network.model, "save_pretrained", None)):
             self.network.model.save_pretrained(str(folder / "denoiser"))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, prior: Any = None, reward: Any = None,
+    def from_pretrained(cls, folder: str | Path, *, prior: Any = None, reward: Any = None, proposal: Any = None,
                         device: torch.device | str = "cpu") -> "Posterior":
         """Rebuild a posterior saved with :meth:`save_pretrained`, given the prior and reward that went to
         `fit` (the same classes and sizes as recorded in its config; anything else is refused)."""
@@ -178,21 +186,24 @@ class Posterior(nn.Module):
         if not isinstance(config, dict) or config.get("class") != "Posterior" or config.get("kind") not in KINDS:
             raise ValueError(f"{folder / CONFIG_NAME} was not written by Posterior.save_pretrained "
                              f"(class {config.get('class') if isinstance(config, dict) else None!r})")
-        for role, given in (("prior", prior), ("reward", reward)):
+        for role, given in (("prior", prior), ("reward", reward), ("proposal", proposal)):
             saved = config.get(role)
             if saved != describe(given):
                 what = "None" if saved is None else f"a {saved['class']} ({', '.join(f'{k}={v}' for k, v in saved.items() if k != 'class') or 'as in fit'})"
                 raise ValueError(f"{folder} was trained with {role}={what}; got {role}={describe(given)}: pass the "
                                  f"same {role} that went to fit")
-        spec = {k: v for k, v in config.items() if k not in ("class", "library", "version", "prior", "reward")}
+        spec = {k: v for k, v in config.items() if k not in ("class", "library", "version", "prior", "reward", "proposal")}
         state = load_file(str(folder / WEIGHTS_NAME))
         if spec["kind"] == "sampler":
             from posterior.samplers.conditional_sampler import build_conditional_sampler
 
             target = sampler_target(prior, reward, spec.get("latent_dim"))
+            if proposal is not None:
+                from posterior.proposals import WhitenedTarget
+                target = WhitenedTarget(target, proposal)
             network = build_conditional_sampler(reward=target, **spec["network"])
             network.load_state_dict(state)
-            return cls(network, prior=prior, reward=reward, spec=spec).to(device)
+            return cls(network, prior=prior, reward=reward, spec=spec, proposal=proposal).to(device)
         from posterior.diffusion.build import diffusion_posterior
 
         network, path = diffusion_posterior(prior, reward, spec["network"])

@@ -2,7 +2,7 @@
 
 from posterior.priors.diffusion import DiffusionPrior
 from posterior.priors.gaussian_mixture import GaussianMixture, MixtureDenoiser, ring_mixture
-from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae
+from posterior.priors.vae import MLPVAE, EncoderProposal, VAEDecoderPrior, train_vae
 
-__all__: list[str] = ["DiffusionPrior", "GaussianMixture", "MLPVAE", "MixtureDenoiser", "VAEDecoderPrior",
+__all__: list[str] = ["DiffusionPrior", "EncoderProposal", "GaussianMixture", "MLPVAE", "MixtureDenoiser", "VAEDecoderPrior",
                       "ring_mixture", "train_vae"]

@@ -60,6 +60,10 @@ class MLPVAE(nn.Module):
         h = F.relu(self.fc1(x))
         return self.fc21(h), self.fc22(h)
 
+    def proposal(self) -> "EncoderProposal":
+        """The encoder as a proposal for `posterior.fit(..., proposal=)`: x -> (mu, log std) of q(z | x)."""
+        return EncoderProposal(self)
+
     # ---------------------------------------------------------------- decoder
     def decode_logits(self, z: Tensor) -> Tensor:
         """Pre-sigmoid decoder output. z: (B, latent_dim) -> (B, input_dim) logits."""
@@ -147,6 +151,30 @@ def _decoder_name(decoder: Callable[[Tensor], Tensor]) -> str:
     if isinstance(decoder, nn.Module):
         return f"decoder {type(decoder).__name__}"
     return f"decoder {getattr(decoder, '__name__', type(decoder).__name__)}"
+
+
+class EncoderProposal(nn.Module):
+    """A VAE's encoder q(z | x) = N(mu(x), exp(logvar(x))) as a Gaussian proposal y -> (mean, log_std).
+
+    Args:
+        vae: the :class:`MLPVAE` whose encoder it is (kept by reference: its weights are neither trained
+            nor saved with a posterior).
+
+    Attributes:
+        latent_dim: the size of z.
+    """
+
+    def __init__(self, vae: MLPVAE) -> None:
+        super().__init__()
+        if not isinstance(vae, MLPVAE):
+            raise TypeError(f"vae must be an MLPVAE, got {type(vae).__name__}")
+        self._vae = (vae,)
+        self.latent_dim = vae.latent_dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, input_dim) -> (mu, log_std), each (B, latent_dim)."""
+        mu, logvar = self._vae[0].encode(x)
+        return mu, 0.5 * logvar
 
 
 class VAEDecoderPrior(nn.Module):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from posterior.samplers.factory import LANGEVIN_SCALES
 
 ENCODERS = ("auto", "mlp", "cnn")
+NOISINGS = ("auto", "brownian", "vp")
 
 
 @dataclass
@@ -23,6 +24,9 @@ class SamplerConfig:
         learn_variance: learn each step's variance (per dimension) besides its mean.
         hidden: width of the policy (and of the condition encoder and learned log Z(y)).
         encoder: condition encoder: "mlp", "cnn", or "auto" (cnn for image-shaped conditions).
+        noising: the reference process: "brownian" (a bridge pinned at 0), "vp" (variance-preserving OU,
+            stationary N(0, sigma2 I)), or "auto": "vp" with a proposal (whose whitened coordinates it keeps
+            at N(0, I), so that the untrained sampler is the proposal), "brownian" without.
     """
 
     sigma2: float = 1.0
@@ -31,6 +35,7 @@ class SamplerConfig:
     learn_variance: bool = False
     hidden: int = 64
     encoder: str = "auto"
+    noising: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma2, bool) or not isinstance(self.sigma2, (int, float)) \
@@ -46,5 +51,7 @@ class SamplerConfig:
                              "parametrization: set langevin=True")
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
             raise ValueError(f"SamplerConfig.hidden must be an integer >= 1, got {self.hidden!r}")
+        if self.noising not in NOISINGS:
+            raise ValueError(f"SamplerConfig.noising must be one of {NOISINGS}, got {self.noising!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"SamplerConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}")
