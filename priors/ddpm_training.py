@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from posterior.core.optional import require
+
 
 def small_unet(sample_size: int, channels: int = 1, widths: tuple[int, ...] = (32, 64)) -> nn.Module:
     """A diffusers ``UNet2DModel`` small enough to train on a CPU (sample_size divisible by
     2^(len(widths) - 1))."""
-    from diffusers import UNet2DModel
+    UNet2DModel = require("diffusers", "diffusion", "posterior.priors.ddpm_training.small_unet").UNet2DModel
 
     if sample_size % (2 ** (len(widths) - 1)):
         raise ValueError(f"sample_size {sample_size} must be divisible by {2 ** (len(widths) - 1)}")

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posterior.core.optional import require
+
 LOG_2PI = math.log(2.0 * math.pi)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -97,7 +99,8 @@ class DiffusionPrior(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, num_steps: int, **kwargs: Any) -> "DiffusionPrior":
         """Load a local diffusers directory (``unet/`` + ``scheduler/``, or a pipeline folder)."""
-        from diffusers import DDPMScheduler, UNet2DModel
+        diffusers = require("diffusers", "diffusion", "posterior.priors.diffusion.DiffusionPrior.from_pretrained")
+        DDPMScheduler, UNet2DModel = diffusers.DDPMScheduler, diffusers.UNet2DModel
 
         path = Path(path)
         unet_dir = path / "unet" if (path / "unet").is_dir() else path

@@ -333,8 +333,13 @@ def build_teacher(args: argparse.Namespace, target, sampler, objective, path, co
     teacher_config = replace(config, seed=config.seed + 7919, checkpoint_every=0, ema_decay=0.0)
     return make_teacher(sampler, objective, path, teacher, make_objective("tb", None, dim=target.dim).to(device),
                         teacher_config, under_weight=args.teacher_weight, target_power=args.teacher_target_power,
-                        log_z_fallback=lambda: (trainer.history.log_z_batch[-1] if trainer.history.log_z_batch
-                                                else 0.0))
+                        log_z_fallback=lambda: _last_forward_log_z(trainer))
+
+
+def _last_forward_log_z(trainer) -> float:
+    """The last forward batch's log Z estimate (0 before any)."""
+    value = trainer.history.recent_log_z_batch(1)
+    return 0.0 if value is None else value
 
 
 def run_baseline(args: argparse.Namespace, target, out: Path, device: torch.device) -> dict:

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                           seed=args.seed), path=bpath)
         history = trainer.run(progress=not args.no_progress)
         with torch.no_grad():
-            z = sampler.forward_trajectories(args.eval_samples, trainer.times, bpath, track_gradients=False,
+            z = sampler.forward_trajectories(args.eval_samples, trainer.model.times, bpath, track_gradients=False,
                                              generator=torch.Generator().manual_seed(1)).samples
             samples = target.decode(z)
         seconds_per_iter, learned_log_z = history.median_seconds(), objective.log_z()

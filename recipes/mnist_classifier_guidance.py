@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()
             with torch.no_grad():
-                z = sampler.forward_trajectories(n, trainer.times, path, generator=g, track_gradients=False).samples
+                z = sampler.forward_trajectories(n, trainer.model.times, path, generator=g, track_gradients=False).samples
                 samples = target.decode(z)
             nfe = 2.0 * args.steps  # the reward evaluation in training decodes too; sampling: one DDIM solve
             extra = {"noise_seconds_per_iter": trainer.history.median_seconds()}

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def shared_data_dir() -> Path:
+    """The tests' data folder (the library has none): ``$POSTERIOR_DATA_DIR``, else ``<repo>/../shared/data``."""
+    env = os.environ.get("POSTERIOR_DATA_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def shared_pines_path() -> Path:
+    """The pines CSV: ``$POSTERIOR_PINES_PATH``, else ``<repo>/../shared/data/pines.csv``."""
+    env = os.environ.get("POSTERIOR_PINES_PATH")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "pines.csv"
 
 
 @pytest.fixture(autouse=True)

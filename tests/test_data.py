@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from posterior.data import (EVALUATION_SUBSET, TEST_IMAGES, TEST_LABELS, default_data_dir, load_evaluation_subset,
-                            load_mnist_idx, load_mnist_test, mnist_to_unit, mnist_training_images)
+from conftest import shared_data_dir
+from posterior.data import (EVALUATION_SUBSET, TEST_IMAGES, TEST_LABELS, load_evaluation_subset, load_mnist_idx,
+                            load_mnist_test, mnist_to_unit, mnist_training_images)
+
+DATA = shared_data_dir()
 
 
 def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -27,7 +30,7 @@ def _write(path: Path, data: bytes, compress: bool) -> Path:
 
 
 def _require(name: str) -> Path:
-    path = default_data_dir() / name
+    path = DATA / name
     if not path.is_file():
         pytest.skip(f"{path} not available")
     return path
@@ -67,7 +70,7 @@ def test_idx_errors(tmp_path):
 def test_real_test_set_loads():
     _require(TEST_IMAGES + ".gz")
     _require(TEST_LABELS + ".gz")
-    images, labels = load_mnist_test()
+    images, labels = load_mnist_test(DATA)
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and int(labels.max()) == 9
     np.testing.assert_array_equal(labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
@@ -75,13 +78,13 @@ def test_real_test_set_loads():
 
 def test_evaluation_subset_is_first_100_test_images():
     _require(EVALUATION_SUBSET)
-    subset = load_evaluation_subset()
+    subset = load_evaluation_subset(DATA)
     assert subset.shape == (100, 784) and subset.dtype == torch.float32
     assert float(subset.min()) == 0.0 and float(subset.max()) == 1.0
-    raw = np.load(default_data_dir() / EVALUATION_SUBSET)
+    raw = np.load(DATA / EVALUATION_SUBSET)
     assert raw.dtype == np.float32 and raw.shape == (100, 1, 28, 28)
     _require(TEST_IMAGES + ".gz")
-    images, _ = load_mnist_test()
+    images, _ = load_mnist_test(DATA)
     # Measured: exactly equal (bit for bit) to the first 100 test images / 255.
     assert torch.equal(subset, mnist_to_unit(images[:100]))
 
@@ -89,10 +92,10 @@ def test_evaluation_subset_is_first_100_test_images():
 def test_fallback_training_images_exclude_evaluation_images(tmp_path):
     _require(EVALUATION_SUBSET)
     _require(TEST_IMAGES + ".gz")
-    train, source = mnist_training_images(torchvision_root=tmp_path, with_source=True)
+    train, source = mnist_training_images(DATA, torchvision_root=tmp_path, with_source=True)
     assert "minus its first 100" in source
     assert train.shape == (9900, 784) and train.dtype == torch.float32
-    subset = load_evaluation_subset()
+    subset = load_evaluation_subset(DATA)
     assert float(torch.cdist(subset, train).min()) > 0.5  # no evaluation image is in the training set
 
 
@@ -137,3 +140,26 @@ def test_training_images_from_existing_torchvision_root(tmp_path):
     train, source = mnist_training_images(data_dir=tmp_path / "none", torchvision_root=tmp_path, with_source=True)
     assert "torchvision" in source and train.shape == (3, 784)
     assert torch.allclose(train, torch.full((3, 784), 0.2))
+
+
+def test_training_images_try_each_torchvision_root_in_order(tmp_path):
+    pytest.importorskip("torchvision")
+    raw = tmp_path / "second" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 2), ("t10k", 1)):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(_idx_bytes(np.full((n, 28, 28), 255, np.uint8), 2051))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(n, np.uint8), 2049))
+    train, source = mnist_training_images(None, torchvision_root=[tmp_path / "first", tmp_path / "second"],
+                                          with_source=True)
+    assert str(tmp_path / "second") in source and train.shape == (2, 784)
+
+
+def test_the_library_has_no_default_data_location():
+    """Data locations are the caller's: no module of the installed package looks for ../shared/data."""
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("posterior", "priors", "constraints"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            assert '"shared" /' not in text and "shared/data" not in text, path
+    with pytest.raises(TypeError):
+        load_mnist_test()  # data_dir is required

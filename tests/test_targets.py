@@ -21,14 +21,14 @@ from posterior.constraints import (
     make_target,
 )
 from posterior.constraints.manywell import BARRIER_HALF_WIDTH, double_well_log_density, proposal_log_density
-from posterior.constraints.registry import default_pines_path
+from conftest import shared_pines_path
 
 F64 = torch.float64
 N_KS = 5000
 P_ACCEPT = 1e-3  # a correct sampler must pass the KS test at this level
 P_REJECT = 1e-6  # a wrong reference distribution must fail it at this level
 
-PINES_PATH = default_pines_path()
+PINES_PATH = shared_pines_path()
 needs_pines = pytest.mark.skipif(not PINES_PATH.is_file(), reason=f"pines data not found at {PINES_PATH}")
 
 
@@ -434,9 +434,15 @@ def test_make_target_defaults() -> None:
 
 
 @needs_pines
-def test_make_target_lgcp_default_path() -> None:
-    t = make_target("lgcp", dim=64)
+def test_make_target_lgcp_path() -> None:
+    t = make_target("lgcp", dim=64, pines_path=PINES_PATH)
     assert isinstance(t, LogGaussianCoxProcess) and t.grid == 8
+
+
+def test_make_target_lgcp_needs_a_path() -> None:
+    """The installed library has no default data location: the LGCP's pines CSV is always passed."""
+    with pytest.raises(ValueError, match="pines_path"):
+        make_target("lgcp", dim=64)
 
 
 def test_gmm25_mode_shares_count_exact_samples_evenly():

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from posterior.constraints.likelihoods import BernoulliImageLikelihood
-from posterior.data import EVALUATION_SUBSET, default_data_dir, load_evaluation_subset
+from conftest import shared_data_dir
+from posterior.data import EVALUATION_SUBSET, load_evaluation_subset
 from posterior.baselines.vae_baselines import encoder_elbo, encoder_iwae
 from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae
 
@@ -18,7 +19,7 @@ KNOWN_IWAE_2000 = -94.36
 
 
 def _data_file(name: str) -> Path:
-    path = default_data_dir() / name
+    path = shared_data_dir() / name
     if not path.is_file():
         pytest.skip(f"{path} not available")
     return path
@@ -28,7 +29,7 @@ def _data_file(name: str) -> Path:
 def reference():
     weights = _data_file(WEIGHTS)
     _data_file(EVALUATION_SUBSET)
-    return MLPVAE.from_safetensors(weights).eval(), load_evaluation_subset()
+    return MLPVAE.from_safetensors(weights).eval(), load_evaluation_subset(shared_data_dir())
 
 
 def test_reference_weights_load_and_reconstruct(reference):

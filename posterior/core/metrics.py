@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posterior.core.optional import require
+
 
 def _check_log_weights(log_w: Tensor) -> Tensor:
     if log_w.ndim < 1 or log_w.shape[-1] < 1:
@@ -77,7 +79,7 @@ def wasserstein2(samples: Tensor, reference: Tensor) -> float:
     y = reference.detach().double().cpu().numpy()
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("wasserstein2 needs finite samples")
-    import ot  # POT, needed for W2 only
+    ot = require("ot", "eval", "posterior.core.metrics.wasserstein2")
 
     cost = ot.dist(x, y, metric="sqeuclidean")
     a = np.full(len(x), 1.0 / len(x))

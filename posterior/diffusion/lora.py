@@ -21,6 +21,8 @@ from typing import Sequence
 
 from torch import nn
 
+from posterior.core.optional import require
+
 ADAPTABLE_LAYERS = (nn.Linear, nn.Conv2d)
 
 
@@ -44,7 +46,8 @@ def lora_denoiser(denoiser: nn.Module, rank: int = 8, *, alpha: float | None = N
         the adapted copy: called like ``denoiser``, equal to it until the adapters are trained;
         only the adapters' parameters require gradients.
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    peft = require("peft", "diffusion", "posterior.diffusion.lora")
+    LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from posterior.core.optional import require
+
+
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
+    matplotlib = require("matplotlib", "eval", "posterior.evaluation.plotting")
+    matplotlib.use("Agg")
+    return require("matplotlib.pyplot", "eval", "posterior.evaluation.plotting")
 
 
 def plot_samples(samples: torch.Tensor, exact: torch.Tensor | None, path: str | Path,
                  pairs: list[tuple[int, int]] | None = None, title: str = "") -> None:
     """Scatter 2-D projections of samples (K, d) and exact samples (M, d) side by side."""
+    plt = _pyplot()
     d = samples.shape[1]
     pairs = pairs or ([(0, 1)] if d == 2 else [(0, 1), (0, 2), (d - 2, d - 1)])
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.0), squeeze=False)
@@ -41,15 +47,20 @@ def plot_samples(samples: torch.Tensor, exact: torch.Tensor | None, path: str | 
     plt.close(fig)
 
 
-def plot_curves(iterations: list[int], loss: list[float], log_z: list[float], path: str | Path,
+def plot_curves(iterations: list[int], loss: list[float], log_z: list[float | None], path: str | Path,
                 log_z_true: float | None = None) -> None:
-    """Training loss (log scale) and batch log Z estimate against iteration."""
+    """Training loss (log scale) and the forward batches' log Z estimate against iteration (entries None, the
+    replayed batches, are left out)."""
+    plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     it = np.asarray(iterations)
     a.plot(it, np.abs(np.asarray(loss)) + 1e-12, lw=0.6)
     a.set_yscale("log")
     a.set_xlabel("iteration")
     a.set_ylabel("|loss|")
+    kept = [(i, v) for i, v in zip(iterations, log_z) if v is not None]
+    it = np.asarray([i for i, _ in kept])
+    log_z = [v for _, v in kept]
     b.plot(it, log_z, lw=0.6, label="batch ELBO")
     if log_z_true is not None:
         b.axhline(log_z_true, c="k", ls="--", lw=0.8, label="log Z")
