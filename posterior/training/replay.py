@@ -99,9 +99,9 @@ class ReplayTraining:
         return iteration % 2 == 1
 
     def observe(self, traj: Trajectories, conditions: Tensor | None = None) -> None:
-        """Add the terminal states of forward trajectories (and their true log-rewards); for a
-        conditional problem, ``conditions`` (B, *condition_shape) holds each trajectory's condition."""
-        self.buffer.add(traj.samples.detach(), traj.log_reward.detach(), conditions)
+        """Add the terminal states of forward trajectories (flattened to (B, d), and their true log-rewards);
+        for a conditional problem, ``conditions`` (B, *condition_shape) holds each trajectory's condition."""
+        self.buffer.add(traj.samples.detach().flatten(1), traj.log_reward.detach(), conditions)
 
     def backward_batch(self, iteration: int, path_for: Callable[[Tensor | None], BoltzmannPath], batch_size: int,
                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
