@@ -365,9 +365,11 @@ def test_rtb_trainer_decays_the_posterior_learning_rate_but_not_log_z(tmp_path):
     ckpt = tmp_path / "old.pt"
     old = _rtb_trainer(2, ckpt, lr_decay_horizon=0, lr_decay_final=0.1)
     old.run()
-    state = torch.load(ckpt, weights_only=False)
+    from posterior.training import checkpoint
+
+    state = checkpoint.load(ckpt)
     del state["config"]["lr_decay_horizon"], state["config"]["lr_decay_final"]
-    torch.save(state, ckpt)
+    checkpoint.save_atomic(state, ckpt)
     _rtb_trainer(4, ckpt, lr_decay_horizon=0, lr_decay_final=0.1).load(ckpt)
     with pytest.raises(ValueError, match="lr_decay_horizon=0"):
         _rtb_trainer(4, ckpt).load(ckpt)

@@ -114,9 +114,11 @@ def test_resume_refuses_changed_settings_but_not_a_longer_budget(tmp_path):
     with pytest.raises(ValueError, match=r"explore=0.5 \(now 0.2\)"):
         _trainer("tb", checkpoint=ckpt, lr_decay_horizon=8, explore=0.2).load(ckpt)
     # a checkpoint written before a setting existed resumes with that setting at its default
-    state = torch.load(ckpt, weights_only=False)
+    from posterior.training import checkpoint
+
+    state = checkpoint.load(ckpt)
     del state["config"]["lr_decay_horizon"], state["config"]["lr_decay_final"]
-    torch.save(state, ckpt)
+    checkpoint.save_atomic(state, ckpt)
     assert _trainer("tb", checkpoint=ckpt).load(ckpt) is None
     with pytest.raises(ValueError, match=r"lr_decay_horizon=0 \(now 8\)"):
         _trainer("tb", checkpoint=ckpt, lr_decay_horizon=8).load(ckpt)
@@ -327,10 +329,42 @@ def test_a_checkpoint_of_the_old_trainers_or_of_another_problem_is_refused(tmp_p
     trainer = _trainer(iterations=2, checkpoint=ckpt)
     trainer.run(progress=False)
     state = torch.load(ckpt, weights_only=True)
-    old = {k: v for k, v in state.items() if k not in ("format", "problem", "extra")}
+    old = {k: v for k, v in state.items() if k not in ("format", "problem", "extra", "__checksum__")}
     old["sampler"] = old.pop("model")  # the layout the pre-0.2 Trainer wrote
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="written by an earlier version of posterior .*start a new run"):
         _trainer(iterations=4).load(tmp_path / "old.pt")
     with pytest.raises(ValueError, match="belongs to another problem: objective='TrajectoryBalance' \\(now 'VarGrad'\\)"):
         _trainer("vargrad", iterations=4).load(ckpt)
+
+
+def test_checkpoints_are_verified_and_never_run_code(tmp_path):
+    """A flipped byte inside a weight is refused; a pickle payload never runs; stale temporary files go."""
+    import pickle
+
+    from posterior.training import checkpoint
+
+    ckpt = tmp_path / "ckpt.pt"
+    (tmp_path / "ckpt.pt.abc123.tmp").write_bytes(b"partial")  # left by a write that was killed
+    trainer = _trainer(iterations=2, checkpoint=ckpt)
+    trainer.run(progress=False)
+    assert not list(tmp_path.glob("*.tmp"))
+    state = torch.load(ckpt, weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name].clone()
+    state["model"][name].view(-1)[0] += 1e-3  # a corrupted weight, the checksum left as written
+    torch.save(state, tmp_path / "flipped.pt")
+    with pytest.raises(ValueError, match="flipped.pt is corrupted"):
+        _trainer(iterations=4).load(tmp_path / "flipped.pt")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "posterior.trainer/2", "x": Payload()}, protocol=2))
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        checkpoint.load(tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        _trainer(iterations=4).load(tmp_path / "evil.pt")
+    assert not marker.exists()
