@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from posterior.core.trajectories import Trajectories
@@ -16,20 +18,29 @@ class Objective(nn.Module):
         differentiable: True if the loss needs gradients through the simulated states
             (simulation-based objectives such as PIS); False for off-policy objectives,
             which accept trajectories from any behaviour policy (exploration, replay).
-        min_log_reward: terminal log-rewards below this (including -inf, a legal zero
-            density) are raised to it inside the loss, so a trajectory that ends where the
-            target vanishes gets a large but finite residual. Metrics keep the true value.
+        min_log_reward: the floor of the terminal log-reward inside the loss, relative to the batch:
+            log-rewards more than ``-min_log_reward`` below the batch's highest finite one (including
+            -inf, a legal zero density) are raised to that level, so a trajectory that ends where the
+            target vanishes gets a large but finite residual, and a target offset by any constant trains
+            exactly as the unshifted one (:func:`floor_level`). Metrics keep the true value.
     """
 
     differentiable: bool = False
 
     def __init__(self, min_log_reward: float = -1e4) -> None:
         super().__init__()
+        if not (math.isfinite(min_log_reward) and min_log_reward < 0):
+            raise ValueError(f"min_log_reward must be a finite negative number (the floor's distance below the "
+                             f"batch's best log-reward), got {min_log_reward!r}")
         self.min_log_reward = float(min_log_reward)
 
+    def floor(self, log_reward: Tensor) -> Tensor:
+        """(B,) the log-rewards raised to :func:`floor_level` of the batch."""
+        return torch.maximum(log_reward, floor_level(log_reward, self.min_log_reward))
+
     def log_q(self, traj: Trajectories) -> Tensor:
-        """(B,) log Q with the terminal log-reward floored at ``min_log_reward``."""
-        return traj.log_q_steps.sum(0) + traj.log_reward.clamp(min=self.min_log_reward)
+        """(B,) log Q with the terminal log-reward floored relative to the batch (:meth:`floor`)."""
+        return traj.log_q_steps.sum(0) + self.floor(traj.log_reward)
 
     def residual(self, traj: Trajectories) -> Tensor:
         """(B,) log p_F - log Q (floored)."""
@@ -62,3 +73,11 @@ class Objective(nn.Module):
         """Parameters trained with the flow / log Z learning rate."""
         return list(self.parameters())
 
+
+
+def floor_level(log_reward: Tensor, offset: float) -> Tensor:
+    """The loss's floor of a batch's log-rewards: ``offset`` (< 0) below the highest finite one (detached), so
+    that the floor moves with any constant added to the target; ``offset`` itself when no value is finite."""
+    finite = log_reward.detach()[torch.isfinite(log_reward.detach())]
+    level = finite.max() + offset if finite.numel() else log_reward.new_tensor(offset)
+    return level.to(log_reward.dtype)

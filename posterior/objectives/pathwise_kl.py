@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath
+from posterior.objectives.base import floor_level
 
 
 @dataclass
@@ -40,7 +41,8 @@ class PathwiseBatch:
 
     Attributes:
         loss: scalar, mean_b [sum_k |delta_k|^2 / (2 var_k) - beta log r(x_N)] (differentiable;
-            log r floored at the caller's ``min_log_reward``). Its expectation is KL - log Z.
+            log r floored ``-min_log_reward`` below the batch's best, :func:`floor_level`). Its expectation is
+            KL - log Z.
         log_ratio: (B,) log q(tau) - log Q(tau) of each path, cross term included and the
             reward not floored (detached): the RTB residual, whose negated mean is an ELBO of log Z.
         states: (N + 1, B, *event_shape) the paths (detached).
@@ -111,6 +113,6 @@ def pathwise_kl(posterior: DiffusionPosterior, path: DiffusionPriorPath, batch_s
         x = mean + std * noise
         states.append(x.detach())
     log_reward = path.log_reward(x)
-    loss = (control - log_reward.clamp(min=min_log_reward)).mean()
+    loss = (control - torch.maximum(log_reward, floor_level(log_reward, min_log_reward))).mean()
     log_ratio = (control.detach() + remainder - log_reward.detach())
     return PathwiseBatch(loss=loss, log_ratio=log_ratio, states=torch.stack(states))

@@ -18,7 +18,7 @@ from torch import Tensor
 from posterior.samplers.networks import PISFlow
 from posterior.paths.path_target import BoltzmannPath
 from posterior.core.trajectories import Trajectories
-from posterior.objectives.base import Objective
+from posterior.objectives.base import Objective, floor_level
 
 
 def subtrajectory_weights(steps: int, lam: float, *, device=None, dtype=torch.float32) -> Tensor:
@@ -72,11 +72,12 @@ class SubTrajectoryBalance(Objective):
             if path is None:
                 raise ValueError("forward-looking SubTB needs a path measure (none given, none on the trajectories)")
             with torch.no_grad():
-                log_r = path.log_reward_all(states[:-1]).clamp(min=self.min_log_reward)
+                level = floor_level(traj.log_reward, self.min_log_reward)  # the terminal batch's floor
+                log_r = torch.maximum(path.log_reward_all(states[:-1]), level)
                 log_ref = path.reference.log_marginal(states[:-1], ref_t[:, None])
             t = times[:-1, None]
             inner = inner + (1 - t) * log_ref + t * log_r
-        terminal = traj.log_reward.detach().clamp(min=self.min_log_reward)
+        terminal = self.floor(traj.log_reward.detach())
         return torch.cat([inner, terminal[None]], dim=0)
 
     def loss(self, traj: Trajectories) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from posterior.core.trajectories import Trajectories
-from posterior.objectives.base import Objective
+from posterior.objectives.base import Objective, floor_level
 from posterior.objectives.log_partition import ConditionalLogZ, scalar_log_z
 
 
@@ -50,13 +50,13 @@ class TrajectoryBalance(Objective):
     def warm_start_log_z(self, traj: Trajectories, average: Callable[[Tensor], Tensor] | None = None) -> None:
         """log Z <- mean over the batch of log Q - log p_F (minus the conditional head, if any):
         the value that zeroes the batch's mean residual. Trajectories that end where the target
-        vanishes (log R at or below ``min_log_reward``, e.g. -inf) are left out of the mean: their
-        floored residual would drag log Z down by ~|min_log_reward| times their share. If every
+        vanishes (log R at or below the floor, e.g. -inf) are left out of the mean: their floored
+        residual would drag log Z down by ~|min_log_reward| times their share. If every
         trajectory of the batch (on every process) is such, log Z is left unchanged."""
         offset = -self.residual(traj)
         if self.conditional_log_z is not None:
             offset = offset - self.log_z_of(traj) + self.log_z_param
-        keep = traj.log_reward > self.min_log_reward
+        keep = traj.log_reward > floor_level(traj.log_reward, self.min_log_reward)
         total, count = offset[keep].sum(), keep.sum().to(offset.dtype)
         if average is not None:  # the mean of sums over the mean of counts is the pooled mean
             total, count = average(total), average(count)
