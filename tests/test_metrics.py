@@ -85,10 +85,25 @@ def test_log_z_importance_stderr_matches_lognormal_weights_and_repeat_spread():
     assert stderr.shape == (400,)
     assert float(stderr.mean()) == pytest.approx(expected, rel=0.05)
     assert float(metrics.log_z_importance(batch).std()) == pytest.approx(expected, rel=0.12)
-    # equal weights: no error; one weight of ten: ESS 0.1, sqrt((1 / 0.1 - 1) / 10); all zero: +inf
+    # equal weights: no error; one weight of ten: ESS 0.1, sqrt((1 / 0.1 - 1) / 10); all zero: NaN (no estimate)
     equal = torch.full((10,), 3.0, dtype=torch.float64)
     assert float(metrics.log_z_importance_stderr(equal)) == pytest.approx(0.0, abs=1e-6)
     one_hot = torch.full((10,), -math.inf)
     one_hot[3] = 0.0
     assert float(metrics.log_z_importance_stderr(one_hot)) == pytest.approx(math.sqrt(0.9))
-    assert float(metrics.log_z_importance_stderr(torch.full((4,), -math.inf))) == math.inf
+    assert math.isnan(float(metrics.log_z_importance_stderr(torch.full((4,), -math.inf))))
+
+
+def test_degenerate_weights_report_nan_and_large_offsets_change_nothing_in_float32():
+    assert math.isnan(float(metrics.effective_sample_size(torch.tensor([0.3]))))  # K = 1: no spread to measure
+    assert math.isnan(float(metrics.log_z_importance_stderr(torch.tensor([0.3]))))
+    assert math.isnan(float(metrics.effective_sample_size(torch.full((5,), -math.inf))))  # every weight zero
+    log_w = torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 2.0
+    for offset in (1e8, -1e8):
+        shifted = (log_w.double() + offset).float()  # what a float32 target offset by 1e8 gives
+        ess, reference = metrics.effective_sample_size(shifted), metrics.effective_sample_size(log_w)
+        assert 0 < float(ess) <= 1.0 and float(metrics.log_z_importance_stderr(shifted)) > 0
+        # float32 holds 1e8 to a step of 8, so the weights themselves are coarser: the ESS stays in (0, 1]
+        assert abs(float(metrics.log_z_importance(shifted)) - offset - float(metrics.log_z_importance(log_w))) < 8.0
+    ess_exact = metrics.effective_sample_size(log_w.double() + 1e8)
+    assert float(ess_exact) == pytest.approx(float(metrics.effective_sample_size(log_w.double())), rel=1e-9)

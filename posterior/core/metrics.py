@@ -3,6 +3,9 @@
 Every estimator takes log-weights log w = log Q(tau) - log p_F(tau) of K trajectories
 that share one condition: estimates are per condition, never pooled across conditions.
 A log-weight of -inf (trajectory ending where the target density is zero) is legal.
+Weights are shifted by their maximum and summed in float64, so a large offset of the target (1e8 in float32)
+does not change an estimate; the results are returned in the input's dtype. Degenerate cases say so: the
+ESS and the standard error are NaN with one sample (K = 1) or when every weight is zero.
 """
 
 from __future__ import annotations
@@ -32,17 +35,25 @@ def log_z_elbo(log_w: Tensor) -> Tensor:
 def log_z_importance(log_w: Tensor) -> Tensor:
     """Importance-weighted estimate log (1/K) sum_k w_k (biased low, consistent). (..., K) -> (...)."""
     log_w = _check_log_weights(log_w)
-    return torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])
+    return (torch.logsumexp(log_w.double(), -1) - math.log(log_w.shape[-1])).to(log_w.dtype)
 
 
 def _log_inverse_ess(log_w: Tensor) -> Tensor:
-    """log(1 / ESS) = log(K sum w^2 / (sum w)^2) >= 0 of checked log-weights. (..., K) -> (...)."""
-    return math.log(log_w.shape[-1]) + torch.logsumexp(2 * log_w, -1) - 2 * torch.logsumexp(log_w, -1)
+    """log(1 / ESS) = log(K sum w^2 / (sum w)^2) >= 0 of checked log-weights, in float64 after shifting by the
+    maximum (exactly invariant to an offset); NaN where K = 1 or every weight is zero. (..., K) -> (...)."""
+    w = log_w.double()
+    top = w.max(-1, keepdim=True).values
+    shifted = torch.where(torch.isfinite(top), w - top, w)
+    value = math.log(w.shape[-1]) + torch.logsumexp(2 * shifted, -1) - 2 * torch.logsumexp(shifted, -1)
+    degenerate = ~torch.isfinite(top[..., 0]) if w.shape[-1] > 1 else torch.ones_like(value, dtype=torch.bool)
+    return torch.where(degenerate, torch.full_like(value, math.nan), value.clamp_min(0.0))
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
-    """Normalized ESS (sum w)^2 / (K sum w^2) in (0, 1]. (..., K) -> (...)."""
-    return torch.exp(-_log_inverse_ess(_check_log_weights(log_w)))
+    """Normalized ESS (sum w)^2 / (K sum w^2) in [1/K, 1]; NaN where K = 1 or every weight is zero.
+    (..., K) -> (...)."""
+    log_w = _check_log_weights(log_w)
+    return torch.exp(-_log_inverse_ess(log_w)).to(log_w.dtype)
 
 
 def log_z_importance_stderr(log_w: Tensor) -> Tensor:
@@ -50,12 +61,11 @@ def log_z_importance_stderr(log_w: Tensor) -> Tensor:
 
     With normalized weights, Var(log mean w) ~ Var(w) / (K E[w]^2), and K sum w^2 / (sum w)^2 - 1
     estimates Var(w) / E[w]^2. It is itself estimated from the same weights, so it understates the
-    error when the heavy weights that matter have not been drawn. (..., K) -> (...); +inf where every
-    weight is zero.
+    error when the heavy weights that matter have not been drawn. (..., K) -> (...); NaN where K = 1 (no
+    spread to measure) or every weight is zero (no estimate at all).
     """
     log_w = _check_log_weights(log_w)
-    stderr = torch.sqrt(torch.expm1(_log_inverse_ess(log_w)).clamp_min(0.0) / log_w.shape[-1])
-    return torch.where(torch.isfinite(log_w).any(-1), stderr, torch.full_like(stderr, math.inf))
+    return torch.sqrt(torch.expm1(_log_inverse_ess(log_w)) / log_w.shape[-1]).to(log_w.dtype)
 
 
 def eubo(log_w_exact: Tensor) -> Tensor:
