@@ -151,3 +151,15 @@ def test_a_fixed_gaussian_proposal_for_a_target_without_conditions():
     grad_z = target.grad_log_reward(z) if hasattr(target, "grad_log_reward") else None
     if grad_z is not None:  # the score in u is std times the score in z
         torch.testing.assert_close(whitened.grad_log_reward(u), grad_z * torch.tensor([0.5, 2.0]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["subtb", "fl-subtb", "pis"])
+def test_every_objective_trains_from_a_proposal(objective):
+    decoder, y = _problem()
+    wrong = LinearGaussianProposal(decoder, mean_shift=0.3)
+    model = posterior.fit(VAEDecoderPrior(decoder, 2), GaussianObservation(Identity(), NOISE), y, proposal=wrong,
+                          objective=objective, progress=False,
+                          sampler=posterior.SamplerConfig(encoder="mlp", langevin=objective == "fl-subtb"),
+                          config=posterior.TrainConfig(iterations=3, batch_size=2, samples_per_condition=4, steps=5))
+    assert all(math.isfinite(v) for v in model.training_history.loss)
+    assert torch.isfinite(model.log_z(y[:2], 16, steps=5)["rw"]).all()
