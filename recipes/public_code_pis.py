@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from posterior.constraints import Manywell  # noqa: E402
-from posterior.training.checkpoint import save_atomic, write_json  # noqa: E402
+from posterior.training.checkpoint import load as checkpoint_load, save_atomic, write_json  # noqa: E402
 from posterior.evaluation.evaluation import summarize_repeats  # noqa: E402
 from posterior.core import metrics  # noqa: E402
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = build_model(code)
     result: dict[str, Any] = {"seed": args.seed, "iters": args.iters, "log_z": target.log_z}
     if args.eval_only:
-        model.load_state_dict(torch.load(args.out / "model.pt", weights_only=True))
+        model.load_state_dict(checkpoint_load(args.out / "model.pt"))  # verified, no code runs
         code["set_seed"](args.seed if args.eval_seed is None else args.eval_seed)
         result["eval_seed"] = args.eval_seed
     else:

@@ -233,6 +233,35 @@ def test_mnist_recipe_contract_and_resume(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["iters"] == 9
     with pytest.raises(AssertionError, match="--eval-only needs a checkpoint"):
         _run(["recipes/mnist_vae_posterior.py", *TINY, "--eval-only", "--out", str(tmp_path / "none")], tmp_path)
+    # the table names the baselines; the paired differences decide, with their standard errors
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["baselines"]) == {"encoder_elbo", "encoder_iwae", "reference_log_px"}
+    for key in ("log_z_vs_encoder_elbo", "log_z_rw_vs_encoder_iwae"):
+        diff = report["paired_differences"][key]
+        assert diff["images"] == 4 and 0 <= diff["images_ahead"] <= 4 and diff["stderr"] > 0
+    assert report["proposal"] == "encoder" and report["threads"] == 1 and report["flags"]["langevin"]
+    for bad, message in ((["--iters", "0"], "--iters must be >= 1"), (["--eval-k", "1"], "--eval-k must be >= 2"),
+                         (["--eval-images", "0"], "--eval-images must be >= 1")):
+        with pytest.raises(AssertionError, match=message):
+            _run(["recipes/mnist_vae_posterior.py", *TINY, *bad, "--out", str(tmp_path / "bad")], tmp_path)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()  # refused before any work
+
+
+@needs_mnist
+def test_mnist_curve_recipe(tmp_path):
+    out = tmp_path / "curve"
+    _run(["recipes/mnist_vae_curve.py", "--points", "0,2,4", "--images", "2", "--eval-k", "64", "--reference-k", "64",
+          "--batch", "2", "--samples-per-condition", "2", "--steps", "3", "--no-progress", "--out", str(out)], tmp_path)
+    curve = json.loads((out / "curve.json").read_text())
+    assert [p["iteration"] for p in curve["curves"]["encoder"]] == [0, 2, 4] == [p["iteration"] for p in
+                                                                              curve["curves"]["none"]]
+    # untrained from the proposal: the encoder's own ELBO up to Monte Carlo error (K = 64, about 0.5 nats)
+    assert abs(curve["curves"]["encoder"][0]["log_z"] - curve["baselines"]["encoder_elbo"]) < 3.0
+    assert (out / "curve.png").stat().st_size > 0
+
+
+@needs_mnist
+def test_mnist_recipe_settings_reach_the_run_and_resume_checks_them(tmp_path):
     import torch
 
     # a wider network with a decaying rate; resuming with another schedule is refused, naming it
@@ -240,7 +269,8 @@ def test_mnist_recipe_contract_and_resume(tmp_path):
     _run(["recipes/mnist_vae_posterior.py", *TINY, "--hidden", "32", "--lr", "2e-3", "--lr-decay-horizon", "4",
           "--lr-decay-final", "0.5", "--out", str(wide)], tmp_path)
     entry = json.loads((wide / "metrics.json").read_text())
-    assert (entry["hidden"], entry["lr"], entry["lr_decay_horizon"], entry["lr_decay_final"]) == (32, 2e-3, 4, 0.5)
+    assert entry["sampler"]["hidden"] == 32
+    assert (entry["config"]["lr"], entry["config"]["lr_decay_horizon"], entry["config"]["lr_decay_final"]) == (2e-3, 4, 0.5)
     policy_group = torch.load(wide / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]
     assert policy_group["lr"] == pytest.approx(1e-3)
     with pytest.raises(AssertionError, match=r"lr_decay_horizon=4 \(now 5\)"):
