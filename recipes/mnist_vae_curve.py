@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            lr_flow=1e-12 if untrained else None)
             model = posterior.fit(prior, likelihood, conditions, proposal=proposal, config=config,
                                   sampler=posterior.SamplerConfig(langevin=args.langevin, encoder="cnn"),
-                                  checkpoint_dir=None if untrained else run_dir, resume=not untrained,
+                                  checkpoint_dir=None if untrained else run_dir,
+                                  resume=not untrained and (run_dir / "checkpoint.pt").exists(),
                                   progress=not args.no_progress)
             rows = evaluate(model, vae, likelihood, images, list(range(len(images))), eval_args, torch.device("cpu"),
                             progress=False)
