@@ -134,8 +134,10 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     run_config = replace(config, seed=config.seed + 1_000_003 * process_index)
     name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"
     ckpt = Path(checkpoint_dir) / name if checkpoint_dir is not None else None
+    problem = {"prior": describe(prior), "reward": describe(reward), "proposal": describe(proposal),
+               "conditions": fingerprint(conditions), "architecture": {**architecture, "cond_shape": _list(cond_shape)}}
     trainer = Trainer(model, obj, run_config, conditions=conditions, replay=replay, checkpoint_path=ckpt,
-                      gradient_sync=gradient_sync, log=log, log_every=log_every)
+                      gradient_sync=gradient_sync, log=log, log_every=log_every, problem=problem)
     _maybe_resume(trainer, ckpt, resume)
     trainer.run(progress=progress and process_index == 0)
     if trainer.ema is not None:
@@ -184,7 +186,8 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
     spec_network["frozen_final_steps"] = network.frozen_final_steps
     obj = {"vargrad": VarGrad, "pis": PathIntegral, "rtb": RelativeTrajectoryBalance}[objective]()
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    trainer = Trainer(network, obj, config, path=path, checkpoint_path=ckpt)
+    problem = {"prior": describe(prior), "reward": describe(reward), "network": spec_network}
+    trainer = Trainer(network, obj, config, path=path, checkpoint_path=ckpt, problem=problem)
     _maybe_resume(trainer, ckpt, resume)
     trainer.run(progress=progress)
     if trainer.ema is not None:
@@ -193,6 +196,19 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
                        spec={"kind": "diffusion", "objective": objective, "cond_shape": None, "network": spec_network})
     result.training_history = trainer.history
     return result
+
+
+def fingerprint(conditions: Tensor | None) -> str | None:
+    """SHA-256 of the conditions' shape and values (None without conditions): a resumed run must train on the
+    same ones."""
+    if conditions is None:
+        return None
+    import hashlib
+
+    flat = conditions.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(flat.shape)}{flat.dtype}".encode())
+    digest.update(flat.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _maybe_resume(trainer: Trainer, ckpt: Path | None, resume: bool) -> None:

@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
             ls_burn_in=args.ls_burn_in, ls_beta=args.ls_beta, ls_step_size=args.ls_step_size)
         replay = ReplayTraining(replay_config, target.dim, device=device)
     ckpt = out / "checkpoint.pt"
-    trainer = Trainer(sampler, objective, config, path=path, checkpoint_path=ckpt, replay=replay)
+    problem = {"target": args.target, "dim": int(target.dim), "sampler": {k: getattr(args, k) for k in (
+        "langevin", "langevin_scale", "learn_variance", "hidden", "noising", "learn_backward", "log_var_range")}}
+    trainer = Trainer(sampler, objective, config, path=path, checkpoint_path=ckpt, replay=replay, problem=problem)
     if args.teacher:
         replay.teacher = build_teacher(args, target, sampler, objective, path, config, trainer, device)
     if args.resume and ckpt.exists():

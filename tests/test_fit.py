@@ -109,7 +109,11 @@ def test_conditional_tb_resume_continues_the_same_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(iterations=8, checkpoint_dir=tmp_path, checkpoint_every=2, **crashing)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"] == 4
-    resumed = fit(iterations=8, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    resumed = fit(iterations=8, checkpoint_dir=tmp_path, resume=True, **crashing)  # the same reward class
+    with pytest.raises(ValueError, match="belongs to another problem: .*reward="):
+        fit(iterations=8, checkpoint_dir=tmp_path, resume=True, **kwargs)  # a GaussianObservation, not a Crash
+    with pytest.raises(ValueError, match="belongs to another problem: conditions="):
+        fit(iterations=8, checkpoint_dir=tmp_path, resume=True, **{**crashing, "conditions": y + 1.0})
     for (name, a), b in zip(full.network.state_dict().items(), resumed.network.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed.training_history.loss == full.training_history.loss

@@ -537,3 +537,12 @@ def test_public_code_recipe_refuses_a_folder_without_the_code(tmp_path):
     result = subprocess.run([sys.executable, "recipes/public_code_pis.py", "--code-dir", str(code), "--eval-only",
                              "--out", str(tmp_path / "empty")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--eval-only: expected the weights of a finished run" in result.stderr
+
+
+def test_boltzmann_resume_refuses_another_target(tmp_path):
+    out = tmp_path / "run"
+    common = ["recipes/boltzmann.py", "--objective", "tb", "--iters", "2", "--batch", "8", "--steps", "4",
+              "--eval-samples", "16", "--no-progress", "--out", str(out)]
+    _run([*common, "--target", "gmm25"], tmp_path)
+    with pytest.raises(AssertionError, match="belongs to another problem: .*target='gmm25' \\(now 'funnel'\\)"):
+        _run([*common, "--target", "funnel", "--dim", "2", "--iters", "4", "--resume"], tmp_path)

@@ -70,13 +70,16 @@ class Trainer:
             iteration), e.g. ``accelerator.log``.
         log_every: iterations between ``log`` calls.
         dtype: of a diffusion-prior posterior's simulated states.
+        problem: what else identifies the problem (JSON-like: the target, prior and reward, a fingerprint of the
+            conditions, the architecture); recorded in checkpoints, and a resume with another is refused.
     """
 
     def __init__(self, model, objective: Objective, config: TrainConfig, *, path=None,
                  conditions: Tensor | None = None,
                  replay: ReplayConfig | ReplayTraining | None = None, pool: PoolTraining | None = None,
                  checkpoint_path: str | Path | None = None, gradient_sync: GradientSync | None = None,
-                 log: LogFn | None = None, log_every: int = 50, dtype: torch.dtype = torch.float32) -> None:
+                 log: LogFn | None = None, log_every: int = 50, dtype: torch.dtype = torch.float32,
+                 problem: dict | None = None) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if not isinstance(objective, Objective):
@@ -123,6 +126,7 @@ class Trainer:
         self.lr_decay = CosineDecay(config.lr_decay_horizon, config.lr_decay_final)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.gradient_sync, self.log, self.log_every = gradient_sync, log, log_every
+        self.problem = dict(problem or {})
         self.history = TrainingHistory()
         self.iteration = 0
         self.last_samples: Tensor | None = None  # terminal states of the last forward batch
@@ -272,7 +276,7 @@ class Trainer:
         """What the run trains, recorded in checkpoints so that a resume of another problem is refused."""
         return {"model": type(self.model.module).__name__, "objective": type(self.objective).__name__,
                 "replay": None if self.replay is None else asdict(self.replay.config),
-                "pool": None if self.pool is None else self.pool.settings()}
+                "pool": None if self.pool is None else self.pool.settings(), **self.problem}
 
     def state_dict(self) -> dict:
         return {
@@ -309,10 +313,10 @@ class Trainer:
         checkpoint.check_same_settings(state["config"], asdict(self.config), asdict(TrainConfig()),
                                        RESUMABLE_SETTINGS, source)
         problem = self._problem()
-        changed = sorted(k for k in problem if state["problem"].get(k) != problem[k])
+        changed = sorted(k for k in set(problem) | set(state["problem"]) if state["problem"].get(k) != problem.get(k))
         if changed:
             raise ValueError(f"checkpoint {source} belongs to another problem: "
-                             + ", ".join(f"{k}={state['problem'].get(k)!r} (now {problem[k]!r})" for k in changed))
+                             + ", ".join(f"{k}={state['problem'].get(k)!r} (now {problem.get(k)!r})" for k in changed))
         self.model.module.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
