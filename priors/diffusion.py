@@ -7,21 +7,45 @@ previous one p (a_p; a_p = 1 after the last step):
 
     p(x_p | x_t) = N(x_p; mu(x_t, x0_hat), var_k I),
     mu = sqrt(a_p) (1 - a_t / a_p) / (1 - a_t) * x0_hat + sqrt(a_t / a_p) (1 - a_p) / (1 - a_t) * x_t,
-    var_k = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)          (the DDPM posterior variance),
+    var_k = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)          (the DDPM posterior variance, "fixed_small"),
+    or var_k = 1 - a_t / a_p                                 (beta of the strided step, "fixed_large"),
 
-with x0_hat from the network's epsilon-, v- or sample-prediction. The final step (to a_p = 1) has
-posterior variance 0, i.e. it is deterministic (x = x0_hat); so that prior and posterior
-trajectories have densities, it uses var = 1 - a_{tau_1} (the forward noise of that step) for both
+as the scheduler's ``variance_type`` says, with x0_hat from the network's epsilon-, v- or
+sample-prediction, clipped (``clip_sample``) or dynamically thresholded (``thresholding``) as the
+scheduler does. The final step (to a_p = 1) has posterior variance 0, i.e. it is deterministic
+(x = x0_hat); so that prior and posterior trajectories have densities, it uses
+var = 1 - a_{tau_1} (the forward noise of that step; "fixed_large" gives the same) for both
 (``final_variance``). Every posterior built on this prior uses the same variances (so relative
 trajectory balance compares two Gaussians with equal variance at every step), unless its model
 scales them: a ``model`` with a method ``log_variance_scale(k)`` (e.g.
 :class:`posterior.diffusion.learned_variance.LearnedVarianceDenoiser`) has step variance var_k * exp(s_k),
 with s_k broadcastable to the event shape.
+
+Loading (:meth:`DiffusionPrior.from_pretrained`, :meth:`DiffusionPrior.from_pipeline`) takes the
+scheduler's own timesteps for N steps (``set_timesteps(N)``, so its ``timestep_spacing`` and
+``steps_offset`` hold) and refuses, with a ValueError naming the setting, what the prior cannot honour:
+
+* schedulers other than ``DDPMScheduler`` and ``DDIMScheduler``. A DDIM scheduler is read for its
+  alphas, timesteps and x0 settings only: the prior is still the ancestral DDPM sampler, whose kernel
+  is ``DDIMScheduler.step`` with ``eta=1`` (for the default "leading" spacing; for other spacings
+  DDIMScheduler steps to ``t - T // N`` instead of the next listed timestep, the prior to the next
+  listed one, as DDPMScheduler does). The DDIM scheduler's default ``eta=0`` update is a
+  deterministic map, not this prior's kernel; it is :meth:`DiffusionPrior.ddim_solve`. Its
+  ``set_alpha_to_one=False`` (a last step to a_0 instead of 1) is not followed: the last step ends
+  at the sample (a_p = 1), as with DDPMScheduler.
+* ``variance_type`` "learned" / "learned_range" (a UNet with out_channels = 2 * in_channels: a
+  per-pixel variance from the network is not supported) and "fixed_large_log" (DDPMScheduler.step
+  draws NaN noise for it; pass ``variance_type="fixed_large"`` for the variance beta_t it stands for).
+  "fixed_small_log" is "fixed_small" (DDPMScheduler.step uses the same noise scale for both).
+* denoisers other than an unconditional ``UNet2DModel``: ``UNet2DConditionModel`` and class-conditional
+  ``UNet2DModel`` (``num_class_embeds`` / ``class_embed_type``) are not supported yet (the prior calls
+  the denoiser as ``denoiser(x, t)``, with no conditioning), nor out_channels != in_channels.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +57,53 @@ from posterior.core.optional import require
 
 LOG_2PI = math.log(2.0 * math.pi)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+DENOISERS = ("UNet2DModel",)
+
+
+def _variance_type(value: str) -> str:
+    """The checked ``variance_type`` ("fixed_small_log" reads as "fixed_small")."""
+    if value in ("learned", "learned_range"):
+        raise ValueError(f"variance_type={value!r} is not supported: a learned-variance UNet (out_channels = "
+                         "2 * in_channels, a per-pixel variance from the network) cannot be the prior's kernel")
+    if value == "fixed_large_log":
+        raise ValueError("variance_type='fixed_large_log' is not supported (diffusers' DDPMScheduler.step draws NaN "
+                         "noise for it); pass variance_type='fixed_large' for the variance beta_t it stands for")
+    if value not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {value!r}")
+    return "fixed_small" if value == "fixed_small_log" else value
+
+
+def _check_loadable(unet_class: str, unet_config: Any, scheduler_class: str, scheduler_config: Any,
+                    variance_type: str | None) -> tuple[int, ...]:
+    """Refuse (ValueError naming the setting) a denoiser / scheduler pair the prior cannot honour;
+    return the event shape (C, H, W) from the UNet config."""
+    if scheduler_class not in SCHEDULERS:
+        raise ValueError(f"scheduler class {scheduler_class} is not supported (supported: {', '.join(SCHEDULERS)})")
+    if unet_class == "UNet2DConditionModel":
+        raise ValueError("UNet2DConditionModel (conditioning on encoder_hidden_states) is not supported yet: the "
+                         "prior calls the denoiser as denoiser(x, t), with no conditioning")
+    if unet_class not in DENOISERS:
+        raise ValueError(f"denoiser class {unet_class} is not supported (supported: {', '.join(DENOISERS)})")
+    get = unet_config.get
+    for key in ("num_class_embeds", "class_embed_type"):
+        if get(key) is not None:
+            raise ValueError(f"a class-conditional UNet2DModel ({key}={get(key)!r}) is not supported yet: the prior "
+                             "calls the denoiser as denoiser(x, t), without class_labels")
+    vtype = variance_type or scheduler_config.get("variance_type") or "fixed_small"
+    channels, out = get("in_channels"), get("out_channels")
+    if vtype in ("learned", "learned_range") or (out is not None and out != channels):
+        raise ValueError(f"out_channels={out} with in_channels={channels} and variance_type={vtype!r}: a "
+                         "learned-variance UNet (out_channels = 2 * in_channels) is not supported; the prior "
+                         "needs out_channels == in_channels")
+    _variance_type(vtype)
+    size = get("sample_size")
+    if isinstance(size, int):
+        size = (size, size)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+        raise ValueError(f"sample_size must be an int or (height, width), got {size!r}")
+    return (int(channels), int(size[0]), int(size[1]))
 
 
 def denoise(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
@@ -48,7 +119,8 @@ class DiffusionPrior(nn.Module):
         denoiser: module called as ``denoiser(x, t)`` with x (B, *event_shape) and t (B,) long
             timesteps (e.g. ``diffusers.UNet2DModel``); returns a tensor or an object with ``.sample``.
         scheduler: a diffusers scheduler (DDPM, DDIM, ...) with ``alphas_cumprod`` and
-            ``config.num_train_timesteps``; its ``prediction_type`` and ``clip_sample`` are used.
+            ``config.num_train_timesteps``; its ``prediction_type``, ``clip_sample``,
+            ``thresholding`` and ``variance_type`` are used (see the module docstring).
         num_steps: N, the strided schedule's length (<= num_train_timesteps).
         event_shape: shape of one sample.
         prediction_type: override of the scheduler's ("epsilon", "v_prediction" or "sample").
@@ -56,11 +128,13 @@ class DiffusionPrior(nn.Module):
         timesteps: explicit descending timesteps (N,) instead of the even stride from
             num_train_timesteps - 1 to 0 (e.g. a diffusers scheduler's ``timesteps`` after
             ``set_timesteps(N)``).
+        variance_type: override of the scheduler's ("fixed_small" (default), "fixed_small_log"
+            (the same) or "fixed_large"); others are refused with a ValueError.
     """
 
     def __init__(self, denoiser: nn.Module, scheduler: Any, num_steps: int, event_shape: tuple[int, ...], *,
                  prediction_type: str | None = None, clip_sample: bool | None = None,
-                 timesteps: Tensor | None = None) -> None:
+                 timesteps: Tensor | None = None, variance_type: str | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
         for p in self.denoiser.parameters():
@@ -75,6 +149,11 @@ class DiffusionPrior(nn.Module):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         self.clip_sample = bool(getattr(config, "clip_sample", False) if clip_sample is None else clip_sample)
         self.clip_range = float(getattr(config, "clip_sample_range", 1.0) or 1.0)
+        self.variance_type = _variance_type(variance_type or getattr(config, "variance_type", None) or "fixed_small")
+        self.thresholding = bool(getattr(config, "thresholding", False))
+        if self.thresholding:
+            self.threshold_ratio = float(getattr(config, "dynamic_thresholding_ratio", 0.995))
+            self.threshold_max = float(getattr(config, "sample_max_value", 1.0))
         self.event_shape = tuple(event_shape)
         self.num_steps = int(num_steps)
         if timesteps is None:  # descending: tau_N = total - 1 ... tau_1 = 0 (evenly spaced, rounded)
@@ -86,8 +165,11 @@ class DiffusionPrior(nn.Module):
         alphas = scheduler.alphas_cumprod.double()
         a_t = alphas[strided]
         a_p = torch.cat([alphas[strided[1:]], torch.ones(1, dtype=torch.float64)])
-        var = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
-        var[-1] = 1 - a_t[-1]  # the final step: the forward noise variance instead of 0
+        if self.variance_type == "fixed_large":  # beta of the strided step (the last: 1 - a_t as well)
+            var = 1 - a_t / a_p
+        else:
+            var = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
+            var[-1] = 1 - a_t[-1]  # the final step: the forward noise variance instead of 0
         # schedule buffers live where the denoiser does (``prior.to(...)`` moves both later)
         device = next(iter(denoiser.parameters()), torch.empty(0)).device
         buffers = {"timesteps": strided, "alpha_t": a_t, "alpha_prev": a_p, "step_var": var,
@@ -98,16 +180,48 @@ class DiffusionPrior(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, num_steps: int, **kwargs: Any) -> "DiffusionPrior":
-        """Load a local diffusers directory (``unet/`` + ``scheduler/``, or a pipeline folder)."""
+        """Load a local diffusers folder: a pipeline folder (``unet/`` + ``scheduler/``) or one holding
+        both ``config.json`` and ``scheduler_config.json``. The classes are those the configs name
+        (``_class_name``; UNet2DModel / DDPMScheduler where absent); unsupported classes and settings are
+        refused with a ValueError before weights load (see the module docstring). The timesteps are the
+        scheduler's own for ``num_steps`` (``set_timesteps``) unless ``timesteps=`` is given; other
+        ``kwargs`` go to the constructor."""
         diffusers = require("diffusers", "diffusion", "posterior.priors.diffusion.DiffusionPrior.from_pretrained")
-        DDPMScheduler, UNet2DModel = diffusers.DDPMScheduler, diffusers.UNet2DModel
-
         path = Path(path)
         unet_dir = path / "unet" if (path / "unet").is_dir() else path
         sched_dir = path / "scheduler" if (path / "scheduler").is_dir() else path
-        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
-        scheduler = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
-        shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        configs = []
+        for file in (unet_dir / "config.json", sched_dir / "scheduler_config.json"):
+            if not file.is_file():
+                raise FileNotFoundError(f"no {file.name} in {file.parent} (expected a diffusers folder)")
+            configs.append(json.loads(file.read_text()))
+        unet_config, sched_config = configs
+        unet_class = unet_config.get("_class_name", "UNet2DModel")
+        sched_class = sched_config.get("_class_name", "DDPMScheduler")
+        shape = _check_loadable(unet_class, unet_config, sched_class, sched_config, kwargs.get("variance_type"))
+        unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
+        scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
+        return cls._loaded(unet, scheduler, num_steps, shape, kwargs)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Any, num_steps: int, **kwargs: Any) -> "DiffusionPrior":
+        """The prior of an in-memory diffusers pipeline (``pipeline.unet``, ``pipeline.scheduler``), with
+        the checks and timesteps of :meth:`from_pretrained`. The UNet is shared (its parameters are
+        frozen); the scheduler is copied (``set_timesteps`` does not touch the pipeline's)."""
+        unet, scheduler = pipeline.unet, copy.deepcopy(pipeline.scheduler)
+        shape = _check_loadable(type(unet).__name__, dict(unet.config), type(scheduler).__name__,
+                                dict(scheduler.config), kwargs.get("variance_type"))
+        return cls._loaded(unet, scheduler, num_steps, shape, kwargs)
+
+    @classmethod
+    def _loaded(cls, unet: nn.Module, scheduler: Any, num_steps: int, shape: tuple[int, ...],
+                kwargs: dict[str, Any]) -> "DiffusionPrior":
+        total = int(scheduler.config.num_train_timesteps)
+        if not 1 <= num_steps <= total:
+            raise ValueError(f"num_steps must be in [1, {total}], got {num_steps}")
+        if kwargs.get("timesteps") is None:
+            scheduler.set_timesteps(num_steps)
+            kwargs = {**kwargs, "timesteps": scheduler.timesteps}
         return cls(unet, scheduler, num_steps, shape, **kwargs)
 
     def posterior_copy(self) -> nn.Module:
@@ -133,6 +247,12 @@ class DiffusionPrior(nn.Module):
             x0 = a.sqrt() * x - (1 - a).sqrt() * out
         else:
             x0 = out
+        if self.thresholding:  # dynamic thresholding, as diffusers' ``_threshold_sample`` (before clipping)
+            flat = x0.flatten(1).abs()
+            flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+            s = torch.quantile(flat, self.threshold_ratio, dim=1).clamp(1.0, self.threshold_max)
+            s = self._b(s, x0)
+            return torch.minimum(torch.maximum(x0, -s), s) / s
         return x0.clamp(-self.clip_range, self.clip_range) if self.clip_sample else x0
 
     def step_mean(self, x: Tensor, k: int, model: nn.Module | None = None) -> Tensor:
