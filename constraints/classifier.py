@@ -3,6 +3,8 @@ including `transformers` image-classification models (outputs with ``.logits``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -65,11 +67,22 @@ class ClassifierLikelihood(nn.Module):
     def __init__(self, classifier: nn.Module, *, target_classes: int | Sequence[int] | None = None,
                  transform: nn.Module | None = None, temperature: float = 1.0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if not callable(classifier):
+            raise TypeError(f"classifier must be a callable (an nn.Module) mapping images to logits (B, K), "
+                            f"got {type(classifier).__name__}")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be a callable (an nn.Module) or None, got {type(transform).__name__}")
         self.classifier = classifier
         self.transform = transform if transform is not None else nn.Identity()
-        classes = [target_classes] if isinstance(target_classes, int) else target_classes
+        classes = [target_classes] if isinstance(target_classes, numbers.Integral) else target_classes
+        if classes is not None:
+            classes = list(classes)
+            if not classes or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0 for c in classes):
+                raise ValueError(f"target_classes must be class indices >= 0 (an int or a non-empty list), "
+                                 f"got {classes!r}")
         self.target_classes = None if classes is None else [int(c) for c in classes]
         self.temperature = float(temperature)
 
@@ -93,4 +106,6 @@ class ClassifierLikelihood(nn.Module):
             return log_p.gather(1, y[:, None].to(log_p.device))[:, 0]
         if self.target_classes is None:
             raise ValueError("pass y (class per image) or set target_classes")
+        if max(self.target_classes) >= log_p.shape[1]:
+            raise ValueError(f"target_classes must be class indices in [0, {log_p.shape[1]}), got {self.target_classes}")
         return log_p[:, self.target_classes].max(dim=-1).values

@@ -22,8 +22,8 @@ class Funnel(BoltzmannTarget):
     X0_STD: float = 3.0
 
     def __init__(self, dim: int = 10) -> None:
-        if dim < 2:
-            raise ValueError(f"Funnel dim must be >= 2, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+            raise ValueError(f"Funnel dim must be an integer >= 2, got {dim!r}")
         super().__init__(dim=dim, name="funnel", reference_variance=1.0, log_z=0.0)
         self._log_const = -0.5 * dim * math.log(2 * math.pi) - math.log(self.X0_STD)
 

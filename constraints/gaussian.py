@@ -34,9 +34,13 @@ class GaussianTarget(BoltzmannTarget):
         reference_variance: float = 1.0,
     ) -> None:
         mean_t = torch.as_tensor(mean)
-        if mean_t.ndim != 1:
-            raise ValueError(f"mean must have shape (d,), got {tuple(mean_t.shape)}")
-        d = mean_t.shape[0]
+        if mean_t.ndim != 1 or mean_t.shape[0] < 1:
+            raise ValueError(f"mean must have shape (d,) with d >= 1, got {tuple(mean_t.shape)}")
+        if not bool(torch.isfinite(mean_t).all()):
+            raise ValueError(f"mean must be finite, got {mean_t.tolist()}")
+        if isinstance(log_scale, bool) or not isinstance(log_scale, (int, float)) or not math.isfinite(log_scale):
+            raise ValueError(f"log_scale must be finite (it is the exact log_z), got {log_scale!r}")
+        d = int(mean_t.shape[0])
         super().__init__(d, "gaussian", reference_variance, float(log_scale))
         dtype = mean_t.dtype if mean_t.is_floating_point() else torch.get_default_dtype()
         device = mean_t.device
@@ -56,7 +60,9 @@ class GaussianTarget(BoltzmannTarget):
             if std64.shape != (d,):
                 raise ValueError(f"std must have shape (d,) = ({d},), got {tuple(std64.shape)}")
             if not bool((std64 > 0).all()):
-                raise ValueError("std must be strictly positive")
+                raise ValueError(f"std must be strictly positive, got {std64.tolist()}")
+            if not bool(torch.isfinite(std64).all()):
+                raise ValueError(f"std must be finite, got {std64.tolist()}")
             chol = torch.diag(std64)
 
         self.log_scale = float(log_scale)

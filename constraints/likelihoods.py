@@ -226,8 +226,10 @@ class GaussianObservation(nn.Module):
         if not isinstance(operator, ObservationOperator):
             raise TypeError(f"operator must be an ObservationOperator (Identity, Mask, Downsample), "
                             f"got {type(operator).__name__}")
-        if not float(noise_std) > 0.0:
-            raise ValueError(f"noise_std must be positive, got {noise_std}")
+        if isinstance(noise_std, (bool, str)) or not isinstance(noise_std, (int, float, Tensor)) \
+                or (isinstance(noise_std, Tensor) and noise_std.numel() != 1) \
+                or not (math.isfinite(float(noise_std)) and float(noise_std) > 0.0):
+            raise ValueError(f"noise_std must be a finite number > 0, got {noise_std!r}")
         self.operator = operator
         self.noise_std = float(noise_std)
 

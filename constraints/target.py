@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -36,8 +38,11 @@ class BoltzmannTarget(nn.Module):
         log_z: float | None = None,
     ) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if isinstance(reference_variance, bool) or not isinstance(reference_variance, (int, float)) \
+                or not (math.isfinite(reference_variance) and reference_variance > 0):
+            raise ValueError(f"reference_variance must be a finite number > 0, got {reference_variance!r}")
         self.dim = int(dim)
         self.name = name
         self.reference_variance = float(reference_variance)

@@ -92,6 +92,15 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         raise TypeError(f"replay must be a ReplayConfig, got {type(replay).__name__}")
     if isinstance(process_index, bool) or not isinstance(process_index, int) or process_index < 0:
         raise ValueError(f"process_index must be an integer >= 0, got {process_index!r}")
+    for name, fn in (("gradient_sync", gradient_sync), ("log", log)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be a callable or None, got {type(fn).__name__}")
+    if device is not None and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
+                             f"got {device!r}") from None
     sampler = sampler if sampler is not None else SamplerConfig()
     conditions = _conditions(conditions)
     if space == "data":
@@ -236,7 +245,10 @@ def _conditions(conditions: Any) -> Tensor | None:
         raise ValueError(f"conditions must be floating point (observations or features), got {conditions.dtype}; "
                          "integer class labels are not supported as conditions yet: pass them one-hot as floats")
     conditions = conditions.float() if conditions.dtype != torch.float32 else conditions
-    check_no_nan(conditions.reshape(conditions.shape[0], -1), "conditions")
+    nan_rows = torch.isnan(conditions).reshape(conditions.shape[0], -1).any(-1)
+    if bool(nan_rows.any()):
+        raise ValueError(f"conditions contain NaN in {int(nan_rows.sum())} of {conditions.shape[0]} rows (first at row "
+                         f"{int(nan_rows.nonzero()[0, 0])}): every condition must be finite")
     if not bool(torch.isfinite(conditions).all()):
         raise ValueError("conditions contain +inf or -inf: every condition must be finite")
     return conditions
@@ -247,8 +259,22 @@ def _validate(target: Any, conditions: Tensor | None, device: torch.device) -> N
     training."""
     dim = int(target.dim)
     x = torch.zeros(2, dim, device=device)
-    value = target.log_reward(x) if conditions is None else target.log_reward(
-        x, conditions[:1].expand(2, *conditions.shape[1:]))
+    decoder = getattr(getattr(target, "target", target), "prior", None)  # (a proposal wraps the target)
+    if hasattr(decoder, "decode") and hasattr(decoder, "latent_dim"):
+        try:
+            decoder.decode(x)
+        except RuntimeError as error:  # e.g. 'mat1 and mat2 shapes cannot be multiplied'
+            raise ValueError(f"latent_dim={dim} does not fit the decoder ({getattr(decoder, '_name', 'decoder')}): "
+                             f"decoding z of shape (2, {dim}) failed: {error}; pass the size of the decoder's "
+                             "input z as latent_dim") from error
+    try:
+        value = target.log_reward(x) if conditions is None else target.log_reward(
+            x, conditions[:1].expand(2, *conditions.shape[1:]))
+    except (ValueError, TypeError, RuntimeError) as error:
+        if conditions is None or type(error) not in (ValueError, TypeError, RuntimeError):
+            raise
+        raise type(error)(f"{error} (while checking the reward on conditions[:1] of shape "
+                          f"{tuple(conditions[:1].shape)}, conditions of shape {tuple(conditions.shape)})") from error
     check_shape(value, (2,), "reward log-density (log_reward(x, y))")
     check_no_nan(value, "reward")
 

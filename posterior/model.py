@@ -83,9 +83,17 @@ class Posterior(nn.Module):
             return None
         if y is None:
             raise ValueError(f"this posterior is conditional: pass y of shape (B, {_shape(self.spec['cond_shape'])})")
-        y = torch.as_tensor(y)
-        if y.is_floating_point() and y.dtype != torch.float32:
+        expected = f"(B, {_shape(self.spec['cond_shape'])})"
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"y must be a tensor or array of shape {expected}, got {type(y).__name__}") from None
+        if not y.is_floating_point():
+            raise ValueError(f"y must be floating point (as the conditions given to fit), got {y.dtype}")
+        if y.dtype != torch.float32:
             y = y.float()
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN or inf: every condition must be finite")
         return y
 
     # ------------------------------------------------------------------ sampling
@@ -95,6 +103,8 @@ class Posterior(nn.Module):
         """Samples of the sampler's own state z: (len(y), num_samples, d), or (num_samples, d) without y.
         For a posterior without a latent space (no decoder prior, or data space) this is :meth:`sample`."""
         _check_count(num_samples)
+        _check_integer("steps", steps)
+        _check_integer("max_trajectories", max_trajectories)
         if self.kind == "diffusion":
             return self.sample(y, num_samples, generator=generator)
         y = self._check_y(y)
@@ -115,6 +125,7 @@ class Posterior(nn.Module):
             (len(y), num_samples, *event_shape), or (num_samples, *event_shape) without y.
         """
         _check_count(num_samples)
+        _check_integer("steps", steps)
         if self.kind == "diffusion":
             self._check_y(y)
             prior = self.network.prior
@@ -140,6 +151,8 @@ class Posterior(nn.Module):
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
             raise ValueError(f"num_samples must be an integer >= 2 (a spread of weights needs two), got {num_samples!r}")
+        _check_integer("steps", steps)
+        _check_integer("max_trajectories", max_trajectories)
         if self.kind == "sampler":
             return self.network.log_z(self._check_y(y), num_samples, steps=steps, generator=generator,
                                       max_trajectories=max_trajectories)
@@ -186,6 +199,9 @@ class Posterior(nn.Module):
         if not isinstance(config, dict) or config.get("class") != "Posterior" or config.get("kind") not in KINDS:
             raise ValueError(f"{folder / CONFIG_NAME} was not written by Posterior.save_pretrained "
                              f"(class {config.get('class') if isinstance(config, dict) else None!r})")
+        if not isinstance(config.get("network"), dict):
+            raise ValueError(f"{folder / CONFIG_NAME} has no 'network' settings (got {config.get('network')!r}): "
+                             "folder must be written by Posterior.save_pretrained")
         for role, given in (("prior", prior), ("reward", reward), ("proposal", proposal)):
             saved = config.get(role)
             if saved != describe(given):
@@ -214,6 +230,11 @@ class Posterior(nn.Module):
 def _check_count(num_samples: int) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+
+
+def _check_integer(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _shape(shape) -> str:

@@ -37,10 +37,21 @@ def decoder_prior(prior: Any, latent_dim: int | None = None):
     from posterior.priors.diffusion import DiffusionPrior
     from posterior.priors.vae import VAEDecoderPrior
 
-    if prior is None or isinstance(prior, VAEDecoderPrior):
+    if prior is None:
+        if latent_dim is not None:
+            raise ValueError(f"latent_dim={latent_dim!r} is the size of a decoder prior's z; without a prior the "
+                             "reward's dim sets the size: leave latent_dim unset")
+        return None
+    if isinstance(prior, VAEDecoderPrior):
+        if latent_dim is not None and latent_dim != prior.latent_dim:
+            raise ValueError(f"latent_dim={latent_dim!r} disagrees with the prior's latent_dim={prior.latent_dim}: "
+                             "leave latent_dim unset for a VAEDecoderPrior")
         return prior
     if isinstance(prior, DiffusionPrior):  # noise space: z is the initial noise, f the DDIM solve
         shape, solve = tuple(prior.event_shape), prior.ddim_solve
+        if latent_dim is not None and latent_dim != math.prod(shape):
+            raise ValueError(f"latent_dim={latent_dim!r} disagrees with the diffusion prior's noise size "
+                             f"{math.prod(shape)} (event_shape {shape}): leave latent_dim unset")
         return VAEDecoderPrior(lambda z: solve(z.reshape((z.shape[0],) + shape)), math.prod(shape))
     if not isinstance(prior, nn.Module) and not callable(prior):
         raise TypeError(f"prior must be a VAEDecoderPrior, a DiffusionPrior, an nn.Module decoder or a callable, "
@@ -118,9 +129,10 @@ def sampler_target(prior: Any, reward: Any, latent_dim: int | None = None, *, be
         if not hasattr(reward, "dim") or not callable(getattr(reward, "log_reward", None)):
             raise ValueError("without a prior, reward must have `dim` and `log_reward(x[, y])` (the full log-density)")
         return reward
+    if not (callable(getattr(reward, "log_likelihood", None)) or (callable(reward) and not hasattr(reward, "log_likelihood"))):
+        raise TypeError(f"reward must be a likelihood with log_likelihood(x[, y]) or a callable (x[, y]) -> (B,), "
+                        f"got {type(reward).__name__}")
     likelihood = reward if hasattr(reward, "log_likelihood") else CallableLikelihood(reward)
-    if not callable(getattr(likelihood, "log_likelihood", None)):
-        raise TypeError("reward must be a likelihood with log_likelihood(x[, y]) or a callable (x[, y]) -> (B,)")
     return LatentPosteriorReward(decoder, likelihood, beta)
 
 

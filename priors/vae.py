@@ -35,8 +35,8 @@ class MLPVAE(nn.Module):
     def __init__(self, input_dim: int = 784, hidden_dim: int = 400, latent_dim: int = 20) -> None:
         super().__init__()
         for name, v in (("input_dim", input_dim), ("hidden_dim", hidden_dim), ("latent_dim", latent_dim)):
-            if int(v) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v}")
+            if not _is_integer(v) or int(v) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.input_dim = int(input_dim)
         self.hidden_dim = int(hidden_dim)
         self.latent_dim = int(latent_dim)
@@ -136,6 +136,17 @@ class MLPVAE(nn.Module):
         return vae.to(map_location)
 
 
+def _is_integer(value: object) -> bool:
+    """An int (or NumPy / torch integer scalar), not a bool, a float or a string."""
+    import numbers
+
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+
+
 def _module_of(decoder: Callable[[Tensor], Tensor]) -> nn.Module | None:
     """The nn.Module holding the decoder's parameters (module, or bound method of one)."""
     if isinstance(decoder, nn.Module):
@@ -195,7 +206,7 @@ class VAEDecoderPrior(nn.Module):
         if isinstance(decoder, MLPVAE):
             if latent_dim is None:
                 latent_dim = decoder.latent_dim
-            elif int(latent_dim) != decoder.latent_dim:
+            elif not _is_integer(latent_dim) or int(latent_dim) != decoder.latent_dim:
                 raise ValueError(f"latent_dim={latent_dim} disagrees with the MLPVAE's latent_dim={decoder.latent_dim}")
             fn: Callable[[Tensor], Tensor] = decoder.decode_probs
         elif callable(decoder):
@@ -204,8 +215,8 @@ class VAEDecoderPrior(nn.Module):
             raise TypeError(f"decoder must be an nn.Module or callable, got {type(decoder).__name__}")
         if latent_dim is None:
             raise ValueError("latent_dim must be given when decoder is not an MLPVAE")
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        if not _is_integer(latent_dim) or int(latent_dim) < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
         self.latent_dim = int(latent_dim)
         self._decode_fn = fn
         self._name = _decoder_name(fn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, replace
@@ -145,6 +146,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
+    for flag, minimum in (("iters", 1), ("batch", 1), ("steps", 1), ("eval_samples", 2), ("eval_repeats", 1),
+                          ("buffer_size", 1), ("smc_temperatures", 1), ("mala_steps", 1), ("mala_burn_in", 0),
+                          ("checkpoint_every", 0), ("seed", 0)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')}: must be an integer >= {minimum}, got {getattr(args, flag)}")
+    for flag in ("threads", "eval_steps", "train_steps_max", "explore_horizon"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')}: must be an integer >= 1, got {getattr(args, flag)}")
+    for flag in ("lr_policy", "lr_flow", "grad_clip"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            p.error(f"--{flag.replace('_', '-')}: must be a finite number > 0, got {value}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema: expected a decay in [0, 1) (0: off), got {args.ema}")
     if args.eval_repeats < 1:

@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    for flag, minimum in (("batch", 1), ("steps", 1), ("sampler_steps", 1), ("eval_samples", 2), ("eval_repeats", 1),
+                          ("pool", 0), ("forward_kl_horizon", 0)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    for flag in ("iters", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be an integer >= 1, got {getattr(args, flag)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()  # reuse freed CPU buffers instead of page-faulting fresh ones each iteration
@@ -108,8 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prior, mixture, exact_posterior, log_likelihood = make_problem(args.steps)
-    if args.eval_repeats < 1:
-        raise SystemExit(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
     g = torch.Generator().manual_seed(10_000 + args.seed)
     exact_sets = [exact_posterior.sample(args.eval_samples, g).float() for _ in range(args.eval_repeats)]
     reference_sets = [exact_posterior.sample(args.eval_samples, g).float() for _ in range(args.eval_repeats)]

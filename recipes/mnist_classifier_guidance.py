@@ -138,7 +138,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, minimum in (("size", 4), ("steps", 1), ("ddpm_iters", 1), ("ddpm_batch", 1), ("classifier_epochs", 1),
+                          ("rtb_iters", 1), ("noise_iters", 1), ("batch", 1), ("sir_pool", 1), ("num_samples", 1),
+                          ("rtb_pool", 0), ("rtb_lora", 0), ("rtb_resample", 0), ("checkpoint_every", 0)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be an integer >= 1, got {args.threads}")
+    if not 0 <= args.target_class <= 9:
+        p.error(f"--class must be a digit class in 0..9, got {args.target_class}")
+    return args
 
 
 def labeled_digits(data_dir: str | None, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:

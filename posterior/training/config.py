@@ -99,8 +99,13 @@ class TrainConfig:
         for name in ("lr_flow", "lr_guidance", "grad_clip"):
             if getattr(self, name) is not None:
                 _positive(self, name)
-        _positive(self, "log_var_lr_scale")
-        _positive(self, "grid_power")
+        for name in ("log_var_lr_scale", "grid_power", "grid_low", "grid_high"):
+            _positive(self, name)
+        if not isinstance(self.per_step, bool):
+            raise ValueError(f"TrainConfig.per_step must be True or False, got {self.per_step!r}")
+        final = self.lr_decay_final
+        if isinstance(final, bool) or not isinstance(final, (int, float)) or not 0.0 <= final <= 1.0:
+            raise ValueError(f"TrainConfig.lr_decay_final (the final lr multiplier) must be in [0, 1], got {final!r}")
         if not (isinstance(self.explore, (int, float)) and math.isfinite(self.explore) and self.explore >= 0):
             raise ValueError(f"TrainConfig.explore must be a finite number >= 0 (0: no exploration), got {self.explore!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
@@ -110,10 +115,10 @@ class TrainConfig:
         _choice(self, "log_z_init", LOG_Z_INITS)
         _choice(self, "explore_decay", EXPLORE_DECAYS)
         _choice(self, "train_grid", TRAIN_GRIDS)
-        CosineDecay(self.lr_decay_horizon, self.lr_decay_final)  # validates the final factor
+        CosineDecay(self.lr_decay_horizon, self.lr_decay_final)
         if not 0 < self.grid_low <= self.grid_high:
-            raise ValueError(f"TrainConfig.grid_low and grid_high must satisfy 0 < grid_low <= grid_high, got "
-                             f"{self.grid_low} and {self.grid_high}")
+            raise ValueError(f"TrainConfig.grid_low and TrainConfig.grid_high must satisfy 0 < grid_low <= grid_high, "
+                             f"got {self.grid_low} and {self.grid_high}")
         if self.steps_max is not None and (self.train_grid != "random" or self.steps_max < self.steps):
             raise ValueError(f"TrainConfig.steps_max needs train_grid='random' and steps_max >= steps, got "
                              f"{self.steps_max} with {self.train_grid!r} and steps={self.steps}")

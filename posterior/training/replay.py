@@ -10,6 +10,7 @@ burn-in enter a second (local-search) buffer, from which the backward updates th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +22,8 @@ from posterior.samplers.mala import AdaptiveMALA
 from posterior.paths.path_target import BoltzmannPath
 from posterior.training.replay_buffer import Prioritization, ReplayBuffer
 from posterior.core.trajectories import Trajectories
+
+PRIORITIZATIONS = ("uniform", "rank")
 
 
 @dataclass
@@ -51,10 +54,26 @@ class ReplayConfig:
     ls_step_size: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.ls_every < 2:
-            raise ValueError(f"ls_every must be >= 2 (updates alternate forward/backward), got {self.ls_every}")
-        if not 0 <= self.ls_burn_in < self.ls_steps:
-            raise ValueError(f"need 0 <= ls_burn_in < ls_steps, got {self.ls_burn_in} and {self.ls_steps}")
+        if self.prioritization not in PRIORITIZATIONS:
+            raise ValueError(f"ReplayConfig.prioritization must be one of {PRIORITIZATIONS}, got {self.prioritization!r}")
+        if not isinstance(self.local_search, bool):
+            raise ValueError(f"ReplayConfig.local_search must be True or False, got {self.local_search!r}")
+        for name, minimum, why in (("capacity", 1, ""), ("ls_every", 2, " (updates alternate forward/backward)"),
+                                   ("ls_steps", 1, ""), ("ls_burn_in", 0, "")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"ReplayConfig.{name} must be an integer >= {minimum}{why}, got {value!r}")
+        if self.ls_chains is not None and (isinstance(self.ls_chains, bool) or not isinstance(self.ls_chains, int)
+                                           or self.ls_chains < 1):
+            raise ValueError(f"ReplayConfig.ls_chains must be an integer >= 1 or None (the batch size), "
+                             f"got {self.ls_chains!r}")
+        for name in ("rank_k", "ls_beta", "ls_step_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ReplayConfig.{name} must be a finite number > 0, got {value!r}")
+        if not self.ls_burn_in < self.ls_steps:
+            raise ValueError(f"ReplayConfig.ls_burn_in must satisfy 0 <= ls_burn_in < ls_steps, got "
+                             f"{self.ls_burn_in} and {self.ls_steps}")
 
 
 class ReplayTraining:
