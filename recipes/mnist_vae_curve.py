@@ -143,8 +143,15 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("training iterations (0 plotted at 1)")
         ax.set_ylabel(label)
-        lows = [p[key] for arm in result["curves"] for p in result["curves"][arm]]
-        ax.set_ylim(max(min(lows), line - 15), max(max(lows), base["reference_log_px"]) + 0.5)
+        values = [p[key] for arm in result["curves"] for p in result["curves"][arm]]
+        trained = [p[key] for arm in result["curves"] for p in result["curves"][arm] if p["iteration"] > 0] or values
+        low = min(min(trained), line) - 3.0  # untrained points far below are named instead of squashing the rest
+        ax.set_ylim(low, max(max(values), base["reference_log_px"]) + 0.5)
+        for arm in result["curves"]:
+            for p in result["curves"][arm]:
+                if p[key] < low:
+                    ax.annotate(f"iteration {p['iteration']}, {'encoder' if arm == 'encoder' else 'point mass'}: "
+                                f"{p[key]:.1f}", (1, low), xytext=(2, 4), textcoords="offset points", fontsize=7)
         ax.legend(fontsize=7)
     fig.suptitle(f"MNIST VAE posterior, {result['images']} images, K = {result['eval_k']}")
     fig.tight_layout()
