@@ -90,6 +90,9 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         raise TypeError(f"sampler must be a SamplerConfig, got {type(sampler).__name__}")
     if replay is not None and not isinstance(replay, ReplayConfig):
         raise TypeError(f"replay must be a ReplayConfig, got {type(replay).__name__}")
+    for name, value in (("resume", resume), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
     if isinstance(process_index, bool) or not isinstance(process_index, int) or process_index < 0:
         raise ValueError(f"process_index must be an integer >= 0, got {process_index!r}")
     for name, fn in (("gradient_sync", gradient_sync), ("log", log)):
@@ -263,7 +266,7 @@ def _validate(target: Any, conditions: Tensor | None, device: torch.device) -> N
     if hasattr(decoder, "decode") and hasattr(decoder, "latent_dim"):
         try:
             decoder.decode(x)
-        except RuntimeError as error:  # e.g. 'mat1 and mat2 shapes cannot be multiplied'
+        except (RuntimeError, ValueError) as error:  # e.g. 'mat1 and mat2 shapes cannot be multiplied'
             raise ValueError(f"latent_dim={dim} does not fit the decoder ({getattr(decoder, '_name', 'decoder')}): "
                              f"decoding z of shape (2, {dim}) failed: {error}; pass the size of the decoder's "
                              "input z as latent_dim") from error

@@ -376,3 +376,60 @@ def test_fit_returns_the_weight_average_and_checkpoints_the_last_weights(tmp_pat
     assert any(not torch.allclose(a, b) for a, b in zip(returned, lasts))
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         fit(ema_decay=1.5, **{**kwargs, "checkpoint_dir": None})
+
+
+CHILD = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_fit import _linear_problem, fit, NOISE
+from posterior.constraints.likelihoods import GaussianObservation, Identity
+from posterior.priors.vae import VAEDecoderPrior
+
+decoder, y = _linear_problem(seed=1)
+
+def slow(z):  # the same decoder, slowed so that the parent can kill the process mid-run
+    time.sleep(0.02)
+    return decoder(z)
+
+fit(prior=VAEDecoderPrior(slow, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y, objective="tb",
+    iterations=12, batch_size=3, samples_per_condition=4, steps=6, seed=5, progress=False, explore=0.3,
+    checkpoint_dir={folder!r}, checkpoint_every=1)
+"""
+
+
+def test_a_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from posterior.training import checkpoint
+
+    decoder, y = _linear_problem(seed=1)
+    kwargs = dict(prior=VAEDecoderPrior(decoder, 2), reward=GaussianObservation(Identity(), NOISE), conditions=y,
+                  objective="tb", iterations=12, batch_size=3, samples_per_condition=4, steps=6, seed=5,
+                  progress=False, explore=0.3, checkpoint_every=1)
+    whole = fit(**kwargs)
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent), folder=str(tmp_path))],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt, deadline = tmp_path / "checkpoint.pt", time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if ckpt.exists():
+            try:
+                if checkpoint.load(ckpt)["iteration"] >= 3:
+                    break
+            except ValueError:  # (cannot happen: the write is atomic; a torn read would be refused)
+                pass
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    killed_at = checkpoint.load(ckpt)["iteration"]
+    assert 3 <= killed_at < 12  # killed mid-run (a torn temporary file may remain; the next write removes it)
+    resumed = fit(checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert not list(tmp_path.glob("*.tmp"))
+    assert resumed.training_history.loss == whole.training_history.loss
+    for (name, a), b in zip(whole.network.state_dict().items(), resumed.network.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
