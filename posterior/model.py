@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange, repeat
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -112,9 +113,10 @@ class Posterior(nn.Module):
         target = self.network.reward
         if not hasattr(target, "to_z"):
             return u
-        flat = u.reshape(-1, u.shape[-1])  # the sampler runs in the proposal's whitened coordinates
-        z = target.to_z(flat, None if y is None else y.to(u.device).repeat_interleave(num_samples, 0))
-        return z.reshape(u.shape)
+        # the sampler runs in the proposal's whitened coordinates: map every sample to z with its own condition
+        flat = rearrange(u, "... d -> (...) d")
+        rows = None if y is None else repeat(y.to(u.device), "b ... -> (b k) ...", k=num_samples)
+        return target.to_z(flat, rows).reshape(u.shape)
 
     @torch.no_grad()
     def sample(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
@@ -136,8 +138,8 @@ class Posterior(nn.Module):
         decoder = self._decoder[0]
         if decoder is None:
             return z
-        flat = decoder.decode(z.reshape(-1, z.shape[-1]))
-        return flat.reshape(z.shape[:-1] + flat.shape[1:])
+        x = decoder.decode(rearrange(z, "... d -> (...) d"))  # (rows, *event_shape)
+        return x.reshape(z.shape[:-1] + x.shape[1:])
 
     @torch.no_grad()
     def log_z(self, y: Tensor | None = None, num_samples: int = 2000, *, steps: int = 100,

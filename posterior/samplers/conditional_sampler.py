@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from posterior.core import metrics
@@ -127,7 +128,7 @@ class ConditionalSampler(nn.Module):
         out = []
         for chunk in _chunks(y, num_samples, max_trajectories):
             traj = self.trajectories(chunk, num_samples, times, generator=generator, track_gradients=False)
-            out.append(traj.samples.reshape(chunk.shape[0], num_samples, -1))
+            out.append(rearrange(traj.samples, "(b k) d -> b k d", k=num_samples))  # condition-major
         return torch.cat(out)
 
     @torch.no_grad()
@@ -145,7 +146,7 @@ class ConditionalSampler(nn.Module):
         parts: list[Tensor] = []
         for chunk in chunks:
             traj = self.trajectories(chunk, num_samples, times, generator=generator, track_gradients=False)
-            parts.append(traj.log_weight.reshape(-1, num_samples))
+            parts.append(rearrange(traj.log_weight, "(b k) -> b k", k=num_samples))
         log_w = torch.cat(parts)
         result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
                   "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
