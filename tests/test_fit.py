@@ -380,6 +380,7 @@ def test_fit_returns_the_weight_average_and_checkpoints_the_last_weights(tmp_pat
 
 CHILD = """
 import sys, time, torch
+torch.set_num_threads({threads})  # the parent's: float sums in the same order, so the run is the same bit for bit
 sys.path.insert(0, {tests!r})
 from test_fit import _linear_problem, fit, NOISE
 from posterior.constraints.likelihoods import GaussianObservation, Identity
@@ -412,8 +413,8 @@ def test_a_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
                   objective="tb", iterations=12, batch_size=3, samples_per_condition=4, steps=6, seed=5,
                   progress=False, explore=0.3, checkpoint_every=1)
     whole = fit(**kwargs)
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent), folder=str(tmp_path))],
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    script = CHILD.format(tests=str(Path(__file__).parent), folder=str(tmp_path), threads=torch.get_num_threads())
+    child = subprocess.Popen([sys.executable, "-c", script])
     ckpt, deadline = tmp_path / "checkpoint.pt", time.time() + 120
     while time.time() < deadline and child.poll() is None:
         if ckpt.exists():
