@@ -280,8 +280,6 @@ class DiffusionPosteriorModel:
             self.path.evaluations.update(state["path_evaluations"])
 
 
-TrainableModel = SamplerModel | DiffusionPosteriorModel
-
 
 def _check_loss(loss: Tensor, traj: Trajectories) -> None:
     if not torch.isfinite(loss):
