@@ -3,6 +3,9 @@ distances), trainable on a CPU in a minute."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,3 +49,40 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs
         correct = sum(int((model(images[s:s + 1024]).argmax(-1) == labels[s:s + 1024]).sum())
                       for s in range(0, n, 1024))
     return correct / n
+
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def save_classifier(model: SmallCNN, folder: str | Path, *, image_size: int | None = None) -> None:
+    """Write ``config.json`` (class name, classes, channels, image size) and ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "SmallCNN", "classes": model.head.out_features,
+              "channels": model.conv[0].in_channels, "image_size": image_size, "input_range": [-1.0, 1.0]}
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_NAME))
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_classifier(folder: str | Path) -> SmallCNN:
+    """A :class:`SmallCNN` from a folder written by :func:`save_classifier` (safetensors: no code runs), in eval
+    mode with frozen weights."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {folder} (expected a folder written by save_classifier)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_file} is not valid JSON: {error}") from None
+    if config.get("_class_name") != "SmallCNN":
+        raise ValueError(f"{config_file} describes a {config.get('_class_name')!r}, not a SmallCNN")
+    model = SmallCNN(classes=int(config["classes"]), channels=int(config["channels"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

@@ -37,9 +37,12 @@ scheduler's own timesteps for N steps (``set_timesteps(N)``, so its ``timestep_s
   per-pixel variance from the network is not supported) and "fixed_large_log" (DDPMScheduler.step
   draws NaN noise for it; pass ``variance_type="fixed_large"`` for the variance beta_t it stands for).
   "fixed_small_log" is "fixed_small" (DDPMScheduler.step uses the same noise scale for both).
-* denoisers other than an unconditional ``UNet2DModel``: ``UNet2DConditionModel`` and class-conditional
-  ``UNet2DModel`` (``num_class_embeds`` / ``class_embed_type``) are not supported yet (the prior calls
-  the denoiser as ``denoiser(x, t)``, with no conditioning), nor out_channels != in_channels.
+* denoisers other than ``UNet2DModel`` and ``UNet2DConditionModel``, and out_channels != in_channels.
+
+A conditional UNet (a class-conditional ``UNet2DModel`` with ``num_class_embeds`` / ``class_embed_type``, or a
+``UNet2DConditionModel``) is the prior p(x | c) at one fixed condition c, given as ``conditioning={"class_labels":
+c}`` and / or ``{"encoder_hidden_states": (L, cross_attention_dim)}`` (:mod:`posterior.priors.conditioning`); a
+missing or unexpected input is refused at load time, naming it.
 """
 
 from __future__ import annotations
@@ -54,12 +57,13 @@ import torch
 from torch import Tensor, nn
 
 from posterior.core.optional import require
+from posterior.priors.conditioning import required_conditioning, wrap
 
 LOG_2PI = math.log(2.0 * math.pi)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
-DENOISERS = ("UNet2DModel",)
+DENOISERS = ("UNet2DModel", "UNet2DConditionModel")
 
 
 def _variance_type(value: str) -> str:
@@ -81,16 +85,9 @@ def _check_loadable(unet_class: str, unet_config: Any, scheduler_class: str, sch
     return the event shape (C, H, W) from the UNet config."""
     if scheduler_class not in SCHEDULERS:
         raise ValueError(f"scheduler class {scheduler_class} is not supported (supported: {', '.join(SCHEDULERS)})")
-    if unet_class == "UNet2DConditionModel":
-        raise ValueError("UNet2DConditionModel (conditioning on encoder_hidden_states) is not supported yet: the "
-                         "prior calls the denoiser as denoiser(x, t), with no conditioning")
     if unet_class not in DENOISERS:
         raise ValueError(f"denoiser class {unet_class} is not supported (supported: {', '.join(DENOISERS)})")
     get = unet_config.get
-    for key in ("num_class_embeds", "class_embed_type"):
-        if get(key) is not None:
-            raise ValueError(f"a class-conditional UNet2DModel ({key}={get(key)!r}) is not supported yet: the prior "
-                             "calls the denoiser as denoiser(x, t), without class_labels")
     vtype = variance_type or scheduler_config.get("variance_type") or "fixed_small"
     channels, out = get("in_channels"), get("out_channels")
     if vtype in ("learned", "learned_range") or (out is not None and out != channels):
@@ -106,9 +103,10 @@ def _check_loadable(unet_class: str, unet_config: Any, scheduler_class: str, sch
     return (int(channels), int(size[0]), int(size[1]))
 
 
-def denoise(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-    """Call a diffusers-style denoiser; accepts outputs with ``.sample`` or plain tensors."""
-    out = model(x, t)
+def denoise(model: nn.Module, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+    """Call a diffusers-style denoiser (``kwargs``: e.g. ``class_labels``); accepts outputs with ``.sample`` or
+    plain tensors."""
+    out = model(x, t, **kwargs)
     return out.sample if hasattr(out, "sample") else out
 
 
@@ -185,7 +183,8 @@ class DiffusionPrior(nn.Module):
         (``_class_name``; UNet2DModel / DDPMScheduler where absent); unsupported classes and settings are
         refused with a ValueError before weights load (see the module docstring). The timesteps are the
         scheduler's own for ``num_steps`` (``set_timesteps``) unless ``timesteps=`` is given; other
-        ``kwargs`` go to the constructor."""
+        ``kwargs`` go to the constructor, except ``conditioning``: the fixed condition of a conditional UNet
+        (``{"class_labels": c}``, ``{"encoder_hidden_states": (L, D)}``; see the module docstring)."""
         diffusers = require("diffusers", "diffusion", "posterior.priors.diffusion.DiffusionPrior.from_pretrained")
         path = Path(path)
         unet_dir = path / "unet" if (path / "unet").is_dir() else path
@@ -199,9 +198,12 @@ class DiffusionPrior(nn.Module):
         unet_class = unet_config.get("_class_name", "UNet2DModel")
         sched_class = sched_config.get("_class_name", "DDPMScheduler")
         shape = _check_loadable(unet_class, unet_config, sched_class, sched_config, kwargs.get("variance_type"))
+        conditioning = kwargs.pop("conditioning", None)
+        required_conditioning(unet_class, unet_config)  # refuse what cannot be supplied before weights load
         unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, local_files_only=True)
         scheduler = getattr(diffusers, sched_class).from_pretrained(sched_dir, local_files_only=True)
-        return cls._loaded(unet, scheduler, num_steps, shape, kwargs)
+        denoiser = wrap(unet, unet_class, unet_config, conditioning)
+        return cls._loaded(denoiser, scheduler, num_steps, shape, kwargs)
 
     @classmethod
     def from_pipeline(cls, pipeline: Any, num_steps: int, **kwargs: Any) -> "DiffusionPrior":
@@ -211,7 +213,8 @@ class DiffusionPrior(nn.Module):
         unet, scheduler = pipeline.unet, copy.deepcopy(pipeline.scheduler)
         shape = _check_loadable(type(unet).__name__, dict(unet.config), type(scheduler).__name__,
                                 dict(scheduler.config), kwargs.get("variance_type"))
-        return cls._loaded(unet, scheduler, num_steps, shape, kwargs)
+        denoiser = wrap(unet, type(unet).__name__, dict(unet.config), kwargs.pop("conditioning", None))
+        return cls._loaded(denoiser, scheduler, num_steps, shape, kwargs)
 
     @classmethod
     def _loaded(cls, unet: nn.Module, scheduler: Any, num_steps: int, shape: tuple[int, ...],

@@ -139,12 +139,74 @@ def test_from_pipeline_shares_the_checks_and_leaves_the_pipelines_scheduler_alon
     _check_ddpm_kernels(prior.double(), reference, _x(), compare_final_variance=True)
 
 
-def _conditional_unet():
+def _conditional_unet(**kwargs):
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                                          layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
-                                          up_block_types=("UpBlock2D",) * 2, norm_num_groups=8,
-                                          cross_attention_dim=8, attention_head_dim=2)
+                                          layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
+                                          cross_attention_dim=8, attention_head_dim=2, **kwargs)
+
+
+HIDDEN = torch.randn(4, 8, generator=torch.Generator().manual_seed(5))
+CONDITIONAL = {
+    "class-conditional UNet2DModel": (lambda: _unet(num_class_embeds=10), {"class_labels": 3}),
+    "UNet2DConditionModel": (_conditional_unet, {"encoder_hidden_states": HIDDEN}),
+    "UNet2DConditionModel with classes": (lambda: _conditional_unet(num_class_embeds=4),
+                                          {"encoder_hidden_states": HIDDEN[None], "class_labels": torch.tensor(2)}),
+}
+
+
+@pytest.mark.parametrize("case", list(CONDITIONAL))
+def test_conditional_unets_are_the_prior_at_the_given_condition(tmp_path, case):
+    """The prior of a conditional UNet at one condition: every step's mean and variance match
+    DDPMScheduler.step on the UNet called with that condition; from_pipeline gives the same prior."""
+    make, conditioning = CONDITIONAL[case]
+    unet = make()
+    folder = _save(tmp_path, unet, diffusers.DDPMScheduler(variance_type="fixed_large"))
+    prior = DiffusionPrior.from_pretrained(folder, STEPS, conditioning=conditioning).double()
+    scheduler = _reference(folder)
+    unet = unet.double()
+    x = _x()
+    kwargs = {k: torch.as_tensor(v).double() if k == "encoder_hidden_states" else torch.as_tensor(v)
+              for k, v in conditioning.items()}
+    if "encoder_hidden_states" in kwargs:
+        kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].reshape(1, 4, 8).expand(2, 4, 8)
+    if "class_labels" in kwargs:
+        kwargs["class_labels"] = kwargs["class_labels"].reshape(1).expand(2)
+    for k, t in enumerate(scheduler.timesteps):
+        out = scheduler.step(unet(x, t.expand(2), **kwargs).sample, t, x, generator=torch.Generator().manual_seed(k))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(k), dtype=x.dtype) if t > 0 else 0.0
+        variance = float(scheduler._get_variance(t))
+        torch.testing.assert_close(prior.step_mean(x, k), out.prev_sample - math.sqrt(variance) * noise, **TOL)
+        assert prior.step_var[k].item() == pytest.approx(variance, rel=1e-5, abs=1e-5)
+        x = out.prev_sample
+    pipeline = types.SimpleNamespace(unet=make(), scheduler=diffusers.DDPMScheduler(variance_type="fixed_large"))
+    same = DiffusionPrior.from_pipeline(pipeline, STEPS, conditioning=conditioning).double()
+    z = _x()
+    torch.testing.assert_close(same.step_mean(z, 1), prior.step_mean(z, 1), **TOL)
+
+
+@pytest.mark.parametrize("conditioning, match", [
+    (None, r"conditioning=\{'class_labels'"),
+    ({"class_labels": 10}, r"class_labels'\] must be in \[0, 10\)"),
+    ({"class_labels": 1.5}, "one integer class"),
+    ({"class_labels": 1, "encoder_hidden_states": HIDDEN}, "takes no such input"),
+    ({"text": 1}, r"conditioning keys \['text'\]"),
+])
+def test_bad_conditioning_of_a_class_conditional_unet_is_refused(tmp_path, conditioning, match):
+    folder = _save(tmp_path, _unet(num_class_embeds=10), diffusers.DDPMScheduler())
+    with pytest.raises(ValueError, match=match):
+        DiffusionPrior.from_pretrained(folder, STEPS, conditioning=conditioning)
+
+
+def test_bad_encoder_hidden_states_are_refused(tmp_path):
+    folder = _save(tmp_path, _conditional_unet(), diffusers.DDPMScheduler())
+    with pytest.raises(ValueError, match=r"conditioning=\{'encoder_hidden_states'"):
+        DiffusionPrior.from_pretrained(folder, STEPS)
+    with pytest.raises(ValueError, match=r"shape \(L, 8\)"):
+        DiffusionPrior.from_pretrained(folder, STEPS, conditioning={"encoder_hidden_states": torch.zeros(4, 6)})
+    with pytest.raises(ValueError, match="NaN"):
+        DiffusionPrior.from_pretrained(folder, STEPS, conditioning={"encoder_hidden_states": torch.full((4, 8), float("nan"))})
 
 
 REFUSED = {
@@ -152,8 +214,7 @@ REFUSED = {
     "learned_range": lambda: (_unet(out_channels=2), diffusers.DDPMScheduler(variance_type="learned_range")),
     "fixed_large_log": lambda: (_unet(), diffusers.DDPMScheduler(variance_type="fixed_large_log")),
     "out_channels=2": lambda: (_unet(out_channels=2), diffusers.DDPMScheduler()),
-    "num_class_embeds": lambda: (_unet(num_class_embeds=10), diffusers.DDPMScheduler()),
-    "UNet2DConditionModel": lambda: (_conditional_unet(), diffusers.DDPMScheduler()),
+    "addition_embed_type": lambda: (_conditional_unet(addition_embed_type="text"), diffusers.DDPMScheduler()),
 }
 
 

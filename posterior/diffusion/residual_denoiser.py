@@ -36,7 +36,10 @@ class ResidualDenoiser(nn.Module):
         self.correction = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                         nn.Linear(hidden, hidden), nn.GELU(), last)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
+        """``context`` (B, hidden): an encoded condition added to the correction's input (conditional posteriors)."""
         out = denoise(self.base, x, t)
         h = self.state_embed(x) + self.time_embed(t.to(x.dtype) / self.scale)
+        if context is not None:
+            h = h + context.to(h.dtype)
         return out + self.correction(h)
