@@ -32,6 +32,7 @@ DATA_OBJECTIVES = ("rtb", "vargrad", "pis")
 # what `fit` trains with when no config is given
 NOISE_DEFAULTS = TrainConfig(iterations=5000, batch_size=32, samples_per_condition=10)
 DATA_DEFAULTS = TrainConfig(iterations=5000, batch_size=32)
+DATA_CONDITIONAL_DEFAULTS = TrainConfig(iterations=5000, batch_size=8, samples_per_condition=4)
 
 
 def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray | None = None, *,
@@ -51,15 +52,21 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         reward: the likelihood r: ``log_likelihood(x, y) -> (B,)`` or a callable (x, y) -> (B,); without
             conditions ``log_likelihood(x)``. A log-likelihood of -inf is a legal zero; NaN raises.
         conditions: (N, *cond_shape) training conditions (a tensor or NumPy array; other float dtypes are
-            cast to float32), or None for one unconditional target.
+            cast to float32), integer class labels (N,) (the reward gets them as integers), or None for one
+            unconditional target.
         objective: noise space: "vargrad" (default), "tb" (conditional TB with a learned log Z(y)),
             "subtb", "fl-subtb", "pis". Data space: "rtb" (relative TB), "vargrad", "pis" (the pathwise KL).
         space: "noise": the sampler runs in the prior's latent / noise space with target N(z; 0, I) r(f(z), y)
             (f: the decoder, or a diffusion prior's deterministic DDIM solve). "data": fine-tune a diffusion
-            prior's own denoiser into the posterior (unconditional).
+            prior's own denoiser into the posterior; with conditions one denoiser for every y (labels through a
+            class embedding, float measurements through an encoder, both added at zero so that the untrained
+            posterior is the prior; RTB learns log Z(y), VarGrad groups the trajectories of each y;
+            :mod:`posterior.diffusion.conditional_denoiser`).
         config: the training settings (:class:`TrainConfig`); default :data:`NOISE_DEFAULTS` (5000 iterations,
-            32 conditions of 10 trajectories) or :data:`DATA_DEFAULTS` (5000 iterations of 32 trajectories).
-        sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``.
+            32 conditions of 10 trajectories), :data:`DATA_DEFAULTS` (5000 iterations of 32 trajectories) or, in
+            data space with conditions, :data:`DATA_CONDITIONAL_DEFAULTS` (8 conditions of 4 trajectories).
+        sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``
+            (unconditional) and ``encoder`` (of float conditions).
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
         proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
             ``vae.proposal()``, the VAE's encoder; :class:`posterior.proposals.FixedGaussian` without
@@ -71,7 +78,7 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         checkpoint_dir: folder for ``checkpoint.pt`` (every ``config.checkpoint_every`` iterations and at the
             end); ``resume=True`` continues the same run from it (and warns when there is none yet).
         progress: show a progress bar.
-        process_index, gradient_sync: data-parallel training (one call per process, noise space): every
+        process_index, gradient_sync: data-parallel training (one call per process, either space): every
             process builds the same initial networks, draws its own conditions and noise (seed and
             ``process_index``), and ``gradient_sync`` averages gradients so that all take the same steps.
             Process k > 0 writes ``checkpoint-k.pt`` and shows no progress bar.
@@ -109,8 +116,10 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if space == "data":
         if proposal is not None:
             raise ValueError("proposal is for space='noise' (a Gaussian over the prior's latent / noise space)")
-        return _fit_data_space(prior, reward, conditions, objective, config or DATA_DEFAULTS, sampler, replay,
-                               latent_dim, device, checkpoint_dir, resume, progress, process_index, gradient_sync, log)
+        default = DATA_DEFAULTS if conditions is None else DATA_CONDITIONAL_DEFAULTS
+        return _fit_data_space(prior, reward, conditions, objective, config or default, sampler, replay,
+                               latent_dim, device, checkpoint_dir, resume, progress, process_index, gradient_sync, log,
+                               log_every)
     config = config or NOISE_DEFAULTS
     device = torch.device(device) if device is not None else torch.device("cpu")
     if objective not in OBJECTIVES:
@@ -133,12 +142,20 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         target = WhitenedTarget(target, proposal)
     _validate(target, conditions, device)
     cond_shape = None if conditions is None else tuple(conditions.shape[1:])
-    encoder = sampler.encoder
+    encoder, num_classes = sampler.encoder, None
+    if conditions is not None and not conditions.is_floating_point():  # class labels: a learned table
+        if encoder not in ("auto", "embedding"):
+            raise ValueError(f"SamplerConfig.encoder={encoder!r}: integer class labels go through encoder 'embedding' "
+                             "(or 'auto')")
+        encoder, num_classes = "embedding", _num_classes(conditions, reward)
     if encoder == "auto":
         encoder = "cnn" if cond_shape is not None and (len(cond_shape) == 3 or _is_square(cond_shape)) else "mlp"
+    elif encoder == "embedding" and num_classes is None:
+        raise ValueError("SamplerConfig.encoder='embedding' is for integer class labels (N,) as conditions")
     architecture = dict(dim=int(target.dim), sigma2=sampler.sigma2, cond_shape=cond_shape, encoder=encoder,
                         langevin=sampler.langevin, langevin_scale=sampler.langevin_scale,
-                        learn_variance=sampler.learn_variance, hidden=sampler.hidden, noising=noising)
+                        learn_variance=sampler.learn_variance, hidden=sampler.hidden, noising=noising,
+                        num_classes=num_classes)
     with seeded_initialization(config.seed):  # network initialization; the user's global RNG is left as it was
         model = build_conditional_sampler(reward=target, **architecture).to(device)
         obj = _make_objective(objective, model, target, conditional=conditions is not None,
@@ -155,6 +172,7 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if trainer.ema is not None:
         trainer.ema.copy_to_parameters()
     spec = {"kind": "sampler", "objective": objective, "latent_dim": latent_dim, "cond_shape": _list(cond_shape),
+            "num_classes": num_classes,
             "network": {**architecture, "cond_shape": _list(cond_shape)}, "proposal": describe(proposal)}
     result = Posterior(model, prior=prior, reward=reward, spec=spec, proposal=proposal).to(device)
     result.training_history = trainer.history
@@ -165,49 +183,95 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
 def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objective: str, config: TrainConfig,
                     sampler: SamplerConfig, replay: ReplayConfig | None, latent_dim: int | None, device: Any,
                     checkpoint_dir: Any, resume: bool, progress: bool, process_index: int,
-                    gradient_sync: Any, log: Any) -> Posterior:
-    """space="data": RTB (or VarGrad, or the pathwise KL) fine-tuning of a diffusion prior toward prior x reward."""
+                    gradient_sync: Any, log: Any, log_every: int) -> Posterior:
+    """space="data": RTB (or VarGrad, or the pathwise KL) fine-tuning of a diffusion prior toward prior x reward,
+    one posterior for every condition when ``conditions`` are given."""
     from posterior.diffusion.build import diffusion_posterior
-    from posterior.objectives import PathIntegral, RelativeTrajectoryBalance
-
     from posterior.priors.diffusion import DiffusionPrior
 
     if not isinstance(prior, DiffusionPrior):
         raise ValueError(f"space='data' needs a posterior.priors.DiffusionPrior, got {type(prior).__name__}; "
                          "use space='noise' for decoders and generators")
-    refused = {"conditions": conditions is not None, "replay": replay is not None, "latent_dim": latent_dim is not None,
-               "process_index": process_index != 0, "gradient_sync": gradient_sync is not None, "log": log is not None}
-    changed = {f"sampler.{k}" for k, v in vars(sampler).items() if k != "learn_variance" and v != getattr(SamplerConfig(), k)}
+    refused = {"replay": replay is not None, "latent_dim": latent_dim is not None}
+    changed = {f"sampler.{k}" for k, v in vars(sampler).items()
+               if k not in ("learn_variance", "encoder") and v != getattr(SamplerConfig(), k)}
     refused_names = sorted([k for k, v in refused.items() if v] + list(changed))
     if refused_names:
-        raise ValueError(f"space='data' fine-tunes one unconditional diffusion posterior on one process and does not "
-                         f"take {', '.join(refused_names)} (not supported yet in data space): leave them unset or use "
-                         "space='noise'")
+        raise ValueError(f"space='data' fine-tunes the diffusion prior's own denoiser and does not take "
+                         f"{', '.join(refused_names)}: leave them unset or use space='noise'")
     if objective not in DATA_OBJECTIVES:
         hint = " ('rtb' is trajectory balance against the prior's own path measure)" if objective == "tb" else ""
         raise ValueError(f"objective for space='data' must be one of {DATA_OBJECTIVES}, got {objective!r}{hint}")
+    if conditions is not None and objective == "vargrad" and config.samples_per_condition < 2:
+        raise ValueError(f"TrainConfig.samples_per_condition={config.samples_per_condition}: VarGrad compares the "
+                         "trajectories of each condition, so it needs samples_per_condition >= 2")
     prior_device = getattr(getattr(prior, "alpha_t", None), "device", None)
     if device is not None and prior_device is not None:
         device = torch.device(device)
         if device.type != prior_device.type or (device.index is not None and device.index != prior_device.index):
             raise ValueError(f"device {device} differs from the diffusion prior's device {prior_device}: space='data' "
                              f"fine-tunes a copy of the prior where it is; move the prior (prior.to(device)) first")
-    spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None}
+    condition = None
+    if conditions is not None:
+        from posterior.diffusion.conditional_denoiser import condition_spec
+
+        conditions = conditions.to(prior_device)
+        condition = {**condition_spec(conditions), "encoder": sampler.encoder}
+        if condition["num_classes"] is not None:
+            condition["num_classes"] = _num_classes(conditions, reward)
+    spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None,
+                    "condition": condition}
     with seeded_initialization(config.seed):  # the user's global RNG is left as it was
         network, path = diffusion_posterior(prior, reward, spec_network)
+        if condition is not None:
+            _validate_data_reward(prior, path, conditions)
+        obj = _data_objective(objective, condition, config.samples_per_condition)
     spec_network["frozen_final_steps"] = network.frozen_final_steps
-    obj = {"vargrad": VarGrad, "pis": PathIntegral, "rtb": RelativeTrajectoryBalance}[objective]()
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    problem = {"prior": describe(prior), "reward": describe(reward), "network": spec_network}
-    trainer = Trainer(network, obj, config, path=path, checkpoint_path=ckpt, problem=problem)
+    run_config = replace(config, seed=config.seed + 1_000_003 * process_index)
+    name = "checkpoint.pt" if process_index == 0 else f"checkpoint-{process_index}.pt"
+    ckpt = Path(checkpoint_dir) / name if checkpoint_dir is not None else None
+    problem = {"prior": describe(prior), "reward": describe(reward), "network": spec_network,
+               "conditions": fingerprint(conditions)}
+    trainer = Trainer(network, obj, run_config, path=path, conditions=conditions, checkpoint_path=ckpt,
+                      gradient_sync=gradient_sync, log=log, log_every=log_every, problem=problem)
     _maybe_resume(trainer, ckpt, resume)
-    trainer.run(progress=progress)
+    trainer.run(progress=progress and process_index == 0)
     if trainer.ema is not None:
         trainer.ema.copy_to_parameters()
+    cond_shape = None if condition is None else ([] if condition["num_classes"] is not None else condition["cond_shape"])
+    # (integer labels: cond_shape [] and the number of classes in network.condition)
     result = Posterior(network, prior=prior, reward=reward, path=path,
-                       spec={"kind": "diffusion", "objective": objective, "cond_shape": None, "network": spec_network})
+                       spec={"kind": "diffusion", "objective": objective, "cond_shape": cond_shape,
+                             "network": spec_network})
     result.training_history = trainer.history
     return result
+
+
+def _data_objective(name: str, condition: dict | None, samples_per_condition: int) -> Objective:
+    """RTB (a learned log Z(y) per condition when amortized), VarGrad (grouped per condition), the pathwise KL."""
+    from posterior.objectives import PathIntegral, RelativeTrajectoryBalance
+
+    if name == "pis":
+        return PathIntegral()
+    if name == "vargrad":
+        return VarGrad(group_size=samples_per_condition if condition is not None else None)
+    if condition is None:
+        return RelativeTrajectoryBalance()
+    features = condition["num_classes"] if condition["num_classes"] is not None else int(np.prod(condition["cond_shape"]))
+    return RelativeTrajectoryBalance(conditional_log_z=ConditionalLogZ(min(features, 256), in_features=features))
+
+
+def _validate_data_reward(prior: Any, path: Any, conditions: Tensor) -> None:
+    """Evaluate the conditional reward once on two prior samples with conditions[:1], so that shape and NaN
+    problems surface before training, naming the conditions."""
+    x = prior.sample(2, generator=torch.Generator(device=prior.alpha_t.device).manual_seed(0))[-1]
+    y = conditions[:1].expand(2, *conditions.shape[1:])
+    try:
+        path.bind(y).log_reward(x)
+    except (ValueError, TypeError, RuntimeError, IndexError) as error:
+        raise type(error)(f"{error} (while checking the reward log r(x, y) on two prior samples x of shape "
+                          f"{tuple(x.shape)} and conditions[:1] of shape {tuple(conditions[:1].shape)}, "
+                          f"dtype {conditions.dtype})") from error
 
 
 def fingerprint(conditions: Tensor | None) -> str | None:
@@ -241,12 +305,19 @@ def _conditions(conditions: Any) -> Tensor | None:
         return None
     if isinstance(conditions, np.ndarray):
         conditions = torch.from_numpy(conditions)
+    if isinstance(conditions, Tensor) and conditions.ndim == 1 and conditions.shape[0] >= 1 and (
+            not conditions.is_floating_point() and not conditions.is_complex() and conditions.dtype != torch.bool):
+        if bool((conditions < 0).any()):
+            raise ValueError(f"conditions: integer class labels must be >= 0, got {int(conditions.min())}")
+        return conditions.long()  # class labels (N,): an embedding, and the reward gets them as integers
     if not isinstance(conditions, Tensor) or conditions.ndim < 2 or conditions.shape[0] < 1:
-        raise ValueError(f"conditions must be a tensor or array of shape (N, *cond_shape) with N >= 1, got "
+        raise ValueError(f"conditions must be a tensor or array of shape (N, *cond_shape) or integer class labels "
+                         f"(N,), with N >= 1, got "
                          f"{tuple(conditions.shape) if hasattr(conditions, 'shape') else type(conditions).__name__}")
     if not conditions.is_floating_point():
-        raise ValueError(f"conditions must be floating point (observations or features), got {conditions.dtype}; "
-                         "integer class labels are not supported as conditions yet: pass them one-hot as floats")
+        raise ValueError(f"conditions must be floating point (observations or features) of shape (N, *cond_shape), "
+                         f"or integer class labels of shape (N,); got {conditions.dtype} of shape "
+                         f"{tuple(conditions.shape)}")
     conditions = conditions.float() if conditions.dtype != torch.float32 else conditions
     nan_rows = torch.isnan(conditions).reshape(conditions.shape[0], -1).any(-1)
     if bool(nan_rows.any()):
@@ -293,6 +364,17 @@ def _make_objective(name: str, model: ConditionalSampler, target: Any, *, condit
         return VarGrad(group_size=samples_per_condition if conditional else None)
     path = None if conditional else BoltzmannPath(target, model.sampler.reference)
     return make_objective(name, path, hidden=hidden, dim=int(target.dim))
+
+
+def _num_classes(labels: Tensor, reward: Any) -> int:
+    """K for integer class labels: the reward's ``num_classes`` when it says (a classifier's), else max + 1."""
+    seen = int(labels.max()) + 1
+    declared = getattr(reward, "num_classes", None)
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        if seen > declared:
+            raise ValueError(f"conditions: class label {seen - 1} is out of range for the reward's {declared} classes")
+        return declared
+    return seen
 
 
 def _is_square(shape: tuple[int, ...]) -> bool:

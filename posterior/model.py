@@ -77,24 +77,44 @@ class Posterior(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    @property
+    def num_classes(self) -> int | None:
+        """K for a posterior amortized over integer class labels y in [0, K); None otherwise."""
+        condition = self.spec.get("network", {}).get("condition") if self.kind == "diffusion" else None
+        return self.spec.get("num_classes") if condition is None else condition.get("num_classes")
+
     def _check_y(self, y: Tensor | None) -> Tensor | None:
         if not self.conditional:
             if y is not None:
                 raise ValueError("this posterior is unconditional: pass y=None")
             return None
+        classes = self.num_classes
         if y is None:
-            raise ValueError(f"this posterior is conditional: pass y of shape (B, {_shape(self.spec['cond_shape'])})")
+            expected = f"class labels (B,) in [0, {classes})" if classes is not None else \
+                f"y of shape (B, {_shape(self.spec['cond_shape'])})"
+            raise ValueError(f"this posterior is conditional: pass {expected}")
         expected = f"(B, {_shape(self.spec['cond_shape'])})"
         try:
             y = torch.as_tensor(y)
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(f"y must be a tensor or array of shape {expected}, got {type(y).__name__}") from None
+        if classes is not None:
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1 or y.shape[0] < 1:
+                raise ValueError(f"y must be integer class labels of shape (B,) in [0, {classes}) (as the conditions "
+                                 f"given to fit), got {y.dtype} of shape {tuple(y.shape)}")
+            if bool(((y < 0) | (y >= classes)).any()):
+                raise ValueError(f"y must be class labels in [0, {classes}), got values in "
+                                 f"[{int(y.min())}, {int(y.max())}]")
+            return y.long()
         if not y.is_floating_point():
             raise ValueError(f"y must be floating point (as the conditions given to fit), got {y.dtype}")
         if y.dtype != torch.float32:
             y = y.float()
         if not bool(torch.isfinite(y).all()):
             raise ValueError("y contains NaN or inf: every condition must be finite")
+        if self.kind == "diffusion" and (y.ndim < 1 or y.shape[0] < 1 or
+                                         tuple(y.shape[1:]) != tuple(self.spec["cond_shape"])):
+            raise ValueError(f"y must have shape {expected}, got {tuple(y.shape)}")
         return y
 
     # ------------------------------------------------------------------ sampling
@@ -129,11 +149,7 @@ class Posterior(nn.Module):
         _check_count(num_samples)
         _check_integer("steps", steps)
         if self.kind == "diffusion":
-            self._check_y(y)
-            prior = self.network.prior
-            states = prior.sample(num_samples, generator=generator, model=self.network.model,
-                                  model_steps=self.network.trained_steps, device=self._device())
-            return states[-1]
+            return self._sample_diffusion(self._check_y(y), num_samples, generator)
         z = self.sample_latent(y, num_samples, steps=steps, generator=generator)
         decoder = self._decoder[0]
         if decoder is None:
@@ -158,18 +174,42 @@ class Posterior(nn.Module):
         if self.kind == "sampler":
             return self.network.log_z(self._check_y(y), num_samples, steps=steps, generator=generator,
                                       max_trajectories=max_trajectories)
-        self._check_y(y)
-        traj = self.network.trajectories(num_samples, self._user[2], generator=generator, track_gradients=False)
-        log_w = traj.log_weight.reshape(1, -1)
+        y = self._check_y(y)
+        path = self._user[2]
+        if y is None:
+            log_w = self.network.trajectories(num_samples, path, generator=generator,
+                                              track_gradients=False).log_weight.reshape(1, -1)
+        else:
+            rows = []
+            for chunk in torch.split(y.to(self._device()), max(1, max_trajectories // num_samples)):
+                bound = path.bind(chunk.repeat_interleave(num_samples, 0))
+                traj = self.network.trajectories(bound.conditions.shape[0], bound, generator=generator,
+                                                 track_gradients=False)
+                rows.append(traj.log_weight.reshape(len(chunk), num_samples))
+            log_w = torch.cat(rows)
         result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
                   "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
-        return {k: v[0] for k, v in result.items()}
+        return {k: v[0] for k, v in result.items()} if y is None else result
+
+    def _sample_diffusion(self, y: Tensor | None, num_samples: int, generator: torch.Generator | None) -> Tensor:
+        """(num_samples, *event_shape), or (len(y), num_samples, *event_shape) from one batch of all of them."""
+        from posterior.diffusion.conditional_denoiser import bind
+
+        network = self.network
+        rows = None if y is None else y.to(self._device()).repeat_interleave(num_samples, 0)
+        count = num_samples if rows is None else rows.shape[0]
+        states = network.prior.sample(count, generator=generator, model=bind(network.model, rows),
+                                      model_steps=network.trained_steps, device=self._device())
+        x = states[-1]
+        return x if y is None else x.reshape((len(y), num_samples) + x.shape[1:])
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, folder: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``folder``; a diffusion posterior whose
         denoiser is a ``diffusers`` model also writes it to ``folder/denoiser`` (``UNet2DModel.from_pretrained``
-        loads it)."""
+        loads it; amortized over class labels it is a class-conditional UNet, ``num_class_embeds``; over float
+        measurements it takes the encoded measurement, ``class_embed_type="identity"``, and the encoder's weights
+        are the ``encoder.*`` tensors of ``model.safetensors``)."""
         from posterior import __version__
 
         folder = Path(folder)
@@ -182,8 +222,9 @@ class Posterior(nn.Module):
         config = {"class": "Posterior", "library": "posterior", "version": __version__, **self.spec,
                   "prior": describe(self.prior), "reward": describe(self.reward), "proposal": describe(self._user[3])}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if self.kind == "diffusion" and callable(getattr(self.network.model, "save_pretrained", None)):
-            self.network.model.save_pretrained(str(folder / "denoiser"))
+        unet = _diffusers_denoiser(self.network.model) if self.kind == "diffusion" else None
+        if unet is not None:
+            unet.save_pretrained(str(folder / "denoiser"))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, prior: Any = None, reward: Any = None, proposal: Any = None,
@@ -227,6 +268,17 @@ class Posterior(nn.Module):
         network, path = diffusion_posterior(prior, reward, spec["network"])
         network.model.load_state_dict(state)
         return cls(network, prior=prior, reward=reward, spec=spec, path=path)
+
+
+def _diffusers_denoiser(model: nn.Module) -> nn.Module | None:
+    """The diffusers model (with ``save_pretrained``) a fine-tuned denoiser is, or holds; None if none."""
+    for _ in range(3):  # ConditionalDenoiser -> FixedConditioning -> UNet
+        if callable(getattr(model, "save_pretrained", None)):
+            return model
+        model = getattr(model, "model", None) or getattr(model, "denoiser", None)
+        if model is None:
+            return None
+    return None
 
 
 def _check_count(num_samples: int) -> None:

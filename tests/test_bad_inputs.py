@@ -215,10 +215,10 @@ case("fit-data-space-no-prior", lambda: _fit_target(space="data", objective="rtb
      r"space='data' needs a posterior.priors.DiffusionPrior, got NoneType")
 case("fit-data-space-proposal", lambda: _fit(space="data", proposal=MLPVAE(3, 4, 2).proposal()), ValueError,
      r"proposal is for space='noise'")
-case("fit-data-space-conditions", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
-                                               reward=lambda x, y: -(x ** 2).sum(-1), conditions=torch.zeros(2, 2),
-                                               sampler=None),
-     ValueError, r"does not take conditions")
+case("fit-data-space-conditions-reward-shape", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
+                                                            reward=lambda x, y: -(x ** 2), conditions=torch.zeros(2, 2),
+                                                            sampler=None),
+     ValueError, r"log_reward\(x, y\) must have shape \(2,\).*while checking the reward log r\(x, y\)")
 case("fit-data-space-objective-tb", lambda: _fit(prior=_diffusion_prior(), space="data", objective="tb",
                                                  reward=lambda x: -(x ** 2).sum(-1), conditions=None, sampler=None),
      ValueError, r"objective for space='data' must be one of .*'rtb' is trajectory balance")

@@ -269,8 +269,9 @@ def test_fit_with_a_diffusion_prior_in_noise_space_and_in_data_space():
     with pytest.raises(ValueError, match="final lr multiplier"):  # the decay reaches RTB's settings
         fit(prior=prior, reward=lambda x: -(x ** 2).sum(-1), space="data", iterations=1,
                       lr_decay_horizon=2, lr_decay_final=1.5, progress=False)
-    with pytest.raises(ValueError, match="space='data' fine-tunes one unconditional .* does not take conditions"):
-        fit(prior=prior, reward=likelihood, conditions=y, space="data", iterations=1, progress=False)
+    with pytest.raises(ValueError, match="learned step variances .* not supported for a diffusion posterior amortized"):
+        fit(prior=prior, reward=likelihood, conditions=y, space="data", objective="rtb", iterations=1,
+            learn_variance=True, progress=False)
     with pytest.raises(ValueError, match="space='data' needs a posterior.priors.DiffusionPrior"):
         fit(prior=lambda z: z, latent_dim=2, reward=likelihood, conditions=y, space="data", progress=False)
 

@@ -12,9 +12,12 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     """(posterior, path) for ``prior`` (a :class:`posterior.priors.DiffusionPrior`) and ``reward`` (a likelihood
     with ``log_likelihood(x)``, or a callable x -> (B,)).
 
-    ``spec``: ``learn_variance`` (learn each step's variance too), ``beta`` (the reward's exponent) and
-    ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's). A
-    denoiser without parameters (an analytic one) gets a trainable residual correction.
+    ``spec``: ``learn_variance`` (learn each step's variance too), ``beta`` (the reward's exponent),
+    ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's) and ``condition``
+    (None: one unconditional posterior; else ``{"num_classes": K}`` for integer labels or ``{"cond_shape": [...],
+    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions: one posterior amortized over them, the reward then
+    ``log_likelihood(x, y)`` or a callable (x, y) -> (B,)). A denoiser without parameters (an analytic one) gets
+    a trainable residual correction.
     """
     from posterior.priors.diffusion import DiffusionPrior
 
@@ -25,6 +28,10 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     if not callable(log_r):
         raise TypeError(f"reward must be a likelihood with log_likelihood(x) or a callable x -> (B,), "
                         f"got {type(reward).__name__}")
+    condition = spec.get("condition")
+    if condition is not None and spec.get("learn_variance", False):
+        raise ValueError("learned step variances (SamplerConfig.learn_variance) are not supported for a diffusion "
+                         "posterior amortized over conditions")
     model = prior.posterior_copy()
     if not any(True for _ in model.parameters()):  # an analytic denoiser: learn a residual correction
         if len(prior.event_shape) != 1:
@@ -35,7 +42,14 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     if spec.get("learn_variance", False):
         from posterior.diffusion.learned_variance import LearnedVarianceDenoiser
         model = LearnedVarianceDenoiser(model, prior)
+    if condition is not None:
+        from posterior.diffusion.conditional_denoiser import ConditionalDenoiser
+
+        cond_shape = condition.get("cond_shape")
+        model = ConditionalDenoiser(model, tuple(prior.event_shape), num_classes=condition.get("num_classes"),
+                                    cond_shape=None if cond_shape is None else tuple(cond_shape),
+                                    encoder=condition.get("encoder", "auto"))
     frozen = spec.get("frozen_final_steps")
     frozen = prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE) if frozen is None else int(frozen)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
-    return posterior, DiffusionPriorPath(prior, log_r, beta=spec.get("beta", 1.0))
+    return posterior, DiffusionPriorPath(prior, log_r, beta=spec.get("beta", 1.0), conditional=condition is not None)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from posterior.core.checks import check_no_nan, check_shape
 from posterior.core.trajectories import Trajectories
+from posterior.diffusion.conditional_denoiser import bind, condition_context
 
 if TYPE_CHECKING:
     from posterior.objectives.base import Objective
@@ -35,25 +36,46 @@ NEAR_DETERMINISTIC_VARIANCE = 1e-3
 
 
 class DiffusionPriorPath:
-    """log Q = log p_prior(tau) + beta * log r(x_1).
+    """log Q = log p_prior(tau) + beta * log r(x_1[, y]).
 
     Args:
         prior: a :class:`posterior.priors.DiffusionPrior`.
-        log_reward: x (B, *event_shape) -> (B,) log r(x) (-inf allowed, NaN raises).
+        log_reward: x (B, *event_shape) -> (B,) log r(x) (-inf allowed, NaN raises); with ``conditional``
+            (x, y) -> (B,) log r(x, y).
         beta: reward exponent (inverse temperature).
+        conditional: the reward takes a condition y per sample; :meth:`bind` gives the path of a batch of
+            conditions (a conditional path with none bound cannot score).
     """
 
-    def __init__(self, prior, log_reward: Callable[[Tensor], Tensor], beta: float = 1.0) -> None:
+    def __init__(self, prior, log_reward: Callable[..., Tensor], beta: float = 1.0, *,
+                 conditional: bool = False) -> None:
         if not beta > 0:
             raise ValueError(f"beta must be positive, got {beta}")
         self.prior, self.reward, self.beta = prior, log_reward, float(beta)
+        self.conditional = bool(conditional)
+        self.conditions: Tensor | None = None
         self.evaluations = {"log_reward": 0, "grad": 0}
 
+    def bind(self, conditions: Tensor) -> "DiffusionPriorPath":
+        """The path of a batch whose trajectory b has condition ``conditions[b]`` (shares the evaluation count)."""
+        if not self.conditional:
+            raise ValueError("this path's reward is unconditional: it takes no conditions")
+        bound = DiffusionPriorPath(self.prior, self.reward, self.beta, conditional=True)
+        bound.conditions, bound.evaluations = conditions, self.evaluations
+        return bound
+
     def log_reward(self, x: Tensor) -> Tensor:
-        """(B,) beta * log r(x), validated."""
+        """(B,) beta * log r(x[, y]), validated."""
         self.evaluations["log_reward"] += int(x.shape[0])
-        value = self.reward(x)
-        check_shape(value, (x.shape[0],), "log_reward(x)")
+        if self.conditional:
+            if self.conditions is None:
+                raise ValueError("a conditional path needs its batch's conditions: use path.bind(y)")
+            check_shape(self.conditions, (x.shape[0],) + tuple(self.conditions.shape[1:]), "conditions")
+            value = self.reward(x, self.conditions)
+            check_shape(value, (x.shape[0],), "log_reward(x, y)")
+        else:
+            value = self.reward(x)
+            check_shape(value, (x.shape[0],), "log_reward(x)")
         return self.beta * check_no_nan(value, "log_reward")
 
     @torch.no_grad()
@@ -100,6 +122,16 @@ class DiffusionPosterior(nn.Module):
         """Number of leading steps run by the trainable model."""
         return self.prior.num_steps - self.frozen_final_steps
 
+    def model_for(self, path: DiffusionPriorPath) -> nn.Module:
+        """The trainable denoiser as ``model(x, t)``: with the path's bound conditions for a conditional one."""
+        return bind(self.model, path.conditions)
+
+    def context(self, path: DiffusionPriorPath) -> Tensor | None:
+        """(B, features) of the bound conditions for a learned log Z(y) (None without conditions)."""
+        if path.conditions is None:
+            return None
+        return condition_context(path.conditions, getattr(self.model, "num_classes", None))
+
     def step_model(self, k: int) -> nn.Module:
         """The denoiser of step k: the trainable model, or the prior's for a frozen final step."""
         return self.model if k < self.trained_steps else self.prior.denoiser
@@ -116,7 +148,9 @@ class DiffusionPosterior(nn.Module):
         if explore < 0:
             raise ValueError(f"explore must be >= 0, got {explore}")
         device = device if device is not None else self.prior.alpha_t.device
-        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model,
+        if path.conditions is not None and path.conditions.shape[0] != batch_size:
+            raise ValueError(f"batch_size={batch_size} but the path has {path.conditions.shape[0]} conditions bound")
+        states, log_pf = self.prior.sample(batch_size, generator=generator, model=self.model_for(path),
                                            model_steps=self.trained_steps, explore=explore,
                                            explore_steps=self.trained_steps, device=device,
                                            dtype=dtype, return_log_probs=True)
@@ -138,12 +172,13 @@ class DiffusionPosterior(nn.Module):
         log_q = path.log_q_steps(states)
         if log_pf is None:
             with torch.set_grad_enabled(track_gradients):
-                log_pf = self.prior.log_prob_steps(states, model=self.model, steps=self.trained_steps,
+                log_pf = self.prior.log_prob_steps(states, model=self.model_for(path), steps=self.trained_steps,
                                                    checkpoint_steps=self.checkpoint_steps)
             if self.frozen_final_steps:  # the frozen steps are the prior's own: reuse its rows
                 log_pf = torch.cat([log_pf, log_q[self.trained_steps:]])
         return Trajectories(times=self._times(states), states=states, log_pf_steps=log_pf,
-                            log_q_steps=log_q, log_reward=path.log_reward(states[-1]))
+                            log_q_steps=log_q, log_reward=path.log_reward(states[-1]),
+                            context=self.context(path), path=path)
 
 
 def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajectories, objective: Objective, *,
@@ -169,6 +204,7 @@ def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajector
     loss.backward()
     coefficients = leaf.grad
     prior, states = posterior.prior, traj.states.detach()
+    model = posterior.model if traj.path is None else posterior.model_for(traj.path)
     n = posterior.trained_steps
     steps = list(range(n))
     scale = 1.0
@@ -177,8 +213,8 @@ def accumulate_gradients_per_step(posterior: DiffusionPosterior, traj: Trajector
         steps = torch.randperm(n, generator=generator)[:count].sort().values.tolist()
         scale = n / count
     for k in steps:
-        mean = prior.step_mean(states[k], k, posterior.model)
+        mean = prior.step_mean(states[k], k, model)
         # the start density is parameter-free
-        log_p = prior.log_prob_step(states[k + 1], mean, k, prior.step_variance(k, posterior.model))
+        log_p = prior.log_prob_step(states[k + 1], mean, k, prior.step_variance(k, model))
         (scale * (coefficients[k] * log_p).sum()).backward()
     return loss.detach()

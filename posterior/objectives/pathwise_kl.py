@@ -68,7 +68,7 @@ def pathwise_kl(posterior: DiffusionPosterior, path: DiffusionPriorPath, batch_s
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    prior, model = posterior.prior, posterior.model
+    prior, model = posterior.prior, posterior.model_for(path)
     if getattr(model, "step_mean_shift", None) is not None:
         raise ValueError("the pathwise KL needs a model without a reward-gradient mean shift (GuidedDenoiser); "
                          "use relative trajectory balance or VarGrad with it")

@@ -57,10 +57,30 @@ class ConvConditionEncoder(nn.Module):
         return self.net(y.reshape(y.shape[0], *self.image_shape))
 
 
-def make_condition_encoder(kind: str, cond_shape: tuple[int, ...], hidden: int = 64) -> nn.Module:
-    """``"mlp"`` or ``"cnn"``."""
+class LabelEncoder(nn.Module):
+    """Integer class labels y (B,) in [0, num_classes) -> (B, hidden), a learned table."""
+
+    def __init__(self, num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.cond_shape = ()
+        self.table = nn.Embedding(int(num_classes), hidden)
+
+    def forward(self, y: Tensor) -> Tensor:
+        """y: (B,) integer labels -> (B, hidden)."""
+        return self.table(y.long())
+
+
+def make_condition_encoder(kind: str, cond_shape: tuple[int, ...], hidden: int = 64,
+                           num_classes: int | None = None) -> nn.Module:
+    """``"mlp"`` or ``"cnn"`` for float conditions, ``"embedding"`` (with ``num_classes``) for integer labels."""
+    if kind == "embedding":
+        if num_classes is None:
+            raise ValueError("encoder 'embedding' (integer class labels) needs num_classes")
+        return LabelEncoder(num_classes, hidden)
     if kind == "mlp":
         return MLPConditionEncoder(cond_shape, hidden)
     if kind == "cnn":
         return ConvConditionEncoder(cond_shape, hidden)
-    raise ValueError(f"encoder must be 'mlp' or 'cnn', got {kind!r}")
+    raise ValueError(f"encoder must be 'mlp', 'cnn' or 'embedding', got {kind!r}")

@@ -156,17 +156,17 @@ class ConditionalSampler(nn.Module):
 def build_conditional_sampler(*, dim: int, reward: Any, sigma2: float = 1.0, cond_shape: tuple[int, ...] | None = None,
                               encoder: str = "mlp", langevin: bool = False, learn_variance: bool = False,
                               hidden: int = 64, langevin_scale: str = "per-dimension",
-                              noising: str = "brownian") -> ConditionalSampler:
+                              noising: str = "brownian", num_classes: int | None = None) -> ConditionalSampler:
     """A :class:`ConditionalSampler` from plain settings (recorded for saving; ``langevin_scale``: see
     :func:`posterior.samplers.factory.langevin_per_dimension`; ``noising``: the reference process, "brownian" or
-    "vp")."""
+    "vp"; ``num_classes``: integer class labels as conditions, ``cond_shape`` () and ``encoder`` "embedding")."""
     per_dimension = langevin_per_dimension(langevin_scale, langevin)
     config = {"dim": int(dim), "sigma2": float(sigma2), "cond_shape": None if cond_shape is None else list(cond_shape),
               "encoder": encoder, "langevin": bool(langevin), "learn_variance": bool(learn_variance),
-              "hidden": int(hidden), "langevin_scale": langevin_scale, "noising": noising}
+              "hidden": int(hidden), "langevin_scale": langevin_scale, "noising": noising, "num_classes": num_classes}
     sampler = make_sampler(dim, sigma2, langevin=langevin, learn_variance=learn_variance, hidden=hidden,
                            langevin_per_dimension=per_dimension, noising=noising)
-    enc = None if cond_shape is None else make_condition_encoder(encoder, tuple(cond_shape), hidden)
+    enc = None if cond_shape is None else make_condition_encoder(encoder, tuple(cond_shape), hidden, num_classes)
     return ConditionalSampler(sampler, reward, enc, config)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from posterior.samplers.factory import LANGEVIN_SCALES
 
-ENCODERS = ("auto", "mlp", "cnn")
+ENCODERS = ("auto", "mlp", "cnn", "embedding")
 NOISINGS = ("auto", "brownian", "vp")
 
 
@@ -23,7 +23,8 @@ class SamplerConfig:
         langevin_scale: "per-dimension" (NN2 has d outputs) or "shared" (one, the paper's public code's).
         learn_variance: learn each step's variance (per dimension) besides its mean.
         hidden: width of the policy (and of the condition encoder and learned log Z(y)).
-        encoder: condition encoder: "mlp", "cnn", or "auto" (cnn for image-shaped conditions).
+        encoder: condition encoder: "mlp", "cnn", "embedding" (integer class labels), or "auto" (cnn for
+            image-shaped conditions, embedding for labels).
         noising: the reference process: "brownian" (a bridge pinned at 0), "vp" (variance-preserving OU,
             stationary N(0, sigma2 I)), or "auto": "vp" with a proposal (whose whitened coordinates it keeps
             at N(0, I), so that the untrained sampler is the proposal), "brownian" without.

@@ -59,7 +59,8 @@ class Trainer:
         objective: the loss (carries log Z / flow parameters).
         config: the run's settings.
         path: the target path measure of a DiffusionSampler or a DiffusionPosterior.
-        conditions: (N, *cond_shape) training conditions of a conditional sampler.
+        conditions: (N, *cond_shape) training conditions of a conditional sampler, or of a DiffusionPosterior
+            amortized over conditions (a ConditionalDenoiser model and a conditional path).
         replay: a replay buffer (and local search / teacher) for backward updates on odd iterations: a
             :class:`ReplayConfig` (the trainer builds the buffers) or a built :class:`ReplayTraining`.
         pool: an importance pool of prior paths (diffusion-prior posteriors only).
@@ -85,9 +86,10 @@ class Trainer:
         if not isinstance(objective, Objective):
             raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
         if isinstance(model, DiffusionPosterior):
-            if conditions is not None:
-                raise ValueError("a DiffusionPosterior is trained for one (unconditional) target: pass conditions=None")
-            self.model = DiffusionPosteriorModel(model, path, config, dtype=dtype)
+            self.model = DiffusionPosteriorModel(model, path, config, conditions=conditions, dtype=dtype)
+            if pool is not None and conditions is not None:
+                raise ValueError("an importance pool holds prior paths for one reward: it does not train a posterior "
+                                 "amortized over conditions")
             if pool is not None:
                 check_shape(pool.pool.paths, (model.prior.num_steps + 1, None) + tuple(model.prior.event_shape),
                             "pool.paths")

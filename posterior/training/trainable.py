@@ -169,11 +169,15 @@ class DiffusionPosteriorModel:
         posterior: the trainable :class:`DiffusionPosterior`.
         path: its :class:`DiffusionPriorPath` (prior, reward, beta).
         config: the run's settings (batch size, per-step gradients, exploration).
+        conditions: (N, *cond_shape) training conditions of a posterior amortized over them (its model a
+            :class:`~posterior.diffusion.conditional_denoiser.ConditionalDenoiser`, its path conditional): each
+            iteration draws ``batch_size`` of them and ``samples_per_condition`` trajectories of each (consecutive,
+            the groups of VarGrad). None: one unconditional target.
         dtype: of the simulated states.
     """
 
     def __init__(self, posterior: DiffusionPosterior, path: DiffusionPriorPath, config: TrainConfig, *,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 conditions: Tensor | None = None, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(posterior, DiffusionPosterior):
             raise TypeError(f"posterior must be a DiffusionPosterior, got {type(posterior).__name__}")
         if not isinstance(path, DiffusionPriorPath):
@@ -182,8 +186,15 @@ class DiffusionPosteriorModel:
         if changed:
             raise ValueError(f"TrainConfig.{', '.join(changed)}: a posterior fine-tuned from a diffusion prior runs on "
                              f"the prior's own schedule and has no such setting")
+        from posterior.diffusion.conditional_denoiser import ConditionalDenoiser
+
+        amortized = isinstance(posterior.model, ConditionalDenoiser)
+        if (conditions is not None) != amortized or (conditions is not None) != path.conditional:
+            raise ValueError("conditions must be given exactly when the posterior's model is a ConditionalDenoiser and "
+                             "its path's reward is conditional (DiffusionPriorPath(..., conditional=True))")
         self.module: nn.Module = posterior.model
         self.posterior, self.path, self.config, self.dtype = posterior, path, config, dtype
+        self.conditions = conditions
         self.device = posterior.prior.alpha_t.device
         self.event_shape = tuple(posterior.prior.event_shape)
         self.batch_conditions = None
@@ -203,6 +214,8 @@ class DiffusionPosteriorModel:
 
     def replay_training(self, config: ReplayConfig) -> ReplayTraining:
         """A buffer of terminal states (flattened); local search needs a Boltzmann target's score."""
+        if self.conditions is not None:
+            raise ValueError("a replay buffer is not supported for a diffusion posterior amortized over conditions")
         if config.local_search:
             raise ValueError("local search (ReplayConfig.local_search) runs MALA on a Boltzmann target; a diffusion "
                              "prior's posterior has no tractable prior density for it")
@@ -212,9 +225,21 @@ class DiffusionPosteriorModel:
     def _track(self) -> bool:
         return not self.config.per_step
 
+    def _batch_path(self, generator: torch.Generator) -> DiffusionPriorPath:
+        """The path of this iteration: with ``batch_size`` drawn conditions, each repeated
+        ``samples_per_condition`` times (``batch_conditions``), for a posterior amortized over conditions."""
+        if self.conditions is None:
+            return self.path
+        idx = torch.randint(self.conditions.shape[0], (self.config.batch_size,), generator=generator,
+                            device=generator.device)
+        y = self.conditions[idx.to(self.conditions.device)]
+        self.batch_conditions = y.repeat_interleave(self.config.samples_per_condition, 0)
+        return self.path.bind(self.batch_conditions)
+
     def forward(self, explore: float, generator: torch.Generator, *, differentiable: bool) -> Trajectories:
         """Posterior trajectories; ``explore`` per unit time is ``explore / N`` per step."""
-        return self.posterior.trajectories(self.batch, self.path, explore=explore / self.posterior.prior.num_steps,
+        return self.posterior.trajectories(self.batch, self._batch_path(generator),
+                                           explore=explore / self.posterior.prior.num_steps,
                                            generator=generator, track_gradients=self._track, dtype=self.dtype)
 
     @property
@@ -254,7 +279,7 @@ class DiffusionPosteriorModel:
         returns (loss, the batch's ELBO of log Z)."""
         from posterior.objectives.pathwise_kl import pathwise_kl
 
-        batch = pathwise_kl(self.posterior, self.path, self.batch, generator=generator, dtype=self.dtype,
+        batch = pathwise_kl(self.posterior, self._batch_path(generator), self.batch, generator=generator, dtype=self.dtype,
                             min_log_reward=objective.min_log_reward)
         if not torch.isfinite(batch.loss):
             raise FloatingPointError(f"pathwise KL loss is {float(batch.loss)}: check the reward and its gradient")

@@ -1,0 +1,214 @@
+"""Diffusion posteriors amortized over conditions in data space: fit(space="data", conditions=...)."""
+
+import math
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from posterior import Posterior, fit  # noqa: E402
+from posterior.diffusion.conditional_denoiser import ConditionalDenoiser, bind  # noqa: E402
+from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
+from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
+from posterior.training.config import TrainConfig  # noqa: E402
+
+TABLE = torch.tensor([[1.5, 0.0], [0.0, -1.0], [-0.5, 0.5]])
+NOISE_VAR = 0.25
+
+
+def _unet(seed=0):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                 layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2, norm_num_groups=8)
+
+
+def _unet_prior(steps=4):
+    return DiffusionPrior(_unet(), diffusers.DDPMScheduler(), steps, (1, 8, 8))
+
+
+def _gaussian_prior():
+    """A 5-step DDPM prior on 2-D points with the exact denoiser of N(0, 0.49 I); its terminal law is the
+    Gaussian N(0, v I) with v from the linear chain of its steps."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(MixtureDenoiser(ring_mixture(1, radius=0.0, std=0.7), scheduler.alphas_cumprod).float(),
+                           scheduler, 5, (2,))
+    v = 1.0
+    with torch.no_grad():
+        for k in range(prior.num_steps):
+            slope = float(prior.step_mean(torch.tensor([[1.0, 0.0]]), k)[0, 0])
+            v = slope * slope * v + float(prior.step_var[k])
+    return prior, v
+
+
+def _label_likelihood(x, label):
+    """log N(TABLE[label]; x, NOISE_VAR I)."""
+    d = x - TABLE[label]
+    return -0.5 * (d * d).sum(-1) / NOISE_VAR - math.log(2 * math.pi * NOISE_VAR)
+
+
+def _trajectories(prior, n=6, seed=3):
+    return prior.sample(n, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("condition", ["labels", "images", "labels-residual"])
+def test_the_untrained_amortized_posterior_is_exactly_the_prior(condition):
+    """The condition enters through a zero-initialized embedding or encoder: before training every step's
+    log-density equals the prior's, whatever y."""
+    if condition == "labels-residual":
+        prior, _ = _gaussian_prior()
+        model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=3)
+        y = torch.tensor([0, 1, 2, 2, 1, 0])
+    elif condition == "labels":
+        prior = _unet_prior()
+        model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=10)
+        y = torch.tensor([0, 3, 9, 9, 1, 5])
+        assert model.model.config.num_class_embeds == 10 and prior.denoiser.config.num_class_embeds is None
+    else:
+        prior = _unet_prior()
+        model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, cond_shape=(1, 4, 8))
+        y = torch.randn(6, 1, 4, 8, generator=torch.Generator().manual_seed(1))
+        assert model.model.config.class_embed_type == "identity"
+    states = _trajectories(prior)
+    with torch.no_grad():
+        expected = prior.log_prob_steps(states)
+        got = prior.log_prob_steps(states, model=bind(model, y))
+    torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-5)  # float32 rounding of ~1e2 values
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable, "the amortized posterior must have trainable weights"
+    # after one gradient step the conditions do change the denoiser
+    loss = prior.log_prob_steps(states, model=bind(model, y)).sum()
+    loss.backward()
+    touched = [p for p in trainable if p.grad is not None and float(p.grad.abs().max()) > 0]
+    assert touched
+
+
+def test_one_rtb_posterior_for_every_label_reaches_each_labels_exact_log_z():
+    """Gaussian prior and Gaussian observations of a per-label point: log Z(label) = log N(TABLE[label]; 0,
+    (v + s^2) I) is exact. One posterior trained with conditional RTB (learned log Z(y)) reaches it for every
+    label: importance-weighted estimates within 0.05, ELBO gaps below 0.2; the prior itself (the untrained
+    posterior) has a mean gap above 0.8."""
+    prior, v = _gaussian_prior()
+    exact = -0.5 * (TABLE ** 2).sum(-1) / (v + NOISE_VAR) - math.log(2 * math.pi * (v + NOISE_VAR))
+    labels = torch.arange(3)
+    untrained = fit(prior, _label_likelihood, labels, space="data", objective="rtb", progress=False,
+                    config=TrainConfig(iterations=1, batch_size=3, samples_per_condition=2, lr=1e-12))
+    before = untrained.log_z(labels, 4000, generator=torch.Generator().manual_seed(1))
+    assert float((exact - before["elbo"]).mean()) > 0.8, (exact, before)
+    post = fit(prior, _label_likelihood, labels, space="data", objective="rtb", progress=False,
+               config=TrainConfig(iterations=300, batch_size=3, samples_per_condition=16, lr=3e-3))
+    est = post.log_z(labels, 4000, generator=torch.Generator().manual_seed(1))
+    assert est["elbo"].shape == (3,)
+    assert bool(((est["rw"] - exact).abs() < 0.05).all()), (est, exact)
+    assert bool(((exact - est["elbo"]) < 0.2).all()) and bool(((exact - est["elbo"]) > -0.02).all()), (est, exact)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["vargrad", "pis"])
+def test_vargrad_and_the_pathwise_kl_reach_each_labels_exact_log_z(objective):
+    prior, v = _gaussian_prior()
+    exact = -0.5 * (TABLE ** 2).sum(-1) / (v + NOISE_VAR) - math.log(2 * math.pi * (v + NOISE_VAR))
+    post = fit(prior, _label_likelihood, torch.arange(3), space="data", objective=objective, progress=False,
+               config=TrainConfig(iterations=600, batch_size=3, samples_per_condition=16, lr=3e-3))
+    est = post.log_z(torch.arange(3), 4000, generator=torch.Generator().manual_seed(1))
+    assert bool(((est["rw"] - exact).abs() < 0.05).all()), (est, exact)
+    assert bool(((exact - est["elbo"]) < 0.2).all()), (est, exact)
+
+
+def _image_reward(x, y):
+    """log N(y; top half of x, 0.1^2): y (B, 1, 4, 8) observes the top half of x (B, 1, 8, 8)."""
+    return -0.5 * ((x[:, :, :4] - y) ** 2).flatten(1).sum(-1) / 0.01
+
+
+def test_amortized_posteriors_sample_save_and_reload(tmp_path):
+    """Labels and image measurements: sample(y, n) gives (len(y), n, *event_shape), generator= makes it
+    reproducible, save_pretrained writes a denoiser diffusers loads, from_pretrained gives the same samples."""
+    prior = _unet_prior()
+    config = TrainConfig(iterations=2, batch_size=2, samples_per_condition=2, lr=1e-3)
+    labels = torch.tensor([0, 1, 2, 3])
+    post = fit(prior, lambda x, y: -((x.mean((1, 2, 3)) - y.float() / 3) ** 2) / 0.1, labels, space="data",
+               objective="rtb", config=config, progress=False)
+    x = post.sample(torch.tensor([1, 3]), 3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 1, 8, 8)
+    torch.testing.assert_close(post.sample(torch.tensor([1, 3]), 3, generator=torch.Generator().manual_seed(0)), x)
+    post.save_pretrained(tmp_path / "labels")
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "labels" / "denoiser")
+    assert unet.config.num_class_embeds == 4
+    torch.testing.assert_close(unet.class_embedding.weight, post.network.model.model.class_embedding.weight)
+    again = Posterior.from_pretrained(tmp_path / "labels", prior=prior, reward=post.reward)
+    torch.testing.assert_close(again.sample(torch.tensor([1, 3]), 3, generator=torch.Generator().manual_seed(0)), x)
+    with pytest.raises(ValueError, match=r"y must be class labels in \[0, 4\), got values in \[1, 4\]"):
+        post.sample(torch.tensor([1, 4]), 2)
+    with pytest.raises(ValueError, match=r"y must be integer class labels of shape \(B,\)"):
+        post.sample(torch.tensor([[1.0]]), 2)
+
+    measurements = torch.randn(5, 1, 4, 8, generator=torch.Generator().manual_seed(2))
+    image = fit(prior, _image_reward, measurements, space="data", objective="vargrad", config=config, progress=False)
+    x = image.sample(measurements[:2], 3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 1, 8, 8)
+    image.save_pretrained(tmp_path / "images")
+    assert diffusers.UNet2DModel.from_pretrained(tmp_path / "images" / "denoiser").config.class_embed_type == "identity"
+    again = Posterior.from_pretrained(tmp_path / "images", prior=prior, reward=image.reward)
+    torch.testing.assert_close(again.sample(measurements[:2], 3, generator=torch.Generator().manual_seed(0)), x)
+    estimates = image.log_z(measurements[:2], 4, generator=torch.Generator().manual_seed(0))
+    assert estimates["elbo"].shape == (2,) and bool(torch.isfinite(estimates["elbo"]).all())
+    with pytest.raises(ValueError, match=r"y must have shape \(B, 1, 4, 8\)"):
+        image.sample(torch.zeros(2, 1, 8, 8), 2)
+
+
+def test_amortized_data_space_run_resumes_bit_for_bit_and_refuses_other_conditions(tmp_path):
+    prior, _ = _gaussian_prior()
+    kwargs = dict(space="data", objective="rtb", progress=False)
+    config = TrainConfig(iterations=6, batch_size=2, samples_per_condition=4, lr=1e-3, checkpoint_every=3, seed=4)
+    whole = fit(prior, _label_likelihood, torch.arange(3), config=config, **kwargs)
+    first = fit(prior, _label_likelihood, torch.arange(3), config=TrainConfig(**{**config.__dict__, "iterations": 3}),
+                checkpoint_dir=tmp_path, **kwargs)
+    assert len(first.training_history.loss) == 3
+    resumed = fit(prior, _label_likelihood, torch.arange(3), config=config, checkpoint_dir=tmp_path, resume=True,
+                  **kwargs)
+    assert resumed.training_history.loss == whole.training_history.loss
+    for a, b in zip(resumed.network.parameters(), whole.network.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="belongs to another problem: conditions="):
+        fit(prior, _label_likelihood, torch.tensor([0, 1, 1]), config=config, checkpoint_dir=tmp_path, resume=True,
+            **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(reward=lambda x, y: torch.zeros(x.shape[0], 1)), ValueError,
+     r"log_reward\(x, y\) must have shape \(2,\).*while checking the reward log r\(x, y\)"),
+    (dict(reward=lambda x, y: torch.full((x.shape[0],), float("nan"))), ValueError, r"NaN"),
+    (dict(conditions=torch.tensor([0, -1])), ValueError, r"integer class labels must be >= 0, got -1"),
+    (dict(conditions=torch.zeros(3, 2, dtype=torch.long)), ValueError, r"or integer class labels of shape \(N,\)"),
+    (dict(objective="vargrad", config=TrainConfig(iterations=1, samples_per_condition=1)), ValueError,
+     r"samples_per_condition=1: VarGrad"),
+])
+def test_bad_conditional_data_space_inputs_are_refused_before_training(kwargs, error, match):
+    prior = _unet_prior()
+    settings = dict(reward=lambda x, y: torch.zeros(x.shape[0]), conditions=torch.tensor([0, 1]), objective="rtb",
+                    config=TrainConfig(iterations=1, batch_size=2, samples_per_condition=2))
+    settings.update(kwargs)
+    with pytest.raises(error, match=match):
+        fit(prior, space="data", progress=False, **settings)
+
+
+def test_noise_space_takes_integer_labels_through_an_embedding(tmp_path):
+    """The same integer labels a ClassifierLikelihood takes are the conditions of a noise-space fit."""
+    from posterior.constraints.classifier import ClassifierLikelihood
+    from posterior.priors import MLPVAE, VAEDecoderPrior
+    from posterior.samplers.condition_encoders import LabelEncoder
+
+    torch.manual_seed(0)
+    vae, classifier = MLPVAE(16, 8, 2), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    likelihood = ClassifierLikelihood(classifier)
+    post = fit(VAEDecoderPrior(vae), likelihood, torch.tensor([0, 1, 2]), progress=False,
+               config=TrainConfig(iterations=3, batch_size=3, samples_per_condition=2))
+    assert isinstance(post.network.encoder, LabelEncoder) and post.num_classes == 3
+    x = post.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 16)
+    post.save_pretrained(tmp_path)
+    again = Posterior.from_pretrained(tmp_path, prior=VAEDecoderPrior(vae), reward=likelihood)
+    torch.testing.assert_close(again.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0)), x)
+    with pytest.raises(ValueError, match=r"y must be class labels in \[0, 3\)"):
+        post.sample(torch.tensor([3]), 2)
