@@ -1,6 +1,7 @@
 """Benchmark Boltzmann targets ``p(x) ∝ exp(log_reward(x))``."""
 
 from posterior.constraints.classifier import ClassifierLikelihood, ImageTransform
+from posterior.constraints.digit_classifier import SmallCNN, mnist_classifier
 from posterior.constraints.funnel import Funnel
 from posterior.constraints.gaussian import GaussianTarget
 from posterior.constraints.gmm25 import GaussianMixture25
@@ -28,4 +29,6 @@ __all__ = [
     "ObservationOperator",
     "TARGET_NAMES",
     "make_target",
+    "mnist_classifier",
+    "SmallCNN",
 ]

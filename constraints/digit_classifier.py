@@ -86,3 +86,16 @@ def load_classifier(folder: str | Path) -> SmallCNN:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+MNIST14_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "mnist14_classifier"
+
+
+def mnist_classifier() -> SmallCNN:
+    """The digit classifier that ships with posterior, matching :func:`posterior.priors.mnist.mnist_prior`
+    (14x14 digits in [-1, 1]; trained by ``python recipes/mnist_prior.py`` on MNIST test digits 0..8999;
+    ``training.json`` beside its weights records the accuracies)."""
+    if not (MNIST14_CLASSIFIER / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"the shipped MNIST classifier is missing from {MNIST14_CLASSIFIER} (a broken "
+                                "install?); recreate it with: python recipes/mnist_prior.py")
+    return load_classifier(MNIST14_CLASSIFIER)

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -68,10 +69,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class", dest="target_class", type=int, default=7)
     p.add_argument("--size", type=int, default=14, help="image side (14 on a CPU, 28 on a GPU)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--cache", default="runs/mnist_guidance_cache", help="trained prior and classifier")
+    p.add_argument("--classes", type=parse_classes, default=None, metavar="0-9",
+                   help="train one posterior amortized over these classes (e.g. 0-9 or 1,3,7) beside one per class "
+                        "and SIR; see --class-methods (the --methods of one class are not run)")
+    p.add_argument("--class-methods", default=",".join(CLASS_METHODS), help="with --classes")
+    p.add_argument("--class-iters", type=int, default=1000,
+                   help="with --classes: iterations of the amortized posterior; the per-class posteriors share them")
+    p.add_argument("--class-batch", type=int, default=8, help="with --classes: classes per iteration")
+    p.add_argument("--samples-per-condition", type=int, default=4, help="with --classes: trajectories per class")
+    p.add_argument("--class-objective", choices=("rtb", "vargrad", "pis"), default="vargrad",
+                   help="with --classes: rtb (learned log Z(y)), vargrad (grouped per class), pis (pathwise KL)")
+    p.add_argument("--eval-k", type=int, default=256, help="with --classes: trajectories per class for the ELBO")
+    p.add_argument("--prior", choices=("shipped", "train"), default="shipped",
+                   help="shipped: the 14x14 prior and classifier that come with posterior (posterior.priors.mnist_prior); "
+                        "train: train them here into --cache (--size, --ddpm-iters, --classifier-epochs)")
+    p.add_argument("--cache", default="runs/mnist_guidance_cache", help="with --prior train: trained prior and classifier")
     p.add_argument("--data-dir", default=None,
                    help="folder with the MNIST test set (default $POSTERIOR_DATA_DIR or ../shared/data)")
-    p.add_argument("--steps", type=int, default=20, help="strided schedule length")
+    p.add_argument("--steps", type=int, default=None,
+                   help="schedule length (default 20 for one class, 10 with --classes)")
     p.add_argument("--ddpm-iters", type=int, default=3000)
     p.add_argument("--ddpm-batch", type=int, default=128)
     p.add_argument("--classifier-epochs", type=int, default=30)
@@ -139,6 +155,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 10 if args.classes else 20
+    args.prior_dir = args.classifier_dir = None  # the shipped prior and classifier (recipes/_mnist_diffusion.py)
+    unknown = sorted(set(m for m in args.class_methods.split(",") if m) - set(CLASS_METHODS))
+    if unknown:
+        p.error(f"--class-methods: unknown {unknown}; choose from {CLASS_METHODS}")
+    if args.prior == "shipped" and args.size != 14:
+        p.error(f"--size {args.size} needs --prior train (the shipped prior is 14x14)")
+    for flag, minimum in (("class_iters", 1), ("class_batch", 1), ("samples_per_condition", 1), ("eval_k", 2)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.class_objective == "vargrad" and args.samples_per_condition < 2:
+        p.error("--samples-per-condition must be >= 2 with --class-objective vargrad (a variance per class)")
     for flag, minimum in (("size", 4), ("steps", 1), ("ddpm_iters", 1), ("ddpm_batch", 1), ("classifier_epochs", 1),
                           ("rtb_iters", 1), ("noise_iters", 1), ("batch", 1), ("sir_pool", 1), ("num_samples", 1),
                           ("rtb_pool", 0), ("rtb_lora", 0), ("rtb_resample", 0), ("checkpoint_every", 0)):
@@ -207,11 +236,128 @@ def load_or_train_classifier(args, images, labels, device) -> tuple[SmallCNN, fl
     return model.to(device).eval(), accuracy
 
 
-def main(argv: list[str] | None = None) -> dict:
+# ---------------------------------------------------------------------------- --classes: one amortized posterior
+CLASS_METHODS = ("amortized", "per-class", "sir")
+
+
+def parse_classes(text: str) -> list[int]:
+    """"0-9" or "1,3,7" -> sorted distinct digit classes."""
+    classes: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                low, high = (int(v) for v in part.split("-"))
+                classes.update(range(low, high + 1))
+            elif part.strip():
+                classes.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--classes must look like 0-9 or 1,3,7, got {text!r}") from None
+    if not classes or min(classes) < 0 or max(classes) > 9:
+        raise argparse.ArgumentTypeError(f"--classes must name digit classes in 0..9, got {text!r}")
+    return sorted(classes)
+
+
+def amortized_main(args: argparse.Namespace) -> dict | None:
+    """One posterior for every class of --classes (fit(space="data", conditions=labels)) beside one posterior per
+    class at the same total number of iterations and SIR with one prior pool; per-class metrics."""
+    import posterior
+    from accelerate import Accelerator
+
+    from _mnist_diffusion import class_scores, load_prior_and_classifier, sir_reference, sir_resample, split_digits
+    from posterior.training.distributed import bucketed_gradient_sync
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    out = Path(args.out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    prior, classifier = load_prior_and_classifier(args, device)
+    likelihood = ClassifierLikelihood(classifier)
+    classes = args.classes
+    labels = torch.tensor(classes, device=device)
+    digits, source = split_digits(args.data_dir, prior.event_shape[-1])
+    methods = [m for m in args.class_methods.split(",") if m]
+    config = posterior.TrainConfig(iterations=args.class_iters, batch_size=args.class_batch,
+                                   samples_per_condition=args.samples_per_condition, lr=args.lr,
+                                   lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final,
+                                   seed=args.seed, checkpoint_every=args.checkpoint_every)
+    results: dict = {"classes": classes}
+    trained: dict = {}
+    if "amortized" in methods:
+        start = time.perf_counter()
+        model = posterior.fit(prior, likelihood, labels, space="data", objective=args.class_objective, config=config,
+                              checkpoint_dir=out / "amortized", resume=args.resume, progress=not args.no_progress,
+                              process_index=accelerator.process_index,
+                              gradient_sync=bucketed_gradient_sync(accelerator))
+        history = model.training_history
+        trained["amortized"] = (model, time.perf_counter() - start, history)
+        if accelerator.is_main_process:
+            model.save_pretrained(out / "amortized" / "posterior")
+    if "per-class" in methods and accelerator.is_main_process:
+        per_class = replace(config, iterations=max(1, args.class_iters // len(classes)), samples_per_condition=1,
+                            batch_size=args.class_batch * args.samples_per_condition)
+        for c in classes:
+            start = time.perf_counter()
+            model = posterior.fit(prior, lambda x, c=c: likelihood(x, torch.full((x.shape[0],), c, device=x.device)),
+                                  space="data", objective=args.class_objective, config=per_class,
+                                  checkpoint_dir=out / f"class{c}",
+                                  resume=args.resume, progress=not args.no_progress)
+            trained[f"class{c}"] = (model, time.perf_counter() - start, model.training_history)
+    if not accelerator.is_main_process:
+        return None
+    g = torch.Generator(device=device).manual_seed(args.seed + 17)
+    reference = sir_reference(prior, args.sir_pool, lambda x: likelihood.log_probs(x)[:, classes], generator=g)
+    real = {c: classifier.features(digits["test_x"][digits["test_y"] == c].to(device)).detach() for c in classes}
+    rows: dict = {m: [] for m in methods}
+    n = args.num_samples
+    for i, c in enumerate(classes):
+        sir_log_z = float(reference["log_z"][i])
+        for method in methods:
+            if method == "sir":
+                samples, elbo, seconds = sir_resample(reference, i, n, g), None, 0.0
+            else:
+                model, seconds, _ = trained["amortized"] if method == "amortized" else trained[f"class{c}"]
+                y = labels[i:i + 1] if method == "amortized" else None
+                samples = model.sample(y, n, generator=g).reshape(n, *prior.event_shape)
+                estimate = model.log_z(y, args.eval_k, generator=g)
+                elbo = float(estimate["elbo"][0] if y is not None else estimate["elbo"])
+            row = {"class": c, **class_scores(samples, classifier, c, real[c]), "sir_log_z": sir_log_z,
+                   "sir_ess": float(reference["ess"][i]),
+                   "elbo": elbo, "elbo_gap": None if elbo is None else sir_log_z - elbo}
+            rows[method].append(row)
+            if i == 0 or method != "sir":
+                save_image((samples[:64].clamp(-1, 1) + 1) / 2, out / f"{method}_class{c}.png", nrow=8)
+    for method in methods:
+        table = rows[method]
+        summary = {key: sum(r[key] for r in table) / len(table) for key in ("mean_log_r", "class_share", "diversity",
+                                                                            "frechet")}
+        if method != "sir":
+            summary["elbo_gap"] = sum(r["elbo_gap"] for r in table) / len(table)
+            histories = ([trained["amortized"][2]] if method == "amortized"
+                         else [trained[f"class{c}"][2] for c in classes])
+            summary["seconds_train"] = sum(sum(h.seconds) for h in histories)
+            summary["iterations"] = sum(len(h.loss) for h in histories)
+        results[method] = {"summary": summary, "per_class": table}
+        print(method, json.dumps({k: round(v, 4) for k, v in summary.items()}))
+    if "amortized" in trained:
+        history = trained["amortized"][2]
+        results["amortized_loss_curve"] = history.loss
+        results["amortized_log_z_batch_curve"] = history.log_z_batch_curve(window=50)
+    results.update({"steps": args.steps, "objective": args.class_objective, "sir_pool": args.sir_pool,
+                    "samples": n, "eval_k": args.eval_k, "processes": accelerator.num_processes,
+                    "threads": torch.get_num_threads(), "data_source": source, "seed": args.seed,
+                    "trajectories_per_iter": args.class_batch * args.samples_per_condition * accelerator.num_processes})
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()  # reuse freed CPU buffers instead of page-faulting fresh ones each iteration
+    if args.classes:
+        return amortized_main(args)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -220,9 +366,17 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, labels, source = labeled_digits(args.data_dir, args.size)
-    unet, scheduler, prior_info = load_or_train_prior(args, images, device)
-    classifier, accuracy = load_or_train_classifier(args, images, labels, device)
-    prior = DiffusionPrior(unet, scheduler, args.steps, (1, args.size, args.size))
+    if args.prior == "train":
+        unet, scheduler, prior_info = load_or_train_prior(args, images, device)
+        classifier, accuracy = load_or_train_classifier(args, images, labels, device)
+        prior = DiffusionPrior(unet, scheduler, args.steps, (1, args.size, args.size))
+    else:
+        from _mnist_diffusion import load_prior_and_classifier
+        from posterior.priors.mnist import MNIST14
+
+        prior, classifier = load_prior_and_classifier(args, device)
+        prior_info = json.loads((MNIST14 / "training.json").read_text())
+        accuracy = None
     likelihood = ClassifierLikelihood(classifier, target_classes=args.target_class)
 
     def log_r(x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from posterior.constraints.likelihoods import BernoulliImageLikelihood  # noqa: 
 from posterior.data import load_evaluation_subset, mnist_training_images, offline_evaluation_split  # noqa: E402
 from posterior.baselines.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
 from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
+from posterior.training.distributed import bucketed_gradient_sync  # noqa: E402
 from _paths import data_dir, torchvision_roots  # noqa: E402
 
 
@@ -136,12 +137,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     accelerator.print(f"VAE: {vae_source}\nconditions: {len(conditions)} images ({data_source})\n"
                       f"training the sampler: {args.iters} iterations, proposal {args.proposal}, {args.threads} thread(s)")
 
-    def sync(params: list[torch.nn.Parameter]) -> None:
-        if accelerator.num_processes > 1:
-            for p in params:
-                if p.grad is not None:
-                    p.grad = accelerator.reduce(p.grad, reduction="mean")
-
     replay = None
     if args.buffer != "none" or args.local_search:
         replay = posterior.ReplayConfig(prioritization="uniform" if args.buffer == "uniform" else "rank",
@@ -165,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                           objective=args.objective, config=config, sampler=sampler, replay=replay, proposal=proposal,
                           device=device,
                           checkpoint_dir=out, resume=resume, progress=not args.no_progress,
-                          process_index=accelerator.process_index, gradient_sync=sync,
+                          process_index=accelerator.process_index,
+                          gradient_sync=bucketed_gradient_sync(accelerator),
                           log=accelerator.log if trackers else None)
     train_seconds = time.perf_counter() - start
     history = model.training_history
