@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     with torch.no_grad():
         real_log_probs = likelihood.log_probs(real[:n])
     metrics = {"methods": results, "target_class": args.target_class, "size": args.size, "steps": args.steps,
-               "beta": args.beta, "data_source": source, "classifier_train_accuracy": accuracy,
+               "beta": args.beta, "data_source": source, "classifier_train_accuracy": accuracy, "prior": args.prior,
                "prior_training": prior_info, "real_digits": {
                    "mean_log_r": float(real_log_probs[:, args.target_class].mean()),
                    "diversity": mean_pairwise_distance(real_features[:n])},

@@ -66,18 +66,25 @@ def main(argv: list[str] | None = None) -> dict:
     if "rtb" not in metrics.get("methods", {}):
         raise SystemExit(f"{run / 'metrics.json'} has no RTB entry")
     setup = guidance_recipe.parse_args(["--out", str(run), "--cache", args.cache, "--size", str(metrics["size"]),
+                                        "--prior", "train" if metrics.get("prior") != "shipped" else "shipped",
                                         "--steps", str(metrics["steps"]), "--classifier-epochs",
                                         str(args.classifier_epochs)])
     size = int(metrics["size"])
-    if not (Path(args.cache) / f"ddpm{size}" / "config.json").exists():
-        raise SystemExit(f"no trained prior in {args.cache}/ddpm{size}: pass the run's --cache")
-    if not (Path(args.cache) / f"classifier{size}-e{args.classifier_epochs}.safetensors").exists():
-        raise SystemExit(f"no classifier{size}-e{args.classifier_epochs} in {args.cache}: pass the run's "
-                         f"--cache and --classifier-epochs")
     device = torch.device("cpu")
-    unet, scheduler, _ = guidance_recipe.load_or_train_prior(setup, None, device)
-    classifier, _ = guidance_recipe.load_or_train_classifier(setup, None, None, device)
-    prior = DiffusionPrior(unet, scheduler, int(metrics["steps"]), (1, size, size))
+    if metrics.get("prior") == "shipped":  # the prior and classifier that ship with posterior
+        from posterior.constraints.digit_classifier import mnist_classifier
+        from posterior.priors.mnist import mnist_prior
+
+        prior, classifier = mnist_prior(int(metrics["steps"])), mnist_classifier()
+    else:  # runs with --prior train (and runs from before the shipped prior): the run's --cache
+        if not (Path(args.cache) / f"ddpm{size}" / "config.json").exists():
+            raise SystemExit(f"no trained prior in {args.cache}/ddpm{size}: pass the run's --cache")
+        if not (Path(args.cache) / f"classifier{size}-e{args.classifier_epochs}.safetensors").exists():
+            raise SystemExit(f"no classifier{size}-e{args.classifier_epochs} in {args.cache}: pass the run's "
+                             f"--cache and --classifier-epochs")
+        unet, scheduler, _ = guidance_recipe.load_or_train_prior(setup, None, device)
+        classifier, _ = guidance_recipe.load_or_train_classifier(setup, None, None, device)
+        prior = DiffusionPrior(unet, scheduler, int(metrics["steps"]), (1, size, size))
     likelihood = ClassifierLikelihood(classifier, target_classes=int(metrics["target_class"]))
     beta = float(metrics["beta"])
     entry = metrics["methods"]["rtb"]

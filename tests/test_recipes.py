@@ -332,7 +332,7 @@ def test_mixture_posterior_recipe_contract(tmp_path, method):
 def test_mnist_classifier_guidance_recipe_contract(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "cg"
-    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"), "--prior", "train",
           "--ddpm-iters", "5", "--ddpm-batch", "16", "--classifier-epochs", "1", "--rtb-iters", "2",
           "--noise-iters", "2", "--num-samples", "8", "--sir-pool", "16", "--steps", "3", "--batch", "4",
           "--no-progress"], tmp_path)
@@ -349,7 +349,7 @@ def test_mnist_classifier_guidance_recipe_contract(tmp_path):
 def test_mnist_classifier_guidance_rtb_options(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "cg"
-    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"), "--prior", "train",
           "--methods", "rtb", "--ddpm-iters", "2", "--ddpm-batch", "8", "--classifier-epochs", "1",
           "--rtb-iters", "3", "--rtb-objective", "vargrad", "--rtb-replay", "--rtb-explore", "0.1",
           "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress",
@@ -363,14 +363,14 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert entry["rtb_iters"] == 3 and (out / "rtb_checkpoint.pt").exists()
     assert entry["lr_decay_horizon"] == 4 and entry["lr_decay_final"] == 0.5
     # a longer budget resumes the same run from its checkpoint
-    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--cache", str(tmp_path / "cache"), "--prior", "train",
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "5", "--rtb-objective", "vargrad", "--rtb-replay", "--rtb-explore", "0.1",
           "--rtb-step-fraction", "0.5", "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress",
           "--lr-decay-horizon", "4", "--lr-decay-final", "0.5", "--resume"], tmp_path)
     resumed = json.loads((out / "metrics.json").read_text())["methods"]["rtb"]
     assert resumed["rtb_iters"] == 5
     # the guided parametrization starts at its initial scale and records the learned ones
-    _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "guided"), "--cache", str(tmp_path / "cache"),
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "guided"), "--cache", str(tmp_path / "cache"), "--prior", "train",
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "2", "--rtb-objective", "vargrad",
           "--rtb-guidance", "1.0", "--rtb-guidance-schedule", "constant", "--lr-guidance", "1e-3",
           "--num-samples", "4", "--steps", "4", "--batch", "4", "--no-progress"], tmp_path)
@@ -380,7 +380,7 @@ def test_mnist_classifier_guidance_rtb_options(tmp_path):
     assert guided["nfe_per_sample"] == 4 + (4 - guided["frozen_final_steps"])  # the prior's denoiser on trained steps
     # LoRA adapters on a frozen copy of the prior (and learned step variances): fewer trainable
     # parameters, the path-KL report rebuilds the same model and reads the run
-    _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"),
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(tmp_path / "lora"), "--cache", str(tmp_path / "cache"), "--prior", "train",
           "--methods", "rtb", "--classifier-epochs", "1", "--rtb-iters", "2", "--rtb-lora", "2", "--rtb-ema", "0.5",
           "--rtb-learned-variance", "--rtb-resample", "3", "--num-samples", "4", "--steps", "4", "--batch", "4",
           "--rtb-objective", "kl", "--rtb-pool", "16", "--rtb-forward-kl", "0.5", "--rtb-forward-kl-horizon", "2",
@@ -547,3 +547,58 @@ def test_boltzmann_resume_refuses_another_target(tmp_path):
     _run([*common, "--target", "gmm25"], tmp_path)
     with pytest.raises(AssertionError, match="belongs to another problem: .*target='gmm25' \\(now 'funnel'\\)"):
         _run([*common, "--target", "funnel", "--dim", "2", "--iters", "4", "--resume"], tmp_path)
+
+
+def test_mnist_guidance_over_classes_and_inpainting_recipes_run_on_the_shipped_prior(tmp_path):
+    """--classes: one amortized posterior beside per-class ones and SIR, per-class rows; inpainting: one
+    posterior over measurements, evaluated on held-out digits beside DPS and SIR."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "classes"
+    _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--classes", "0-2", "--class-iters", "3",
+          "--class-batch", "2", "--samples-per-condition", "2", "--num-samples", "8", "--eval-k", "4",
+          "--sir-pool", "64", "--steps", "3", "--no-progress"], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == [0, 1, 2] and metrics["steps"] == 3
+    for method in ("amortized", "per-class", "sir"):
+        assert [row["class"] for row in metrics[method]["per_class"]] == [0, 1, 2]
+        for key in ("mean_log_r", "class_share", "diversity", "frechet"):
+            assert math.isfinite(metrics[method]["summary"][key])
+    assert metrics["amortized"]["summary"]["iterations"] == 3 and metrics["per-class"]["summary"]["iterations"] == 3
+    assert math.isfinite(metrics["amortized"]["summary"]["elbo_gap"])
+    assert (out / "amortized" / "posterior" / "denoiser" / "config.json").exists()
+    out = tmp_path / "inpainting"
+    _run(["recipes/mnist_inpainting.py", "--out", str(out), "--iters", "2", "--batch", "2", "--samples-per-condition",
+          "2", "--train-digits", "8", "--eval-digits", "2", "--num-samples", "4", "--eval-k", "4", "--sir-pool", "32",
+          "--steps", "3", "--no-progress"], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["per_measurement"]) == 2 and metrics["iterations"] == 2
+    for key in ("elbo_gap", "psnr_amortized", "psnr_dps", "psnr_sir", "psnr_sir-matched"):
+        assert math.isfinite(metrics["summary"][key])
+    assert (out / "inpainting.png").stat().st_size > 0
+
+
+def test_data_space_training_on_two_processes_takes_the_same_steps(tmp_path):
+    """accelerate launch with 2 CPU processes: gradients averaged in buckets, identical weights on both, different
+    noise."""
+    pytest.importorskip("diffusers")
+    import torch
+
+    out = tmp_path / "two"
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    result = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/mnist_inpainting.py",
+                             "--out", str(out), "--iters", "3", "--batch", "2", "--samples-per-condition", "2",
+                             "--train-digits", "8", "--eval-digits", "2", "--num-samples", "4", "--eval-k", "4",
+                             "--sir-pool", "32", "--steps", "3", "--no-progress"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["trajectories_per_iter"] == 8
+    first = torch.load(out / "checkpoint.pt", weights_only=True)
+    second = torch.load(out / "checkpoint-1.pt", weights_only=True)
+    assert first["iteration"] == second["iteration"] == 3
+    for name, value in first["model"].items():
+        torch.testing.assert_close(value, second["model"][name], rtol=0, atol=0, msg=name)
+    assert not torch.equal(first["generator"], second["generator"])
+    assert first["history"]["loss"] != second["history"]["loss"]  # each process's own batches
