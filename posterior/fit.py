@@ -66,7 +66,7 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
             32 conditions of 10 trajectories), :data:`DATA_DEFAULTS` (5000 iterations of 32 trajectories) or, in
             data space with conditions, :data:`DATA_CONDITIONAL_DEFAULTS` (8 conditions of 4 trajectories).
         sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``
-            (unconditional) and ``encoder`` (of float conditions).
+            (unconditional), ``encoder`` (of float conditions) and ``lora_rank``.
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
         proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
             ``vae.proposal()``, the VAE's encoder; :class:`posterior.proposals.FixedGaussian` without
@@ -124,6 +124,9 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     device = torch.device(device) if device is not None else torch.device("cpu")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES} in noise space, got {objective!r}")
+    if sampler.lora_rank:
+        raise ValueError(f"SamplerConfig.lora_rank={sampler.lora_rank} adapts a diffusion prior's denoiser: it is for "
+                         "space='data'")
     if objective == "pis" and config.explore:
         raise ValueError(f"TrainConfig.explore={config.explore}: objective 'pis' trains on the sampler's own "
                          "reparameterized paths and takes no exploration noise")
@@ -194,7 +197,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
                          "use space='noise' for decoders and generators")
     refused = {"replay": replay is not None, "latent_dim": latent_dim is not None}
     changed = {f"sampler.{k}" for k, v in vars(sampler).items()
-               if k not in ("learn_variance", "encoder") and v != getattr(SamplerConfig(), k)}
+               if k not in ("learn_variance", "encoder", "lora_rank") and v != getattr(SamplerConfig(), k)}
     refused_names = sorted([k for k, v in refused.items() if v] + list(changed))
     if refused_names:
         raise ValueError(f"space='data' fine-tunes the diffusion prior's own denoiser and does not take "
@@ -220,7 +223,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
         if condition["num_classes"] is not None:
             condition["num_classes"] = _num_classes(conditions, reward)
     spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None,
-                    "condition": condition}
+                    "condition": condition, "lora_rank": sampler.lora_rank}
     with seeded_initialization(config.seed):  # the user's global RNG is left as it was
         network, path = diffusion_posterior(prior, reward, spec_network)
         if condition is not None:

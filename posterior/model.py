@@ -209,7 +209,8 @@ class Posterior(nn.Module):
         denoiser is a ``diffusers`` model also writes it to ``folder/denoiser`` (``UNet2DModel.from_pretrained``
         loads it; amortized over class labels it is a class-conditional UNet, ``num_class_embeds``; over float
         measurements it takes the encoded measurement, ``class_embed_type="identity"``, and the encoder's weights
-        are the ``encoder.*`` tensors of ``model.safetensors``)."""
+        are the ``encoder.*`` tensors of ``model.safetensors``). With LoRA (``SamplerConfig.lora_rank``) it writes
+        ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone."""
         from posterior import __version__
 
         folder = Path(folder)
@@ -223,7 +224,10 @@ class Posterior(nn.Module):
                   "prior": describe(self.prior), "reward": describe(self.reward), "proposal": describe(self._user[3])}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         unet = _diffusers_denoiser(self.network.model) if self.kind == "diffusion" else None
-        if unet is not None:
+        if unet is not None and self.spec["network"].get("lora_rank"):  # the adapters (and a class table) alone
+            trained = {k: v for k, v in state.items() if "lora_" in k or "class_embedding" in k or k.startswith("encoder.")}
+            save_file(trained, str(folder / "adapter.safetensors"))
+        elif unet is not None:
             unet.save_pretrained(str(folder / "denoiser"))
 
     @classmethod

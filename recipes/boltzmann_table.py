@@ -16,6 +16,8 @@ single-threaded runs at once. The table holds mean ± std over seeds of Δlog Z,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import subprocess
@@ -24,6 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from posterior.constraints.registry import TARGET_NAMES  # noqa: E402  (the targets recipes/boltzmann.py accepts)
 
 LP_ITERS, ITERS = 10_000, 25_000
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -101,7 +106,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/table")
     p.add_argument("--results", default=None, help="markdown file (default OUT/results.md)")
     p.add_argument("--no-run", action="store_true", help="only tabulate existing runs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        p.error(f"--iters must be an integer >= 1, got {args.iters}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be an integer >= 1, got {args.jobs}")
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        p.error(f"--methods must be comma-separated names from {', '.join(sorted(METHODS))}, got {args.methods!r}")
+    targets = [t for t in args.targets.split(",") if t]
+    if not targets or not set(targets) <= set(TARGET_NAMES):
+        p.error(f"--targets must be comma-separated names from {', '.join(TARGET_NAMES)}, got {args.targets!r}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not seeds or min(seeds) < 0:
+        p.error(f"--seeds must be integers >= 0, got {args.seeds!r}")
+    try:
+        parse_dims(args.dim)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.extra.strip():  # every run's flags through recipes/boltzmann.py's own checks, before any run starts
+        sys.path.insert(0, str(ROOT / "recipes"))
+        import boltzmann
+
+        for method in methods:
+            message = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(message):
+                    boltzmann.parse_args([*METHODS[method][1], *args.extra.split(), "--out", "unused"])
+            except SystemExit:
+                reason = (message.getvalue().strip().splitlines() or ["refused"])[-1].split("error: ", 1)[-1]
+                p.error(f"--extra must be flags recipes/boltzmann.py accepts (with method {method}): {reason}")
+    return args
 
 
 def run_name(target: str, method: str, seed: int, dim: int | None = None) -> str:
@@ -115,9 +154,9 @@ def parse_dims(text: str | None) -> list[int | None]:
     try:
         dims = [int(d) for d in text.split(",") if d]
     except ValueError:
-        raise SystemExit(f"--dim must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"--dim must be comma-separated integers, got {text!r}") from None
     if not dims or min(dims) < 1:
-        raise SystemExit(f"--dim must be positive integers, got {text!r}")
+        raise ValueError(f"--dim must be positive integers, got {text!r}")
     return dims
 
 
@@ -169,10 +208,7 @@ def table(out: Path, targets: list[str], methods: list[str], seeds: list[int], d
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(METHODS)}")
+    methods = [m for m in args.methods.split(",") if m]  # checked by parse_args
     targets = [t for t in args.targets.split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     dims = parse_dims(args.dim)

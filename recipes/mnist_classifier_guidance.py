@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-objective", choices=("rtb", "vargrad", "pis"), default="vargrad",
                    help="with --classes: rtb (learned log Z(y)), vargrad (grouped per class), pis (pathwise KL)")
     p.add_argument("--eval-k", type=int, default=256, help="with --classes: trajectories per class for the ELBO")
+    p.add_argument("--lr-condition", type=float, default=None,
+                   help="learning rate of the condition table / encoder (default 100 x --lr; TrainConfig.lr_condition)")
     p.add_argument("--prior", choices=("shipped", "train"), default="shipped",
                    help="shipped: the 14x14 prior and classifier that come with posterior (posterior.priors.mnist_prior); "
                         "train: train them here into --cache (--size, --ddpm-iters, --classifier-epochs)")
@@ -158,9 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps is None:
         args.steps = 10 if args.classes else 20
     args.prior_dir = args.classifier_dir = None  # the shipped prior and classifier (recipes/_mnist_diffusion.py)
-    unknown = sorted(set(m for m in args.class_methods.split(",") if m) - set(CLASS_METHODS))
+    class_methods = [m for m in args.class_methods.split(",") if m]
+    unknown = sorted(set(class_methods) - set(CLASS_METHODS))
     if unknown:
-        p.error(f"--class-methods: unknown {unknown}; choose from {CLASS_METHODS}")
+        p.error(f"--class-methods: unknown {unknown}; must be names from {', '.join(CLASS_METHODS)}")
+    if not class_methods:
+        p.error(f"--class-methods must name at least one of {', '.join(CLASS_METHODS)}, got {args.class_methods!r}")
     if args.prior == "shipped" and args.size != 14:
         p.error(f"--size {args.size} needs --prior train (the shipped prior is 14x14)")
     for flag, minimum in (("class_iters", 1), ("class_batch", 1), ("samples_per_condition", 1), ("eval_k", 2)):
@@ -251,9 +256,9 @@ def parse_classes(text: str) -> list[int]:
             elif part.strip():
                 classes.add(int(part))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--classes must look like 0-9 or 1,3,7, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--classes must be digit classes like 0-9 or 1,3,7, got {text!r}") from None
     if not classes or min(classes) < 0 or max(classes) > 9:
-        raise argparse.ArgumentTypeError(f"--classes must name digit classes in 0..9, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--classes must be digit classes in 0..9, got {text!r}")
     return sorted(classes)
 
 
@@ -279,6 +284,7 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
     methods = [m for m in args.class_methods.split(",") if m]
     config = posterior.TrainConfig(iterations=args.class_iters, batch_size=args.class_batch,
                                    samples_per_condition=args.samples_per_condition, lr=args.lr,
+                                   lr_condition=args.lr_condition,
                                    lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final,
                                    seed=args.seed, checkpoint_every=args.checkpoint_every)
     results: dict = {"classes": classes}
@@ -295,7 +301,7 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
             model.save_pretrained(out / "amortized" / "posterior")
     if "per-class" in methods and accelerator.is_main_process:
         per_class = replace(config, iterations=max(1, args.class_iters // len(classes)), samples_per_condition=1,
-                            batch_size=args.class_batch * args.samples_per_condition)
+                            batch_size=args.class_batch * args.samples_per_condition, lr_condition=None)
         for c in classes:
             start = time.perf_counter()
             model = posterior.fit(prior, lambda x, c=c: likelihood(x, torch.full((x.shape[0],), c, device=x.device)),

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="measurements per iteration")
     p.add_argument("--samples-per-condition", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-condition", type=float, default=None,
+                   help="learning rate of the condition table / encoder (default 100 x --lr; TrainConfig.lr_condition)")
     p.add_argument("--train-digits", type=int, default=2000)
     p.add_argument("--eval-digits", type=int, default=20)
     p.add_argument("--num-samples", type=int, default=64, help="samples per held-out y (posterior means)")
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     test_y = likelihood.sample_observation(truth, noise)
 
     config = posterior.TrainConfig(iterations=args.iters, batch_size=args.batch,
-                                   samples_per_condition=args.samples_per_condition, lr=args.lr, seed=args.seed,
+                                   samples_per_condition=args.samples_per_condition, lr=args.lr,
+                                   lr_condition=args.lr_condition, seed=args.seed,
                                    checkpoint_every=args.checkpoint_every)
     start = time.perf_counter()
     model = posterior.fit(prior, likelihood, train_y, space="data", objective=args.objective, config=config,

@@ -55,11 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--points must be comma-separated integers, got {args.points!r}")
     if not args.points or args.points[0] < 0:
         p.error("--points must hold integers >= 0")
-    for flag in ("images", "batch", "samples_per_condition", "steps", "threads"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.eval_k < 2 or args.reference_k < 2:
-        p.error("--eval-k and --reference-k must be >= 2")
+    # --samples-per-condition >= 2: both arms train with VarGrad, a variance over each image's trajectories
+    for flag, minimum in (("images", 1), ("batch", 1), ("samples_per_condition", 2), ("steps", 1), ("threads", 1),
+                          ("eval_k", 2), ("reference_k", 2)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
     return args
 
 

@@ -92,8 +92,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.iters < 0 or args.eval_repeats < 1:
-        raise SystemExit(f"--iters must be >= 0 and --eval-repeats >= 1, got {args.iters} and {args.eval_repeats}")
+    for flag, minimum in (("iters", 0), ("eval_repeats", 1), ("threads", 1)):  # --iters 0: one iteration
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    for flag in ("seed", "eval_seed"):  # the public code's set_seed seeds numpy too: 0 .. 2**32 - 1
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value < 2 ** 32:
+            p.error(f"--{flag.replace('_', '-')} must be an integer in [0, 2**32 - 1], got {value}")
     if args.eval_only and not (args.out / "model.pt").is_file():
         raise SystemExit(f"--eval-only: expected the weights of a finished run at {str(args.out / 'model.pt')!r}")
     code = import_public_code(args.code_dir)

@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    for flag, minimum in (("capacity", 1), ("dim", 1), ("batch", 1), ("repeats", 1), ("round_batch", 1),
+                          ("small_capacity", 1), ("round_repeats", 1)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be an integer >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)

@@ -34,6 +34,7 @@ from posterior.training.engine import Trainer  # noqa: E402
 from posterior.priors.ddpm_training import small_unet  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 
+TRAIN_TIMESTEPS = 1000  # the DDPM scheduler's; --steps strides it
 MODES = {"full": dict(per_step=False), "checkpoint": dict(per_step=False, checkpoint=True),
          "per_step": dict(per_step=True), "per_step_quarter": dict(per_step=True, step_fraction=0.25),
          "per_step_lora": dict(per_step=True, lora_rank=8),
@@ -47,7 +48,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     unet = small_unet(args.size, widths=tuple(args.widths)).to(device)
-    prior = DiffusionPrior(unet, DDPMScheduler(num_train_timesteps=1000), args.steps, (1, args.size, args.size))
+    prior = DiffusionPrior(unet, DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS), args.steps,
+                           (1, args.size, args.size))
     options = MODES[mode]
     model = lora_denoiser(unet, rank=options["lora_rank"]) if "lora_rank" in options else None
     posterior = DiffusionPosterior(prior, model, checkpoint_steps=options.get("checkpoint", False))
@@ -89,16 +91,36 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    p.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    for flag, minimum in (("size", 1), ("steps", 1), ("batch", 1), ("iters", 1)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.steps > TRAIN_TIMESTEPS:
+        p.error(f"--steps must be at most the scheduler's {TRAIN_TIMESTEPS} training timesteps, got {args.steps}")
+    if any(w < 8 or w % 8 for w in args.widths):  # the UNet's group norms have 8 groups
+        p.error(f"--widths must be positive multiples of 8, got {' '.join(map(str, args.widths))}")
+    if args.size % 2 ** (len(args.widths) - 1):  # each width after the first halves the image
+        p.error(f"--size must be divisible by {2 ** (len(args.widths) - 1)} with {len(args.widths)} --widths, "
+                f"got {args.size}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be an integer >= 1, got {args.threads}")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}")
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES))
+    if not modes or unknown:
+        p.error(f"--modes must be comma-separated modes from {', '.join(MODES)}, got {args.modes!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mode is not None:
         print(json.dumps(run_mode(args, args.mode)))
         return {}
     results = []
-    for mode in args.modes.split(","):
+    for mode in modes:
         if args.device.startswith("cuda"):
             results.append(run_mode(args, mode))
         else:

@@ -51,7 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the report here (default: RUN/path_kl.json)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, minimum in (("classifier_epochs", 1), ("samples", 2), ("pool", 2), ("paths", 2), ("continuations", 1)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.exact and args.pool < args.paths:
+        p.error(f"--pool must be >= --paths (SIR keeps --paths of the pool), got {args.pool} < {args.paths}")
+    if args.frozen_final_steps is not None and args.frozen_final_steps < 0:
+        p.error(f"--frozen-final-steps must be an integer >= 0, got {args.frozen_final_steps}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be an integer >= 1, got {args.threads}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,6 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     if "rtb" not in metrics.get("methods", {}):
         raise SystemExit(f"{run / 'metrics.json'} has no RTB entry")
+    if args.frozen_final_steps is not None and args.frozen_final_steps >= int(metrics["steps"]):
+        raise SystemExit(f"--frozen-final-steps must be below the run's {metrics['steps']} steps, "
+                         f"got {args.frozen_final_steps}")
     setup = guidance_recipe.parse_args(["--out", str(run), "--cache", args.cache, "--size", str(metrics["size"]),
                                         "--prior", "train" if metrics.get("prior") != "shipped" else "shipped",
                                         "--steps", str(metrics["steps"]), "--classifier-epochs",

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    for flag, minimum in (("steps", 1), ("batch", 1)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be an integer >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     prior = DiffusionPrior.from_pretrained(args.prior, num_steps=args.steps).eval()

@@ -75,13 +75,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--default-allocator", action="store_true",
                    help="leave glibc's malloc thresholds as they are (see posterior/cpu_allocator.py)")
     args = p.parse_args(argv)
+    for flag, minimum in (("iters", 1), ("warmup", 0), ("batch", 1), ("steps", 1)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    for flag in ("dim", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be an integer >= 1, got {getattr(args, flag)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.default_allocator:
         retain_freed_memory()
-    device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    target = make_target(args.target, dim=args.dim, pines_path=pines_path()).to(device)
+    try:  # the target's own dimension rules (gmm25: 2, manywell: even, lgcp: a square), before any training
+        target = make_target(args.target, dim=args.dim, pines_path=pines_path()).to(device)
+    except ValueError as exc:
+        if args.dim is None:
+            raise
+        p.error(f"--dim must be a dimension that --target {args.target} accepts, got {args.dim} ({exc})")
     sampler = make_sampler(target.dim, target.reference_variance, langevin=args.langevin).to(device)
     path = BoltzmannPath(target, sampler.reference)
     objective = make_objective(args.objective, path).to(device)

@@ -15,17 +15,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from posterior.constraints.registry import TARGET_NAMES  # noqa: E402  (the targets recipes/boltzmann.py accepts)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/issue3")
-    p.add_argument("--target", default="gmm25")
+    p.add_argument("--target", choices=TARGET_NAMES, default="gmm25")
     p.add_argument("--steps", default="8,16,32,64,128")
     p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
@@ -38,13 +42,29 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated TB log Z initializations (zero, batch), each a separate set of runs")
     p.add_argument("--no-run", action="store_true")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    steps = [int(s) for s in args.steps.split(",")]
-    ranges = [float(r) for r in args.log_var_ranges.split(",") if r]
-    scales = [float(s) for s in args.log_var_lr_scales.split(",") if s]
+    for flag, minimum in (("iters", 1), ("eval_samples", 2)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s]
+    except ValueError:
+        p.error(f"--steps must be comma-separated integers, got {args.steps!r}")
+    if not steps or min(steps) < 1:
+        p.error(f"--steps must be integers >= 1, got {args.steps!r}")
+    lists = {}
+    for flag in ("log_var_ranges", "log_var_lr_scales"):
+        text = getattr(args, flag)
+        try:
+            lists[flag] = [float(v) for v in text.split(",") if v]
+        except ValueError:
+            p.error(f"--{flag.replace('_', '-')} must be comma-separated numbers, got {text!r}")
+        if not lists[flag] or not all(math.isfinite(v) and v > 0 for v in lists[flag]):
+            p.error(f"--{flag.replace('_', '-')} must be finite numbers > 0, got {text!r}")
+    ranges, scales = lists["log_var_ranges"], lists["log_var_lr_scales"]
     inits = [i for i in args.log_z_inits.split(",") if i]
-    if not set(inits) <= {"zero", "batch"}:
-        raise SystemExit(f"--log-z-inits must be from zero, batch; got {args.log_z_inits!r}")
+    if not inits or not set(inits) <= {"zero", "batch"}:
+        p.error(f"--log-z-inits must be from zero, batch; got {args.log_z_inits!r}")
+    out = Path(args.out)
     suffix = {"zero": "", "batch": "-lzbatch"}
     learned = {("learned" if r == 4.0 else f"learned-r{r:g}") + ("" if s == 1.0 else f"-lr{s:g}") + suffix[i]: (r, s)
                for i in inits for r in ranges for s in scales}

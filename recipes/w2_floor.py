@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -28,12 +29,13 @@ from posterior.core.metrics import wasserstein2  # noqa: E402
 
 
 def parse_betas(text: str) -> list[float]:
+    """``--betas``: comma-separated finite numbers > 0 (ValueError naming the flag otherwise)."""
     try:
         betas = [float(b) for b in text.split(",") if b.strip()]
-    except ValueError as exc:
-        raise SystemExit(f"--betas must be comma-separated numbers, got {text!r}") from exc
-    if not betas or any(not b > 0 for b in betas):
-        raise SystemExit(f"--betas must be numbers > 0, got {text!r}")
+    except ValueError:
+        raise ValueError(f"--betas must be comma-separated numbers, got {text!r}") from None
+    if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
+        raise ValueError(f"--betas must be finite numbers > 0, got {text!r}")
     return betas
 
 
@@ -47,9 +49,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if args.n < 2 or args.repeats < 1:
-        raise SystemExit(f"--n must be >= 2 and --repeats >= 1, got {args.n} and {args.repeats}")
-    betas = parse_betas(args.betas)
+    for flag, minimum in (("dim", 2), ("n", 2), ("repeats", 1)):
+        if getattr(args, flag) < minimum:
+            p.error(f"--{flag} must be an integer >= {minimum}, got {getattr(args, flag)}")
+    if args.dim % 2:
+        p.error(f"--dim must be even (Manywell pairs its coordinates), got {args.dim}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be an integer >= 1, got {args.threads}")
+    try:
+        betas = parse_betas(args.betas)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     target = Manywell(args.dim)

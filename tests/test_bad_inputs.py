@@ -483,6 +483,11 @@ def test_the_suite_is_wide():
 
 
 # ---------------------------------------------------------------------------------------------- recipe flags
+# Each case: pytest.param(script, flags, flag named in the message[, extra], id=...). ``extra`` are the arguments a
+# valid run would also need ("{out}" is the case's output folder, which must stay empty); by default
+# ``--out {out} --no-progress``. Scripts without those flags get their own (a JSON report, dummy required paths).
+OUT_FLAGS = ("--out", "{out}", "--no-progress")
+JSON_FLAGS = ("--json", "{out}/metrics.json")
 RECIPE_CASES = [
     pytest.param("boltzmann.py", ["--target", "gmm25", "--iters", "0"], r"--iters", id="boltzmann-iters-0"),
     pytest.param("boltzmann.py", ["--target", "gmm25", "--eval-samples", "0"], r"--eval-samples", id="boltzmann-eval-samples-0"),
@@ -494,16 +499,103 @@ RECIPE_CASES = [
     pytest.param("mixture_posterior.py", ["--threads", "0"], r"--threads", id="mixture-threads-0"),
     pytest.param("mnist_classifier_guidance.py", ["--batch", "0"], r"--batch", id="guidance-batch-0"),
     pytest.param("mnist_classifier_guidance.py", ["--num-samples", "0"], r"--num-samples", id="guidance-num-samples-0"),
+    # timing and memory reports (a JSON report, no --out)
+    pytest.param("speed.py", ["--iters", "0"], r"--iters", JSON_FLAGS, id="speed-iters-0"),
+    pytest.param("speed.py", ["--warmup", "-1"], r"--warmup", JSON_FLAGS, id="speed-warmup-negative"),
+    pytest.param("speed.py", ["--batch", "0"], r"--batch", JSON_FLAGS, id="speed-batch-0"),
+    pytest.param("speed.py", ["--device", "gpu"], r"--device", JSON_FLAGS, id="speed-device-unknown"),
+    pytest.param("speed.py", ["--target", "manywell", "--dim", "3"], r"--dim", JSON_FLAGS, id="speed-dim-odd-manywell"),
+    pytest.param("replay_speed.py", ["--capacity", "0"], r"--capacity", JSON_FLAGS, id="replay-speed-capacity-0"),
+    pytest.param("replay_speed.py", ["--repeats", "0"], r"--repeats", JSON_FLAGS, id="replay-speed-repeats-0"),
+    pytest.param("replay_speed.py", ["--round-batch", "-5"], r"--round-batch", JSON_FLAGS,
+                 id="replay-speed-round-batch-negative"),
+    pytest.param("w2_floor.py", ["--n", "1"], r"--n", JSON_FLAGS, id="w2-floor-n-1"),
+    pytest.param("w2_floor.py", ["--dim", "3"], r"--dim", JSON_FLAGS, id="w2-floor-dim-odd"),
+    pytest.param("w2_floor.py", ["--betas", "1,nan"], r"--betas", JSON_FLAGS, id="w2-floor-betas-nan"),
+    pytest.param("w2_floor.py", ["--betas", "0,1"], r"--betas", JSON_FLAGS, id="w2-floor-betas-0"),
+    pytest.param("rtb_memory.py", ["--iters", "0"], r"--iters", JSON_FLAGS, id="rtb-memory-iters-0"),
+    pytest.param("rtb_memory.py", ["--widths", "12", "24"], r"--widths", JSON_FLAGS, id="rtb-memory-widths-not-8"),
+    pytest.param("rtb_memory.py", ["--size", "7"], r"--size", JSON_FLAGS, id="rtb-memory-size-odd"),
+    pytest.param("rtb_memory.py", ["--modes", "full,everything"], r"--modes", JSON_FLAGS, id="rtb-memory-modes-unknown"),
+    pytest.param("rtb_path_kl.py", ["--run", "{out}/run", "--samples", "1"], r"--samples", JSON_FLAGS,
+                 id="rtb-path-kl-samples-1"),
+    pytest.param("rtb_path_kl.py", ["--run", "{out}/run", "--paths", "0"], r"--paths", JSON_FLAGS,
+                 id="rtb-path-kl-paths-0"),
+    pytest.param("rtb_path_kl.py", ["--run", "{out}/run", "--frozen-final-steps", "-1"], r"--frozen-final-steps",
+                 JSON_FLAGS, id="rtb-path-kl-frozen-negative"),
+    pytest.param("rtb_step_gradients.py", ["--prior", "{out}/prior", "--steps", "0"], r"--steps", JSON_FLAGS,
+                 id="rtb-step-gradients-steps-0"),
+    pytest.param("rtb_step_gradients.py", ["--prior", "{out}/prior", "--batch", "0"], r"--batch", JSON_FLAGS,
+                 id="rtb-step-gradients-batch-0"),
+    # orchestrators of other recipes (--out, no --no-progress)
+    pytest.param("variance_sweep.py", ["--iters", "0"], r"--iters", ("--out", "{out}"), id="variance-sweep-iters-0"),
+    pytest.param("variance_sweep.py", ["--steps", "8,0"], r"--steps", ("--out", "{out}"), id="variance-sweep-steps-0"),
+    pytest.param("variance_sweep.py", ["--log-var-ranges", "4,inf"], r"--log-var-ranges", ("--out", "{out}"),
+                 id="variance-sweep-log-var-range-inf"),
+    pytest.param("variance_sweep.py", ["--log-var-lr-scales", "0"], r"--log-var-lr-scales", ("--out", "{out}"),
+                 id="variance-sweep-lr-scale-0"),
+    pytest.param("public_code_pis.py", ["--code-dir", "{out}/code", "--iters", "-1"], r"--iters", ("--out", "{out}"),
+                 id="public-code-pis-iters-negative"),
+    pytest.param("public_code_pis.py", ["--code-dir", "{out}/code", "--eval-repeats", "0"], r"--eval-repeats",
+                 ("--out", "{out}"), id="public-code-pis-eval-repeats-0"),
+    pytest.param("public_code_pis.py", ["--code-dir", "{out}/code", "--threads", "0"], r"--threads",
+                 ("--out", "{out}"), id="public-code-pis-threads-0"),
+    pytest.param("boltzmann_table.py", ["--jobs", "0"], r"--jobs", ("--out", "{out}", "--no-run"),
+                 id="boltzmann-table-jobs-0"),
+    pytest.param("boltzmann_table.py", ["--iters", "0"], r"--iters", ("--out", "{out}", "--no-run"),
+                 id="boltzmann-table-iters-0"),
+    pytest.param("boltzmann_table.py", ["--seeds", "0,-1"], r"--seeds", ("--out", "{out}", "--no-run"),
+                 id="boltzmann-table-seed-negative"),
+    pytest.param("boltzmann_table.py", ["--extra=--batch 0"], r"--extra", ("--out", "{out}", "--no-run"),
+                 id="boltzmann-table-extra-batch-0"),
+    # MNIST recipes
+    pytest.param("mnist_vae_curve.py", ["--images", "0"], r"--images", id="mnist-vae-curve-images-0"),
+    pytest.param("mnist_vae_curve.py", ["--samples-per-condition", "1"], r"--samples-per-condition",
+                 id="mnist-vae-curve-samples-per-condition-1"),
+    pytest.param("mnist_vae_curve.py", ["--reference-k", "1"], r"--reference-k", id="mnist-vae-curve-reference-k-1"),
+    pytest.param("mnist_prior.py", ["--ddpm-iters", "0"], r"--ddpm-iters",
+                 ("--no-progress", "--prior-dir", "{out}/prior", "--classifier-dir", "{out}/classifier"),
+                 id="mnist-prior-ddpm-iters-0"),
+    pytest.param("mnist_prior.py", ["--size", "7"], r"--size",
+                 ("--no-progress", "--prior-dir", "{out}/prior", "--classifier-dir", "{out}/classifier"),
+                 id="mnist-prior-size-odd"),
+    pytest.param("mnist_prior.py", ["--classifier-epochs", "0"], r"--classifier-epochs",
+                 ("--no-progress", "--prior-dir", "{out}/prior", "--classifier-dir", "{out}/classifier"),
+                 id="mnist-prior-classifier-epochs-0"),
+    pytest.param("mnist_inpainting.py", ["--iters", "0"], r"--iters", id="inpainting-iters-0"),
+    pytest.param("mnist_inpainting.py", ["--lr", "nan"], r"--lr", id="inpainting-lr-nan"),
+    pytest.param("mnist_inpainting.py", ["--dps-scale", "-1"], r"--dps-scale", id="inpainting-dps-scale-negative"),
+    pytest.param("mnist_inpainting.py", ["--sir-pool", "1"], r"--sir-pool", id="inpainting-sir-pool-1"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-12"], r"--classes", id="guidance-classes-out-of-range"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "a,b"], r"--classes", id="guidance-classes-not-digits"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--class-iters", "0"], r"--class-iters",
+                 id="guidance-class-iters-0"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--class-batch", "0"], r"--class-batch",
+                 id="guidance-class-batch-0"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--samples-per-condition", "0"],
+                 r"--samples-per-condition", id="guidance-samples-per-condition-0"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--eval-k", "1"], r"--eval-k",
+                 id="guidance-eval-k-1"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--class-methods", "amortized,bogus"],
+                 r"--class-methods", id="guidance-class-methods-unknown"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--class-methods", ","], r"--class-methods",
+                 id="guidance-class-methods-empty"),
 ]
+RECIPE_CASES = [case if len(case.values) == 4 else pytest.param(*case.values, OUT_FLAGS, id=case.id, marks=case.marks)
+                for case in RECIPE_CASES]
 
 
-@pytest.mark.parametrize("script, flags, flag", RECIPE_CASES)
-def test_recipe_flag_is_a_usage_error_before_training(script, flags, flag, tmp_path):
+@pytest.mark.parametrize("script, flags, flag, extra", RECIPE_CASES)
+def test_recipe_flag_is_a_usage_error_before_training(script, flags, flag, extra, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, f"recipes/{script}", *flags, "--out", str(out), "--no-progress"],
+    args = [a.replace("{out}", str(out)) for a in (*flags, *extra)]
+    result = subprocess.run([sys.executable, f"recipes/{script}", *args],
                             cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert flag in result.stderr and ("must be" in result.stderr or "expected" in result.stderr), result.stderr[-2000:]
+    message = (result.stderr.strip().splitlines() or [""])[-1]  # the error itself, not the usage line's flag list
+    assert flag in message and ("must be" in message or "expected" in message), result.stderr[-2000:]
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    assert not out.exists() or not any(out.rglob("*")), sorted(map(str, out.rglob("*")))  # nothing was written

@@ -212,3 +212,38 @@ def test_noise_space_takes_integer_labels_through_an_embedding(tmp_path):
     torch.testing.assert_close(again.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0)), x)
     with pytest.raises(ValueError, match=r"y must be class labels in \[0, 3\)"):
         post.sample(torch.tensor([3]), 2)
+
+
+def test_lora_adapters_amortized_over_labels_start_at_the_prior_and_train_only_adapters(tmp_path):
+    """SamplerConfig(lora_rank=r): a frozen copy of the UNet with rank-r adapters plus the class table; the prior's
+    own weights are untouched by training, the copy's frozen weights too; save / load restores the posterior."""
+    from posterior import SamplerConfig
+
+    prior = _unet_prior()
+    before = {k: v.clone() for k, v in prior.denoiser.state_dict().items()}
+    post = fit(prior, lambda x, y: -((x.mean((1, 2, 3)) - y.float() / 3) ** 2) / 0.1, torch.tensor([0, 1, 2]),
+               space="data", objective="rtb", sampler=SamplerConfig(lora_rank=2), progress=False,
+               config=TrainConfig(iterations=3, batch_size=2, samples_per_condition=2, lr=1e-2))
+    unet = post.network.model.model
+    named = dict(unet.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("class_embedding") for n in trainable)
+    assert any(float(named[n].detach().abs().max()) > 0 for n in trainable if "lora_B" in n)  # adapters trained
+    for k, v in prior.denoiser.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    frozen = {n: p for n, p in named.items() if not p.requires_grad and "lora_" not in n}
+    for n, p in frozen.items():
+        key = n.replace(".base_layer", "")
+        assert torch.equal(p, before[key]), n
+    x = post.sample(torch.tensor([2]), 2, generator=torch.Generator().manual_seed(0))
+    post.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "adapter.safetensors"))
+    assert not (tmp_path / "denoiser").exists() and adapter and all(
+        "lora_" in k or "class_embedding" in k for k in adapter)
+    again = Posterior.from_pretrained(tmp_path, prior=prior, reward=post.reward)
+    torch.testing.assert_close(again.sample(torch.tensor([2]), 2, generator=torch.Generator().manual_seed(0)), x)
+    with pytest.raises(ValueError, match="lora_rank=2 adapts a diffusion prior's denoiser: it is for space='data'"):
+        fit(_gaussian_prior()[0], _label_likelihood, torch.arange(3), sampler=SamplerConfig(lora_rank=2),
+            config=TrainConfig(iterations=1, samples_per_condition=2), progress=False)

@@ -13,7 +13,8 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     with ``log_likelihood(x)``, or a callable x -> (B,)).
 
     ``spec``: ``learn_variance`` (learn each step's variance too), ``beta`` (the reward's exponent),
-    ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's) and ``condition``
+    ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's), ``lora_rank``
+    (train LoRA adapters of that rank on a frozen copy; 0: all weights) and ``condition``
     (None: one unconditional posterior; else ``{"num_classes": K}`` for integer labels or ``{"cond_shape": [...],
     "encoder": "auto" | "cnn" | "mlp"}`` for float conditions: one posterior amortized over them, the reward then
     ``log_likelihood(x, y)`` or a callable (x, y) -> (B,)). A denoiser without parameters (an analytic one) gets
@@ -32,7 +33,15 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     if condition is not None and spec.get("learn_variance", False):
         raise ValueError("learned step variances (SamplerConfig.learn_variance) are not supported for a diffusion "
                          "posterior amortized over conditions")
-    model = prior.posterior_copy()
+    lora_rank = int(spec.get("lora_rank", 0) or 0)
+    if lora_rank:
+        if not any(True for _ in prior.denoiser.parameters()):
+            raise ValueError("SamplerConfig.lora_rank: the prior's denoiser has no layers to adapt")
+        from posterior.diffusion.lora import lora_denoiser
+
+        model = lora_denoiser(prior.denoiser, rank=lora_rank)
+    else:
+        model = prior.posterior_copy()
     if not any(True for _ in model.parameters()):  # an analytic denoiser: learn a residual correction
         if len(prior.event_shape) != 1:
             raise ValueError("the prior's denoiser has no parameters to fine-tune; pass a DiffusionPosterior "

@@ -92,6 +92,12 @@ class ConditionalDenoiser(nn.Module):
                 nn.init.normal_(self.encoder.weight, std=1.0)  # the correction's last layer is the zero one
             self.model, self.residual = residual, True
 
+    def condition_parameters(self) -> list[nn.Parameter]:
+        """The parameters that read y: the class table (in the UNet) or the encoder (trained at ``lr_condition``)."""
+        if self.encoder is not None:
+            return list(self.encoder.parameters())
+        return list(_unet_of(self.model).class_embedding.parameters())
+
     def embed(self, y: Tensor) -> Tensor:
         """What the UNet receives as ``class_labels`` (labels (B,) long, or the encoded y (B, width))."""
         if self.encoder is None:

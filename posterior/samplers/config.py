@@ -15,7 +15,7 @@ NOISINGS = ("auto", "brownian", "vp")
 class SamplerConfig:
     """Settings of the Euler-Maruyama sampler that `fit` trains in latent / noise space (or on a
     Boltzmann density). A posterior fine-tuned from a diffusion prior (``space="data"``) is the prior's
-    own denoiser and uses only ``learn_variance``.
+    own denoiser and uses only ``learn_variance``, ``encoder`` (of float conditions) and ``lora_rank``.
 
     Attributes:
         sigma2: variance per unit time of the reference (Brownian) process.
@@ -28,6 +28,8 @@ class SamplerConfig:
         noising: the reference process: "brownian" (a bridge pinned at 0), "vp" (variance-preserving OU,
             stationary N(0, sigma2 I)), or "auto": "vp" with a proposal (whose whitened coordinates it keeps
             at N(0, I), so that the untrained sampler is the proposal), "brownian" without.
+        lora_rank: data space: train rank-r LoRA adapters (:mod:`posterior.diffusion.lora`) on a frozen copy of
+            the prior's denoiser instead of all its weights (0: fine-tune all of them).
     """
 
     sigma2: float = 1.0
@@ -37,6 +39,7 @@ class SamplerConfig:
     hidden: int = 64
     encoder: str = "auto"
     noising: str = "auto"
+    lora_rank: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma2, bool) or not isinstance(self.sigma2, (int, float)) \
@@ -52,6 +55,8 @@ class SamplerConfig:
                              "parametrization: set langevin=True")
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
             raise ValueError(f"SamplerConfig.hidden must be an integer >= 1, got {self.hidden!r}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"SamplerConfig.lora_rank must be an integer >= 0 (0: no LoRA), got {self.lora_rank!r}")
         if self.noising not in NOISINGS:
             raise ValueError(f"SamplerConfig.noising must be one of {NOISINGS}, got {self.noising!r}")
         if self.encoder not in ENCODERS:

@@ -28,8 +28,12 @@ class TrainConfig:
             None: the objective's default (1e-1, or 1e-2 with a learned state flow).
         lr_guidance: a guided posterior's per-step guidance scales
             (:class:`posterior.diffusion.guided_denoiser.GuidedDenoiser`); None: trained at ``lr``.
-        lr_decay_horizon, lr_decay_final: cosine decay of the sampler's learning rates (``lr`` and
-            ``lr_guidance``, not ``lr_flow``) to ``lr_decay_final`` times their value over the first
+        lr_condition: the condition table / encoder of a diffusion posterior amortized over conditions
+            (:class:`posterior.diffusion.conditional_denoiser.ConditionalDenoiser`): it starts at zero and must
+            grow to the scale of the UNet's timestep embedding while the fine-tuned weights move at ``lr``;
+            None: ``CONDITION_LR_FACTOR`` (100) times ``lr``.
+        lr_decay_horizon, lr_decay_final: cosine decay of the sampler's learning rates (``lr``, ``lr_guidance``
+            and ``lr_condition``, not ``lr_flow``) to ``lr_decay_final`` times their value over the first
             ``lr_decay_horizon`` iterations, constant after (0: no decay).
         log_var_lr_scale: with a learned variance, the log-variance output rows move this much slower
             than the rest of the policy (exactly a learning rate ``lr * log_var_lr_scale`` for them).
@@ -67,6 +71,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_flow: float | None = None
     lr_guidance: float | None = None
+    lr_condition: float | None = None
     lr_decay_horizon: int = 0
     lr_decay_final: float = 0.1
     log_var_lr_scale: float = 1.0
@@ -96,7 +101,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _integer(self, name, minimum=1)
         _positive(self, "lr")
-        for name in ("lr_flow", "lr_guidance", "grad_clip"):
+        for name in ("lr_flow", "lr_guidance", "lr_condition", "grad_clip"):
             if getattr(self, name) is not None:
                 _positive(self, name)
         for name in ("log_var_lr_scale", "grid_power", "grid_low", "grid_high"):
@@ -137,7 +142,9 @@ RESUMABLE_SETTINGS = ("iterations", "checkpoint_every")
 # settings of a diffusion sampler's own time grid, which a diffusion prior's posterior does not use
 GRID_SETTINGS = ("steps", "train_grid", "grid_low", "grid_high", "grid_power", "steps_max")
 # settings of the per-step gradient of a diffusion prior's posterior
-DIFFUSION_GRADIENT_SETTINGS = ("per_step", "step_fraction", "lr_guidance")
+DIFFUSION_GRADIENT_SETTINGS = ("per_step", "step_fraction", "lr_guidance", "lr_condition")
+# lr_condition = CONDITION_LR_FACTOR * lr unless set
+CONDITION_LR_FACTOR = 100.0
 
 
 def _integer(config: TrainConfig, name: str, minimum: int) -> None:

@@ -114,13 +114,12 @@ class Trainer:
         self.device, self.dtype = self.model.device, getattr(self.model, "dtype", dtype)
         lr_flow = config.lr_flow if config.lr_flow is not None else default_flow_lr(objective)
         groups = self.model.parameter_groups()
-        rates = [config.lr, config.lr_guidance][:len(groups)]
-        param_groups = [{"params": g, "lr": r} for g, r in zip(groups, rates)]
-        self._decaying_lrs = list(rates)  # the sampler's groups; log Z's rate stays
+        param_groups = [{"params": g, "lr": r} for g, r in groups]
+        self._decaying_lrs = [r for _, r in groups]  # the sampler's groups; log Z's rate stays
         if objective.flow_parameters():
             param_groups.append({"params": objective.flow_parameters(), "lr": lr_flow})
         self.optimizer = torch.optim.Adam(param_groups)
-        self._trained = [p for g in groups for p in g]
+        self._trained = [p for g, _ in groups for p in g]
         self.ema = WeightAverage(self._trained, config.ema_decay) if config.ema_decay else None
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.exploration = LinearDecay(config.explore, config.explore_horizon or config.iterations,

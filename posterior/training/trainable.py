@@ -30,7 +30,7 @@ from posterior.objectives.base import Objective
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.conditional_sampler import ConditionalSampler
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.config import DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS, TrainConfig
+from posterior.training.config import CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS, TrainConfig
 from posterior.training.replay import ReplayConfig, ReplayTraining
 
 
@@ -77,9 +77,9 @@ class SamplerModel:
         self.batch_conditions: Tensor | None = None  # each trajectory's condition in the last forward batch
 
     # ------------------------------------------------------------------ what is trained
-    def parameter_groups(self) -> list[list[nn.Parameter]]:
-        """The sampler's parameters (one group, trained at ``lr``)."""
-        return [list(self.module.parameters())]
+    def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning rate): the sampler's parameters, one group at ``lr``."""
+        return [(list(self.module.parameters()), self.config.lr)]
 
     def log_variance_rows(self) -> list[Tensor]:
         return self.policy.log_variance_rows()
@@ -200,14 +200,19 @@ class DiffusionPosteriorModel:
         self.batch_conditions = None
         guidance = getattr(posterior.model, "guidance_parameters", None)
         self.guidance = list(guidance()) if guidance is not None and config.lr_guidance is not None else []
-        separate = {id(p) for p in self.guidance}
+        self.condition = list(posterior.model.condition_parameters()) if amortized else []
+        separate = {id(p) for p in self.guidance + self.condition}
         self.trainable = [p for p in posterior.model.parameters() if p.requires_grad and id(p) not in separate]
         if not self.trainable and not self.guidance:
             raise ValueError("the posterior model has no trainable parameters")
 
-    def parameter_groups(self) -> list[list[nn.Parameter]]:
-        """The denoiser's trainable parameters (at ``lr``) and, with ``lr_guidance``, the guidance scales."""
-        return [group for group in (self.trainable, self.guidance) if group]
+    def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning rate): the denoiser's trainable parameters at ``lr``, with ``lr_guidance`` the
+        guidance scales, and a condition table / encoder at ``lr_condition``."""
+        cfg = self.config
+        lr_condition = cfg.lr_condition if cfg.lr_condition is not None else CONDITION_LR_FACTOR * cfg.lr
+        groups = [(self.trainable, cfg.lr), (self.guidance, cfg.lr_guidance), (self.condition, lr_condition)]
+        return [(params, rate) for params, rate in groups if params]
 
     def log_variance_rows(self) -> list[Tensor]:
         return []
