@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --classes: rtb (learned log Z(y)), vargrad (grouped per class), pis (pathwise KL)")
     p.add_argument("--eval-k", type=int, default=256, help="with --classes: trajectories per class for the ELBO")
     p.add_argument("--lr-condition", type=float, default=None,
-                   help="learning rate of the condition table / encoder (default 100 x --lr; TrainConfig.lr_condition)")
+                   help="learning rate of the condition table / encoder (default 300 x --lr; TrainConfig.lr_condition)")
     p.add_argument("--prior", choices=("shipped", "train"), default="shipped",
                    help="shipped: the 14x14 prior and classifier that come with posterior (posterior.priors.mnist_prior); "
                         "train: train them here into --cache (--size, --ddpm-iters, --classifier-epochs)")
@@ -165,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"--class-methods: unknown {unknown}; must be names from {', '.join(CLASS_METHODS)}")
     if not class_methods:
-        p.error(f"--class-methods must name at least one of {', '.join(CLASS_METHODS)}, got {args.class_methods!r}")
+        p.error(f"--class-methods must be at least one of {', '.join(CLASS_METHODS)}, got {args.class_methods!r}")
     if args.prior == "shipped" and args.size != 14:
         p.error(f"--size {args.size} needs --prior train (the shipped prior is 14x14)")
     for flag, minimum in (("class_iters", 1), ("class_batch", 1), ("samples_per_condition", 1), ("eval_k", 2)):
@@ -180,6 +181,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, flag)}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be an integer >= 1, got {args.threads}")
+    for flag in ("beta", "lr", "lr_guidance", "dps_scale", "cg_scale", "freeze_below"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value > 0):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number > 0, got {value}")
+    if args.lr_condition is not None and not (math.isfinite(args.lr_condition) and args.lr_condition > 0):
+        p.error(f"--lr-condition must be a finite number > 0, got {args.lr_condition}")
+    for flag in ("hinge", "rtb_explore", "rtb_guidance", "rtb_forward_kl", "rtb_ema"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= 0):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.rtb_ema >= 1:
+        p.error(f"--rtb-ema must be a decay in [0, 1), got {args.rtb_ema}")
+    if not 0 < args.rtb_step_fraction <= 1:
+        p.error(f"--rtb-step-fraction must be in (0, 1], got {args.rtb_step_fraction}")
     if not 0 <= args.target_class <= 9:
         p.error(f"--class must be a digit class in 0..9, got {args.target_class}")
     return args

@@ -291,7 +291,7 @@ for field, value, regex in [
     ("langevin_scale", "global", r"one of .*got 'global'"),
     ("hidden", 0, r"integer >= 1, got 0"), ("hidden", 2.5, r"integer >= 1, got 2.5"),
     ("hidden", True, r"integer >= 1, got True"),
-    ("encoder", "rnn", r"one of \('auto', 'mlp', 'cnn'\), got 'rnn'"),
+    ("encoder", "rnn", r"one of \('auto', 'mlp', 'cnn', 'embedding'\), got 'rnn'"),
     ("noising", "ou", r"one of \('auto', 'brownian', 'vp'\), got 'ou'"),
 ]:
     case(f"SamplerConfig-{field}-{value!r}", sampler(**{field: value}), ValueError, rf"SamplerConfig\.{field} .*{regex}")
@@ -580,6 +580,11 @@ RECIPE_CASES = [
                  r"--class-methods", id="guidance-class-methods-unknown"),
     pytest.param("mnist_classifier_guidance.py", ["--classes", "0-2", "--class-methods", ","], r"--class-methods",
                  id="guidance-class-methods-empty"),
+    pytest.param("mnist_classifier_guidance.py", ["--lr", "0"], r"--lr", id="guidance-lr-0"),
+    pytest.param("mnist_classifier_guidance.py", ["--beta", "nan"], r"--beta", id="guidance-beta-nan"),
+    pytest.param("mnist_classifier_guidance.py", ["--rtb-ema", "1"], r"--rtb-ema", id="guidance-rtb-ema-1"),
+    pytest.param("mnist_classifier_guidance.py", ["--classes", "0-9", "--lr-condition", "-1"], r"--lr-condition",
+                 id="guidance-lr-condition-negative"),
 ]
 RECIPE_CASES = [case if len(case.values) == 4 else pytest.param(*case.values, OUT_FLAGS, id=case.id, marks=case.marks)
                 for case in RECIPE_CASES]
