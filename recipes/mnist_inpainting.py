@@ -93,7 +93,13 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    from accelerate.utils import is_tensorboard_available
+
+    trackers = "tensorboard" if is_tensorboard_available() else None  # loss curves for a tracker, when installed
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=args.out)
+    if trackers:
+        accelerator.init_trackers("mnist_inpainting", config={k: v for k, v in vars(args).items()
+                                                              if isinstance(v, (int, float, str, bool))})
     device = accelerator.device
     if device.type == "cpu":
         retain_freed_memory()
@@ -122,8 +128,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     model = posterior.fit(prior, likelihood, train_y, space="data", objective=args.objective, config=config,
                           checkpoint_dir=out, resume=args.resume, progress=not args.no_progress and
                           accelerator.is_main_process, process_index=accelerator.process_index,
-                          gradient_sync=bucketed_gradient_sync(accelerator))
+                          gradient_sync=bucketed_gradient_sync(accelerator), log=accelerator.log if trackers else None)
     train_seconds = time.perf_counter() - start
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return None
     model.save_pretrained(out / "posterior")

@@ -247,3 +247,26 @@ def test_lora_adapters_amortized_over_labels_start_at_the_prior_and_train_only_a
     with pytest.raises(ValueError, match="lora_rank=2 adapts a diffusion prior's denoiser: it is for space='data'"):
         fit(_gaussian_prior()[0], _label_likelihood, torch.arange(3), sampler=SamplerConfig(lora_rank=2),
             config=TrainConfig(iterations=1, samples_per_condition=2), progress=False)
+
+
+def test_data_space_training_reports_to_a_tracker_and_syncs_gradients():
+    """log= reaches a tracker every log_every iterations; gradient_sync sees every trained parameter (the class table
+    included) after each backward pass, with a different seed per process_index."""
+    prior, _ = _gaussian_prior()
+    logged, synced = [], []
+
+    def sync(params):
+        synced.append(len(params))
+
+    config = TrainConfig(iterations=4, batch_size=2, samples_per_condition=2, lr=1e-3)
+    first = fit(prior, _label_likelihood, torch.arange(3), space="data", objective="rtb", config=config,
+                progress=False, log=lambda values, step: logged.append((step, sorted(values))), log_every=2,
+                gradient_sync=sync)
+    assert [step for step, _ in logged] == [2, 4] and logged[0][1] == ["log_z_batch", "loss", "seconds_per_iter"]
+    trained = [p for p in first.network.model.parameters() if p.requires_grad]
+    # one sync per iteration with every trained parameter (plus the objective's log Z(y)); two more at the first
+    # iteration pool the warm start of the scalar log Z over processes
+    assert len(synced) == 4 + 2 and max(synced) >= len(trained)
+    other = fit(prior, _label_likelihood, torch.arange(3), space="data", objective="rtb", config=config,
+                progress=False, process_index=1)
+    assert other.training_history.loss != first.training_history.loss  # its own noise and conditions
