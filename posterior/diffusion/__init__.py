@@ -1,2 +1,2 @@
 """Data-space posteriors fine-tuned from a diffusion prior (RTB), their parametrizations
-(LoRA, residual, guided, learned variance) and the noise-space target of a generator."""
+(LoRA, residual, guided, learned variance, amortized over conditions) and the noise-space target of a generator."""

@@ -7,7 +7,9 @@ Two kinds of model go through the one loop of :class:`posterior.training.engine.
   (Boltzmann densities), or a :class:`~posterior.samplers.conditional_sampler.ConditionalSampler`
   with a set of training conditions (amortized posteriors in latent / noise space).
 - :class:`DiffusionPosteriorModel`: a posterior fine-tuned from a diffusion prior (data space) on the
-  prior's own schedule, against :class:`~posterior.diffusion.diffusion_posterior.DiffusionPriorPath`.
+  prior's own schedule, against :class:`~posterior.diffusion.diffusion_posterior.DiffusionPriorPath`, for one
+  target or amortized over training conditions (a
+  :class:`~posterior.diffusion.conditional_denoiser.ConditionalDenoiser`).
 
 Both give forward (on-policy, optionally exploratory) trajectories, backward trajectories ending at
 given states (replay), the target with a batch's conditions bound (local search), and backpropagate an
