@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--threads must be an integer >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    prior = DiffusionPrior.from_pretrained(args.prior, num_steps=args.steps).eval()
+    try:  # a --steps beyond the scheduler's timesteps, or a folder that is not a supported checkpoint
+        prior = DiffusionPrior.from_pretrained(args.prior, num_steps=args.steps).eval()
+    except (FileNotFoundError, ValueError) as error:
+        p.error(f"--prior {args.prior} with --steps {args.steps}: {error}")
     norms = step_gradient_norms(prior, args.batch, torch.Generator().manual_seed(args.seed))
     result = {"timesteps": prior.timesteps.tolist(), "step_variance": prior.step_var.tolist(),
               "gradient_norm": norms,

@@ -527,6 +527,8 @@ RECIPE_CASES = [
                  id="rtb-step-gradients-steps-0"),
     pytest.param("rtb_step_gradients.py", ["--prior", "{out}/prior", "--batch", "0"], r"--batch", JSON_FLAGS,
                  id="rtb-step-gradients-batch-0"),
+    pytest.param("rtb_step_gradients.py", ["--prior", "priors/pretrained/mnist14", "--steps", "5000"], r"--steps",
+                 JSON_FLAGS, id="rtb-step-gradients-steps-beyond-the-schedule"),
     # orchestrators of other recipes (--out, no --no-progress)
     pytest.param("variance_sweep.py", ["--iters", "0"], r"--iters", ("--out", "{out}"), id="variance-sweep-iters-0"),
     pytest.param("variance_sweep.py", ["--steps", "8,0"], r"--steps", ("--out", "{out}"), id="variance-sweep-steps-0"),
