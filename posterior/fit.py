@@ -18,6 +18,7 @@ from posterior.objectives.base import Objective
 from posterior.objectives.factory import OBJECTIVES, make_objective
 from posterior.objectives.log_partition import ConditionalLogZ
 from posterior.paths.path_target import BoltzmannPath
+from posterior.samplers.condition_encoders import auto_encoder_kind
 from posterior.samplers.conditional_sampler import ConditionalSampler, build_conditional_sampler
 from posterior.samplers.config import SamplerConfig
 from posterior.proposals import WhitenedTarget
@@ -152,7 +153,7 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
                              "(or 'auto')")
         encoder, num_classes = "embedding", _num_classes(conditions, reward)
     if encoder == "auto":
-        encoder = "cnn" if cond_shape is not None and (len(cond_shape) == 3 or _is_square(cond_shape)) else "mlp"
+        encoder = auto_encoder_kind(cond_shape) if cond_shape is not None else "mlp"
     elif encoder == "embedding" and num_classes is None:
         raise ValueError("SamplerConfig.encoder='embedding' is for integer class labels (N,) as conditions")
     architecture = dict(dim=int(target.dim), sigma2=sampler.sigma2, cond_shape=cond_shape, encoder=encoder,
@@ -378,13 +379,6 @@ def _num_classes(labels: Tensor, reward: Any) -> int:
             raise ValueError(f"conditions: class label {seen - 1} is out of range for the reward's {declared} classes")
         return declared
     return seen
-
-
-def _is_square(shape: tuple[int, ...]) -> bool:
-    if len(shape) != 1:
-        return False
-    side = int(round(shape[0] ** 0.5))
-    return side * side == shape[0] and side >= 8
 
 
 def _list(shape: tuple[int, ...] | None) -> list[int] | None:

@@ -223,7 +223,9 @@ class Posterior(nn.Module):
         config = {"class": "Posterior", "library": "posterior", "version": __version__, **self.spec,
                   "prior": describe(self.prior), "reward": describe(self.reward), "proposal": describe(self._user[3])}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        unet = _diffusers_denoiser(self.network.model) if self.kind == "diffusion" else None
+        from posterior.diffusion.conditional_denoiser import find_unet
+
+        unet = find_unet(self.network.model) if self.kind == "diffusion" else None
         if unet is not None and self.spec["network"].get("lora_rank"):  # the adapters (and a class table) alone
             trained = {k: v for k, v in state.items() if "lora_" in k or "class_embedding" in k or k.startswith("encoder.")}
             save_file(trained, str(folder / "adapter.safetensors"))
@@ -272,17 +274,6 @@ class Posterior(nn.Module):
         network, path = diffusion_posterior(prior, reward, spec["network"])
         network.model.load_state_dict(state)
         return cls(network, prior=prior, reward=reward, spec=spec, path=path)
-
-
-def _diffusers_denoiser(model: nn.Module) -> nn.Module | None:
-    """The diffusers model (with ``save_pretrained``) a fine-tuned denoiser is, or holds; None if none."""
-    for _ in range(3):  # ConditionalDenoiser -> FixedConditioning -> UNet
-        if callable(getattr(model, "save_pretrained", None)):
-            return model
-        model = getattr(model, "model", None) or getattr(model, "denoiser", None)
-        if model is None:
-            return None
-    return None
 
 
 def _check_count(num_samples: int) -> None:

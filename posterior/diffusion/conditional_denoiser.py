@@ -19,14 +19,13 @@ unchanged.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from posterior.priors.diffusion import denoise
-from posterior.samplers.condition_encoders import make_condition_encoder
+from posterior.samplers.condition_encoders import auto_encoder_kind, make_condition_encoder
 
 
 def _zero_last_linear(module: nn.Module) -> None:
@@ -35,11 +34,15 @@ def _zero_last_linear(module: nn.Module) -> None:
     nn.init.zeros_(last.bias)
 
 
-def _unet_of(model: nn.Module) -> nn.Module | None:
-    """The diffusers UNet inside ``model`` (itself, or the one a fixed-conditioning wrapper holds)."""
-    for candidate in (model, getattr(model, "denoiser", None)):
-        if candidate is not None and hasattr(candidate, "time_embedding") and hasattr(candidate, "class_embedding"):
-            return candidate
+def find_unet(model: nn.Module | None) -> nn.Module | None:
+    """The diffusers UNet a denoiser is or holds (through ``.model`` of a conditional / guided wrapper and
+    ``.denoiser`` of a fixed-conditioning one); None for other denoisers."""
+    for _ in range(3):
+        if model is None:
+            return None
+        if hasattr(model, "time_embedding") and hasattr(model, "class_embedding"):
+            return model
+        model = getattr(model, "model", None) or getattr(model, "denoiser", None)
     return None
 
 
@@ -61,7 +64,7 @@ class ConditionalDenoiser(nn.Module):
             raise ValueError("pass num_classes (integer labels) or cond_shape (float conditions), not both")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.cond_shape = None if cond_shape is None else tuple(int(s) for s in cond_shape)
-        unet = _unet_of(model)
+        unet = find_unet(model)
         self.encoder: nn.Module | None = None
         if unet is not None:
             if unet.class_embedding is not None:
@@ -96,7 +99,7 @@ class ConditionalDenoiser(nn.Module):
         """The parameters that read y: the class table (in the UNet) or the encoder (trained at ``lr_condition``)."""
         if self.encoder is not None:
             return list(self.encoder.parameters())
-        return list(_unet_of(self.model).class_embedding.parameters())
+        return list(find_unet(self.model).class_embedding.parameters())
 
     def embed(self, y: Tensor) -> Tensor:
         """What the UNet receives as ``class_labels`` (labels (B,) long, or the encoded y (B, width))."""
@@ -139,10 +142,7 @@ def bind(model: nn.Module, y: Tensor | None) -> nn.Module:
 
 
 def _encoder(cond_shape: tuple[int, ...], width: int, kind: str) -> nn.Module:
-    if kind == "auto":
-        side = int(round(math.sqrt(cond_shape[0]))) if len(cond_shape) == 1 else 0
-        kind = "cnn" if len(cond_shape) == 3 or (side >= 8 and side * side == cond_shape[0]) else "mlp"
-    encoder = make_condition_encoder(kind, cond_shape, width)
+    encoder = make_condition_encoder(auto_encoder_kind(cond_shape) if kind == "auto" else kind, cond_shape, width)
     _zero_last_linear(encoder)
     return encoder
 

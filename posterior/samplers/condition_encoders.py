@@ -72,6 +72,13 @@ class LabelEncoder(nn.Module):
         return self.table(y.long())
 
 
+def auto_encoder_kind(cond_shape: tuple[int, ...]) -> str:
+    """What ``encoder="auto"`` means for float conditions of this shape: "cnn" for images (C, H, W) and flat square
+    images of side >= 8, else "mlp"."""
+    side = int(round(math.sqrt(cond_shape[0]))) if len(cond_shape) == 1 else 0
+    return "cnn" if len(cond_shape) == 3 or (side >= 8 and side * side == cond_shape[0]) else "mlp"
+
+
 def make_condition_encoder(kind: str, cond_shape: tuple[int, ...], hidden: int = 64,
                            num_classes: int | None = None) -> nn.Module:
     """``"mlp"`` or ``"cnn"`` for float conditions, ``"embedding"`` (with ``num_classes``) for integer labels."""
