@@ -67,7 +67,8 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
             32 conditions of 10 trajectories), :data:`DATA_DEFAULTS` (5000 iterations of 32 trajectories) or, in
             data space with conditions, :data:`DATA_CONDITIONAL_DEFAULTS` (8 conditions of 4 trajectories).
         sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``
-            (unconditional), ``encoder`` (of float conditions) and ``lora_rank``.
+            (unconditional), ``encoder`` (of float conditions), ``lora_rank`` and ``guidance`` (start from the
+            reward-guided sampler; for amortized posteriors the strongest start, see :class:`SamplerConfig`).
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
         proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
             ``vae.proposal()``, the VAE's encoder; :class:`posterior.proposals.FixedGaussian` without
@@ -128,6 +129,9 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if sampler.lora_rank:
         raise ValueError(f"SamplerConfig.lora_rank={sampler.lora_rank} adapts a diffusion prior's denoiser: it is for "
                          "space='data'")
+    if sampler.guidance:
+        raise ValueError(f"SamplerConfig.guidance={sampler.guidance} guides a diffusion prior's posterior denoiser: it "
+                         "is for space='data' (in noise space use SamplerConfig.langevin)")
     if objective == "pis" and config.explore:
         raise ValueError(f"TrainConfig.explore={config.explore}: objective 'pis' trains on the sampler's own "
                          "reparameterized paths and takes no exploration noise")
@@ -198,7 +202,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
                          "use space='noise' for decoders and generators")
     refused = {"replay": replay is not None, "latent_dim": latent_dim is not None}
     changed = {f"sampler.{k}" for k, v in vars(sampler).items()
-               if k not in ("learn_variance", "encoder", "lora_rank") and v != getattr(SamplerConfig(), k)}
+               if k not in ("learn_variance", "encoder", "lora_rank", "guidance") and v != getattr(SamplerConfig(), k)}
     refused_names = sorted([k for k, v in refused.items() if v] + list(changed))
     if refused_names:
         raise ValueError(f"space='data' fine-tunes the diffusion prior's own denoiser and does not take "
@@ -206,6 +210,10 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
     if objective not in DATA_OBJECTIVES:
         hint = " ('rtb' is trajectory balance against the prior's own path measure)" if objective == "tb" else ""
         raise ValueError(f"objective for space='data' must be one of {DATA_OBJECTIVES}, got {objective!r}{hint}")
+    if sampler.guidance and objective == "pis":
+        raise ValueError(f"SamplerConfig.guidance={sampler.guidance} does not combine with objective 'pis' (the pathwise "
+                         "KL differentiates through every step's mean, and the guidance term is computed without a "
+                         "graph): use 'rtb' or 'vargrad'")
     if conditions is not None and objective == "vargrad" and config.samples_per_condition < 2:
         raise ValueError(f"TrainConfig.samples_per_condition={config.samples_per_condition}: VarGrad compares the "
                          "trajectories of each condition, so it needs samples_per_condition >= 2")
@@ -224,7 +232,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
         if condition["num_classes"] is not None:
             condition["num_classes"] = _num_classes(conditions, reward)
     spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None,
-                    "condition": condition, "lora_rank": sampler.lora_rank}
+                    "condition": condition, "lora_rank": sampler.lora_rank, "guidance": float(sampler.guidance)}
     with seeded_initialization(config.seed):  # the user's global RNG is left as it was
         network, path = diffusion_posterior(prior, reward, spec_network)
         if condition is not None:

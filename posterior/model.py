@@ -193,12 +193,11 @@ class Posterior(nn.Module):
 
     def _sample_diffusion(self, y: Tensor | None, num_samples: int, generator: torch.Generator | None) -> Tensor:
         """(num_samples, *event_shape), or (len(y), num_samples, *event_shape) from one batch of all of them."""
-        from posterior.diffusion.conditional_denoiser import bind
-
-        network = self.network
+        network, path = self.network, self._user[2]
         rows = None if y is None else y.to(self._device()).repeat_interleave(num_samples, 0)
         count = num_samples if rows is None else rows.shape[0]
-        states = network.prior.sample(count, generator=generator, model=bind(network.model, rows),
+        states = network.prior.sample(count, generator=generator,
+                                      model=network.model_for(path if rows is None else path.bind(rows)),
                                       model_steps=network.trained_steps, device=self._device())
         x = states[-1]
         return x if y is None else x.reshape((len(y), num_samples) + x.shape[1:])
@@ -210,7 +209,9 @@ class Posterior(nn.Module):
         loads it; amortized over class labels it is a class-conditional UNet, ``num_class_embeds``; over float
         measurements it takes the encoded measurement, ``class_embed_type="identity"``, and the encoder's weights
         are the ``encoder.*`` tensors of ``model.safetensors``). With LoRA (``SamplerConfig.lora_rank``) it writes
-        ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone."""
+        ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone. A guided
+        posterior (``SamplerConfig.guidance``) is that denoiser plus its per-step guidance scales (the ``scale``
+        tensor) and the reward's gradient: it samples through :meth:`sample`, not through diffusers alone."""
         from posterior import __version__
 
         folder = Path(folder)
@@ -227,7 +228,8 @@ class Posterior(nn.Module):
 
         unet = find_unet(self.network.model) if self.kind == "diffusion" else None
         if unet is not None and self.spec["network"].get("lora_rank"):  # the adapters (and a class table) alone
-            trained = {k: v for k, v in state.items() if "lora_" in k or "class_embedding" in k or k.startswith("encoder.")}
+            trained = {k: v for k, v in state.items()
+                       if "lora_" in k or "class_embedding" in k or k.startswith(("encoder.", "model.encoder.")) or k == "scale"}
             save_file(trained, str(folder / "adapter.safetensors"))
         elif unet is not None:
             unet.save_pretrained(str(folder / "denoiser"))

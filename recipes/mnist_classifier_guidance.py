@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-objective", choices=("rtb", "vargrad", "pis"), default="vargrad",
                    help="with --classes: rtb (learned log Z(y)), vargrad (grouped per class), pis (pathwise KL)")
     p.add_argument("--eval-k", type=int, default=256, help="with --classes: trajectories per class for the ELBO")
+    p.add_argument("--class-guidance", type=float, default=0.0, metavar="G",
+                   help="with --classes: start every trained posterior (amortized and per class) from the reward-guided "
+                        "sampler, learned per-step scales from G x alpha_bar (SamplerConfig.guidance; 0: off)")
     p.add_argument("--lr-condition", type=float, default=None,
                    help="learning rate of the condition table / encoder (default 300 x --lr; TrainConfig.lr_condition)")
     p.add_argument("--prior", choices=("shipped", "train"), default="shipped",
@@ -185,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be a finite number > 0, got {value}")
     if args.lr_condition is not None and not (math.isfinite(args.lr_condition) and args.lr_condition > 0):
         p.error(f"--lr-condition must be a finite number > 0, got {args.lr_condition}")
-    for flag in ("hinge", "rtb_explore", "rtb_guidance", "rtb_forward_kl", "rtb_ema"):
+    for flag in ("hinge", "rtb_explore", "rtb_guidance", "rtb_forward_kl", "rtb_ema", "class_guidance"):
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 0):
             p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -282,15 +285,17 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
     methods = [m for m in args.class_methods.split(",") if m]
     config = posterior.TrainConfig(iterations=args.class_iters, batch_size=args.class_batch,
                                    samples_per_condition=args.samples_per_condition, lr=args.lr,
-                                   lr_condition=args.lr_condition,
+                                   lr_condition=args.lr_condition, lr_guidance=args.lr_guidance,
                                    lr_decay_horizon=args.lr_decay_horizon, lr_decay_final=args.lr_decay_final,
                                    seed=args.seed, checkpoint_every=args.checkpoint_every)
+    sampler = posterior.SamplerConfig(guidance=args.class_guidance)
     results: dict = {"classes": classes}
     trained: dict = {}
     if "amortized" in methods:
         start = time.perf_counter()
         model = posterior.fit(prior, likelihood, labels, space="data", objective=args.class_objective, config=config,
-                              checkpoint_dir=out / "amortized", resume=args.resume, progress=not args.no_progress,
+                              sampler=sampler, checkpoint_dir=out / "amortized", resume=args.resume,
+                              progress=not args.no_progress,
                               process_index=accelerator.process_index,
                               gradient_sync=bucketed_gradient_sync(accelerator))
         history = model.training_history
@@ -303,7 +308,7 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
         for c in classes:
             start = time.perf_counter()
             model = posterior.fit(prior, lambda x, c=c: likelihood(x, torch.full((x.shape[0],), c, device=x.device)),
-                                  space="data", objective=args.class_objective, config=per_class,
+                                  space="data", objective=args.class_objective, config=per_class, sampler=sampler,
                                   checkpoint_dir=out / f"class{c}",
                                   resume=args.resume, progress=not args.no_progress)
             trained[f"class{c}"] = (model, time.perf_counter() - start, model.training_history)

@@ -220,9 +220,19 @@ case("fit-data-space-conditions-reward-shape", lambda: _fit(prior=_diffusion_pri
 case("fit-data-space-objective-tb", lambda: _fit(prior=_diffusion_prior(), space="data", objective="tb",
                                                  reward=lambda x: -(x ** 2).sum(-1), conditions=None, sampler=None),
      ValueError, r"objective for space='data' must be one of .*'rtb' is trajectory balance")
+case("fit-data-space-guidance-pis", lambda: _fit(prior=_diffusion_prior(), space="data", objective="pis",
+                                                 reward=lambda x: -(x ** 2).sum(-1), conditions=None,
+                                                 sampler=SamplerConfig(guidance=1.0)),
+     ValueError, r"SamplerConfig.guidance=1.0 does not combine with objective 'pis'")
+case("fit-data-space-guidance-learn-variance", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
+                                                            reward=lambda x: -(x ** 2).sum(-1), conditions=None,
+                                                            sampler=SamplerConfig(guidance=1.0, learn_variance=True)),
+     ValueError, r"SamplerConfig.guidance does not combine with learn_variance")
 case("fit-config-dict", lambda: _fit(config={"iterations": 1}), TypeError, r"config must be a TrainConfig, got dict")
 case("fit-config-sampler-config", lambda: _fit(config=SamplerConfig()), TypeError, r"config must be a TrainConfig, got SamplerConfig")
 case("fit-sampler-train-config", lambda: _fit(sampler=TrainConfig()), TypeError, r"sampler must be a SamplerConfig, got TrainConfig")
+case("fit-noise-space-guidance", lambda: _fit(sampler=SamplerConfig(hidden=8, guidance=1.0)), ValueError,
+     r"SamplerConfig.guidance=1.0 guides a diffusion prior's posterior denoiser: it is for space='data'")
 case("fit-sampler-dict", lambda: _fit(sampler={"hidden": 8}), TypeError, r"sampler must be a SamplerConfig, got dict")
 case("fit-replay-dict", lambda: _fit(replay={"capacity": 10}), TypeError, r"replay must be a ReplayConfig, got dict")
 case("fit-replay-true", lambda: _fit(replay=True), TypeError, r"replay must be a ReplayConfig, got bool")
@@ -291,6 +301,9 @@ for field, value, regex in [
     ("hidden", True, r"integer >= 1, got True"),
     ("encoder", "rnn", r"one of \('auto', 'mlp', 'cnn', 'embedding'\), got 'rnn'"),
     ("noising", "ou", r"one of \('auto', 'brownian', 'vp'\), got 'ou'"),
+    ("lora_rank", -1, r"integer >= 0 \(0: no LoRA\), got -1"),
+    ("guidance", -1.0, r"finite number >= 0 \(0: off\), got -1.0"), ("guidance", NAN, r"finite number >= 0.*got nan"),
+    ("guidance", True, r"finite number >= 0.*got True"),
 ]:
     case(f"SamplerConfig-{field}-{value!r}", sampler(**{field: value}), ValueError, rf"SamplerConfig\.{field} .*{regex}")
 case("SamplerConfig-shared-scale-without-langevin", sampler(langevin_scale="shared"), ValueError,

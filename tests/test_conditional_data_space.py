@@ -270,3 +270,62 @@ def test_data_space_training_reports_to_a_tracker_and_syncs_gradients():
     other = fit(prior, _label_likelihood, torch.arange(3), space="data", objective="rtb", config=config,
                 progress=False, process_index=1)
     assert other.training_history.loss != first.training_history.loss  # its own noise and conditions
+
+
+def test_guided_amortized_posterior_guides_each_sample_by_its_own_condition():
+    """SamplerConfig(guidance=g): every row's step mean is the (untrained = prior) mean plus
+    w_k var_k grad_x log r(x0_prior(x), y_b) with its own y_b and w_k = g * alpha_bar_k, computed row by row."""
+    from posterior.diffusion.build import diffusion_posterior
+    from posterior.diffusion.guided_denoiser import GuidedDenoiser
+
+    prior, _ = _gaussian_prior()
+    posterior, path = diffusion_posterior(prior, _label_likelihood, {"condition": {"num_classes": 3}, "guidance": 0.5})
+    assert isinstance(posterior.model, GuidedDenoiser)
+    torch.testing.assert_close(posterior.model.scale.detach(), 0.5 * prior.alpha_t.float())
+    y = torch.tensor([2, 0, 1, 1])
+    model = posterior.model_for(path.bind(y))
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(4))
+    for k in range(prior.num_steps):
+        got = prior.step_mean(x, k, model)
+        for b in range(4):
+            xb = x[b:b + 1].clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(_label_likelihood(prior.predict_x0(xb, k), int(y[b])).sum(), xb)
+            expected = prior.step_mean(x[b:b + 1], k) + 0.5 * prior.alpha_t[k] * prior.step_var[k] * grad
+            torch.testing.assert_close(got[b:b + 1], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no log_reward of its own"):
+        posterior.model.step_mean_shift(x, 0)
+
+
+def test_a_guided_amortized_posterior_starts_near_every_labels_posterior_and_reaches_its_exact_log_z(tmp_path):
+    """Guided at g = 4, the untrained amortized posterior's mean ELBO gap is 0.1 nats below the prior's (measured
+    0.71 against 0.89: on 5 steps the signal-weighted scales guide little; the condition acts through the
+    reward's gradient from the first iteration); trained with conditional RTB it
+    reaches each label's exact log Z as the unguided one does (importance-weighted within 0.05, gaps below
+    0.2); the guidance scales train at lr_guidance; save / load keeps them and the samples."""
+    from posterior import SamplerConfig
+
+    prior, v = _gaussian_prior()
+    exact = -0.5 * (TABLE ** 2).sum(-1) / (v + NOISE_VAR) - math.log(2 * math.pi * (v + NOISE_VAR))
+    labels = torch.arange(3)
+    gaps = {}
+    for guidance in (0.0, 4.0):
+        untrained = fit(prior, _label_likelihood, labels, space="data", objective="rtb", progress=False,
+                        sampler=SamplerConfig(guidance=guidance),
+                        config=TrainConfig(iterations=1, batch_size=3, samples_per_condition=2, lr=1e-12,
+                                           lr_guidance=1e-12, lr_condition=1e-12))
+        gaps[guidance] = float((exact - untrained.log_z(labels, 4000, generator=torch.Generator().manual_seed(1))
+                                ["elbo"]).mean())
+    assert 0 < gaps[4.0] < gaps[0.0] - 0.1, gaps
+    post = fit(prior, _label_likelihood, labels, space="data", objective="rtb", progress=False,
+               sampler=SamplerConfig(guidance=4.0),
+               config=TrainConfig(iterations=300, batch_size=3, samples_per_condition=16, lr=3e-3, lr_guidance=3e-2))
+    scale = post.network.model.scale.detach()
+    assert not torch.allclose(scale, 4 * prior.alpha_t.float()), "the guidance scales must train"
+    est = post.log_z(labels, 4000, generator=torch.Generator().manual_seed(1))
+    assert bool(((est["rw"] - exact).abs() < 0.05).all()), (est, exact)
+    assert bool(((exact - est["elbo"]) < 0.2).all()) and bool(((exact - est["elbo"]) > -0.02).all()), (est, exact)
+    x = post.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0))
+    post.save_pretrained(tmp_path)
+    again = Posterior.from_pretrained(tmp_path, prior=prior, reward=post.reward)
+    torch.testing.assert_close(again.network.model.scale, post.network.model.scale)
+    torch.testing.assert_close(again.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0)), x)

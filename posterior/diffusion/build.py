@@ -14,7 +14,9 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
 
     ``spec``: ``learn_variance`` (learn each step's variance too), ``beta`` (the reward's exponent),
     ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's), ``lora_rank``
-    (train LoRA adapters of that rank on a frozen copy; 0: all weights) and ``condition``
+    (train LoRA adapters of that rank on a frozen copy; 0: all weights), ``guidance`` (g > 0: learned per-step
+    reward guidance starting at g * alpha_bar_k, :class:`~posterior.diffusion.guided_denoiser.GuidedDenoiser`;
+    0: none) and ``condition``
     (None: one unconditional posterior; else ``{"num_classes": K}`` for integer labels or ``{"cond_shape": [...],
     "encoder": "auto" | "cnn" | "mlp"}`` for float conditions: one posterior amortized over them, the reward then
     ``log_likelihood(x, y)`` or a callable (x, y) -> (B,)). A denoiser without parameters (an analytic one) gets
@@ -58,6 +60,14 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
         model = ConditionalDenoiser(model, tuple(prior.event_shape), num_classes=condition.get("num_classes"),
                                     cond_shape=None if cond_shape is None else tuple(cond_shape),
                                     encoder=condition.get("encoder", "auto"))
+    guidance = float(spec.get("guidance", 0.0) or 0.0)
+    if guidance:
+        if spec.get("learn_variance", False):
+            raise ValueError("SamplerConfig.guidance does not combine with learn_variance (a guided mean shift and a "
+                             "learned variance are not supported together)")
+        from posterior.diffusion.guided_denoiser import GuidedDenoiser
+
+        model = GuidedDenoiser.signal_weighted(model, prior, None, guidance)
     frozen = spec.get("frozen_final_steps")
     frozen = prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE) if frozen is None else int(frozen)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)

@@ -132,6 +132,15 @@ class BoundDenoiser(nn.Module):
         return self.conditional(x, t, self.y)
 
 
+def conditional_of(model: nn.Module) -> "ConditionalDenoiser | None":
+    """The :class:`ConditionalDenoiser` a posterior's model is or wraps (a guided one holds it as ``.model``);
+    None for an unconditional model."""
+    for candidate in (model, getattr(model, "model", None)):
+        if isinstance(candidate, ConditionalDenoiser):
+            return candidate
+    return None
+
+
 def bind(model: nn.Module, y: Tensor | None) -> nn.Module:
     """``model`` itself without conditions; a :class:`BoundDenoiser` with them."""
     if y is None:

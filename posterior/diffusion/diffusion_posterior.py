@@ -123,8 +123,10 @@ class DiffusionPosterior(nn.Module):
         return self.prior.num_steps - self.frozen_final_steps
 
     def model_for(self, path: DiffusionPriorPath) -> nn.Module:
-        """The trainable denoiser as ``model(x, t)``: with the path's bound conditions for a conditional one."""
-        return bind(self.model, path.conditions)
+        """The trainable denoiser as ``model(x, t)``: with the path's bound conditions for a conditional one, and
+        a guided one (:class:`~posterior.diffusion.guided_denoiser.GuidedDenoiser`) guided by the path's reward."""
+        for_path = getattr(self.model, "for_path", None)
+        return for_path(path) if for_path is not None else bind(self.model, path.conditions)
 
     def context(self, path: DiffusionPriorPath) -> Tensor | None:
         """(B, features) of the bound conditions for a learned log Z(y) (None without conditions)."""

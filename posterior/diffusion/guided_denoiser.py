@@ -15,6 +15,13 @@ theta and w stay exact. It costs one backward pass through the prior's denoiser 
 The wrapper is a drop-in ``model`` for :class:`posterior.priors.DiffusionPrior` (sampling, log-densities,
 per-step gradient accumulation): it denoises as the trainable model does, and
 :meth:`posterior.priors.DiffusionPrior.step_mean` adds its :meth:`GuidedDenoiser.step_mean_shift`.
+
+Amortized over conditions y (the trainable model a
+:class:`~posterior.diffusion.conditional_denoiser.ConditionalDenoiser`), the guidance follows each sample's own
+reward log r(x, y): :meth:`GuidedDenoiser.for_path` binds a batch's conditions and the path's reward, so the
+untrained amortized posterior is the first-order guided sampler of every y at once (the condition reaches the
+sampler through the reward's gradient from the first iteration, before the condition table or encoder has
+learned anything). The per-step scales are shared by all y.
 """
 
 from __future__ import annotations
@@ -38,7 +45,10 @@ class GuidedDenoiser(nn.Module):
         prior: the frozen :class:`posterior.priors.DiffusionPrior` (its x0 estimate gives the guidance; not a
             submodule, so neither trained nor saved here).
         log_reward: x (B, *event_shape) -> (B,) beta * log r(x), differentiable in x. Where it is
-            -inf (a legal zero density) the guidance is 0; a NaN value or gradient raises.
+            -inf (a legal zero density) the guidance is 0; a NaN value or gradient raises. None: the reward
+            comes from the path the posterior is scored on (:meth:`for_path`), as
+            :class:`~posterior.diffusion.diffusion_posterior.DiffusionPosterior` does; needed for a conditional
+            ``model``.
         init_scale: initial w_k, one value for every step (1: the first-order posterior correction)
             or (N,) per step. At high noise the prior's x0 estimate is poor and grad log r(x0_prior)
             overshoots the gradient of log E[r(x_0) | x_k] (on the MNIST prior of the guidance recipe
@@ -47,8 +57,8 @@ class GuidedDenoiser(nn.Module):
         grad_clip: clip each entry of grad_x log r to [-grad_clip, grad_clip] (None: no clip).
     """
 
-    def __init__(self, model: nn.Module, prior, log_reward: Callable[[Tensor], Tensor], *, init_scale: float = 1.0,
-                 grad_clip: float | None = None) -> None:
+    def __init__(self, model: nn.Module, prior, log_reward: Callable[[Tensor], Tensor] | None = None, *,
+                 init_scale: float = 1.0, grad_clip: float | None = None) -> None:
         super().__init__()
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
@@ -64,8 +74,8 @@ class GuidedDenoiser(nn.Module):
         self.scale = nn.Parameter(scale.clone())
 
     @classmethod
-    def signal_weighted(cls, model: nn.Module, prior, log_reward: Callable[[Tensor], Tensor], scale: float = 1.0,
-                        **kwargs) -> "GuidedDenoiser":
+    def signal_weighted(cls, model: nn.Module, prior, log_reward: Callable[[Tensor], Tensor] | None = None,
+                        scale: float = 1.0, **kwargs) -> "GuidedDenoiser":
         """Initial w_k = scale * a_k (alpha_bar of step k's start): guidance off at pure noise,
         ``scale`` near the data."""
         return cls(model, prior, log_reward, init_scale=scale * prior.alpha_t.float(), **kwargs)
@@ -78,19 +88,56 @@ class GuidedDenoiser(nn.Module):
     def prior(self):
         return self._prior[0]
 
-    def guidance(self, x: Tensor, k: int) -> Tensor:
-        """var_k * grad_x log r(x0_prior(x, k)), (B, *event_shape), without a graph."""
+    @property
+    def num_classes(self) -> int | None:
+        """K of a model amortized over integer labels (None otherwise)."""
+        return getattr(self.model, "num_classes", None)
+
+    def condition_parameters(self) -> list[nn.Parameter]:
+        """The amortized model's condition table / encoder (see
+        :meth:`~posterior.diffusion.conditional_denoiser.ConditionalDenoiser.condition_parameters`)."""
+        return self.model.condition_parameters()
+
+    def for_path(self, path) -> nn.Module:
+        """``model(x, t)`` guided by ``path.log_reward`` (beta log r at the path's bound conditions), the trainable
+        model bound to those conditions; what :class:`DiffusionPosterior` samples and scores with."""
+        from posterior.diffusion.conditional_denoiser import bind
+
+        return _PathGuided(self, bind(self.model, path.conditions), path.log_reward)
+
+    def guidance(self, x: Tensor, k: int, log_reward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """var_k * grad_x log r(x0_prior(x, k)), (B, *event_shape), without a graph (``log_reward``: instead of
+        the one given at construction)."""
         prior = self.prior
+        log_reward = log_reward if log_reward is not None else self._log_reward[0]
+        if log_reward is None:
+            raise ValueError("this GuidedDenoiser has no log_reward of its own: score it through a path "
+                             "(DiffusionPosterior, or for_path(path))")
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            grad = log_reward_gradient(self._log_reward[0], prior.predict_x0(leaf, k), leaf)
+            grad = log_reward_gradient(log_reward, prior.predict_x0(leaf, k), leaf)
         if self.grad_clip is not None:
             grad = grad.clamp(-self.grad_clip, self.grad_clip)
         return grad * prior.step_var[k].to(grad)
 
-    def step_mean_shift(self, x: Tensor, k: int) -> Tensor:
+    def step_mean_shift(self, x: Tensor, k: int, log_reward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """w_k * var_k * grad_x log r(x0_prior(x, k)), (B, *event_shape)."""
-        return self.scale[k].to(x) * self.guidance(x, k)
+        return self.scale[k].to(x) * self.guidance(x, k, log_reward)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return denoise(self.model, x, t)
+
+
+class _PathGuided(nn.Module):
+    """A :class:`GuidedDenoiser` bound to one path: its (bound) model's output, its scales, the path's reward."""
+
+    def __init__(self, guided: GuidedDenoiser, model: nn.Module, log_reward: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.guided, self.model = guided, model
+        self._log_reward = (log_reward,)
+
+    def step_mean_shift(self, x: Tensor, k: int) -> Tensor:
+        return self.guided.step_mean_shift(x, k, self._log_reward[0])
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return denoise(self.model, x, t)

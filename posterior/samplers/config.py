@@ -15,7 +15,7 @@ NOISINGS = ("auto", "brownian", "vp")
 class SamplerConfig:
     """Settings of the Euler-Maruyama sampler that `fit` trains in latent / noise space (or on a
     Boltzmann density). A posterior fine-tuned from a diffusion prior (``space="data"``) is the prior's
-    own denoiser and uses only ``learn_variance``, ``encoder`` (of float conditions) and ``lora_rank``.
+    own denoiser and uses only ``learn_variance``, ``encoder`` (of float conditions), ``lora_rank`` and ``guidance``.
 
     Attributes:
         sigma2: variance per unit time of the reference (Brownian) process.
@@ -30,6 +30,12 @@ class SamplerConfig:
             at N(0, I), so that the untrained sampler is the proposal), "brownian" without.
         lora_rank: data space: train rank-r LoRA adapters (:mod:`posterior.diffusion.lora`) on a frozen copy of
             the prior's denoiser instead of all its weights (0: fine-tune all of them).
+        guidance: data space: g > 0 adds learned per-step reward guidance to the posterior's step means,
+            w_k var_k grad_x log r(x0_prior(x_k)[, y]) with w_k starting at g * alpha_bar_k
+            (:class:`posterior.diffusion.guided_denoiser.GuidedDenoiser`): training starts from the guided
+            sampler instead of the prior, and amortized over conditions every y is guided from the first
+            iteration. Each step then also differentiates the prior's denoiser and the reward (sampling too);
+            the reward must be differentiable in x. 0: off.
     """
 
     sigma2: float = 1.0
@@ -40,6 +46,7 @@ class SamplerConfig:
     encoder: str = "auto"
     noising: str = "auto"
     lora_rank: int = 0
+    guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma2, bool) or not isinstance(self.sigma2, (int, float)) \
@@ -57,6 +64,9 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.hidden must be an integer >= 1, got {self.hidden!r}")
         if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"SamplerConfig.lora_rank must be an integer >= 0 (0: no LoRA), got {self.lora_rank!r}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
+                or not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"SamplerConfig.guidance must be a finite number >= 0 (0: off), got {self.guidance!r}")
         if self.noising not in NOISINGS:
             raise ValueError(f"SamplerConfig.noising must be one of {NOISINGS}, got {self.noising!r}")
         if self.encoder not in ENCODERS:

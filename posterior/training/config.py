@@ -26,8 +26,9 @@ class TrainConfig:
         lr: Adam learning rate of the sampler (policy, condition encoder, posterior denoiser).
         lr_flow: Adam learning rate of the objective's own parameters (log Z, log Z(y), state flows);
             None: the objective's default (1e-1, or 1e-2 with a learned state flow).
-        lr_guidance: a guided posterior's per-step guidance scales
-            (:class:`posterior.diffusion.guided_denoiser.GuidedDenoiser`); None: trained at ``lr``.
+        lr_guidance: a guided posterior's per-step guidance scales (``SamplerConfig.guidance``,
+            :class:`posterior.diffusion.guided_denoiser.GuidedDenoiser`); None: ``GUIDANCE_LR_FACTOR`` (100)
+            times ``lr`` (1e-2 at lr 1e-4: the scales are O(1) numbers, the weights' rate would leave them fixed).
         lr_condition: the condition table / encoder of a diffusion posterior amortized over conditions
             (:class:`posterior.diffusion.conditional_denoiser.ConditionalDenoiser`): it starts at zero and must
             grow to the scale of the UNet's timestep embedding while the fine-tuned weights move at ``lr``;
@@ -144,8 +145,9 @@ RESUMABLE_SETTINGS = ("iterations", "checkpoint_every")
 GRID_SETTINGS = ("steps", "train_grid", "grid_low", "grid_high", "grid_power", "steps_max")
 # settings of the per-step gradient of a diffusion prior's posterior
 DIFFUSION_GRADIENT_SETTINGS = ("per_step", "step_fraction", "lr_guidance", "lr_condition")
-# lr_condition = CONDITION_LR_FACTOR * lr unless set
+# lr_condition = CONDITION_LR_FACTOR * lr and lr_guidance = GUIDANCE_LR_FACTOR * lr unless set
 CONDITION_LR_FACTOR = 300.0
+GUIDANCE_LR_FACTOR = 100.0
 
 
 def _integer(config: TrainConfig, name: str, minimum: int) -> None:

@@ -32,7 +32,8 @@ from posterior.objectives.base import Objective
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.conditional_sampler import ConditionalSampler
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.config import CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS, TrainConfig
+from posterior.training.config import (CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS,
+                                       GUIDANCE_LR_FACTOR, TrainConfig)
 from posterior.training.replay import ReplayConfig, ReplayTraining
 
 
@@ -188,12 +189,14 @@ class DiffusionPosteriorModel:
         if changed:
             raise ValueError(f"TrainConfig.{', '.join(changed)}: a posterior fine-tuned from a diffusion prior runs on "
                              f"the prior's own schedule and has no such setting")
-        from posterior.diffusion.conditional_denoiser import ConditionalDenoiser
+        from posterior.diffusion.conditional_denoiser import conditional_of
 
-        amortized = isinstance(posterior.model, ConditionalDenoiser)
+        conditional = conditional_of(posterior.model)
+        amortized = conditional is not None
         if (conditions is not None) != amortized or (conditions is not None) != path.conditional:
-            raise ValueError("conditions must be given exactly when the posterior's model is a ConditionalDenoiser and "
-                             "its path's reward is conditional (DiffusionPriorPath(..., conditional=True))")
+            raise ValueError("conditions must be given exactly when the posterior's model is (or wraps) a "
+                             "ConditionalDenoiser and its path's reward is conditional "
+                             "(DiffusionPriorPath(..., conditional=True))")
         self.module: nn.Module = posterior.model
         self.posterior, self.path, self.config, self.dtype = posterior, path, config, dtype
         self.conditions = conditions
@@ -201,19 +204,20 @@ class DiffusionPosteriorModel:
         self.event_shape = tuple(posterior.prior.event_shape)
         self.batch_conditions = None
         guidance = getattr(posterior.model, "guidance_parameters", None)
-        self.guidance = list(guidance()) if guidance is not None and config.lr_guidance is not None else []
-        self.condition = list(posterior.model.condition_parameters()) if amortized else []
+        self.guidance = list(guidance()) if guidance is not None else []
+        self.condition = list(conditional.condition_parameters()) if amortized else []
         separate = {id(p) for p in self.guidance + self.condition}
         self.trainable = [p for p in posterior.model.parameters() if p.requires_grad and id(p) not in separate]
         if not self.trainable and not self.guidance:
             raise ValueError("the posterior model has no trainable parameters")
 
     def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
-        """(parameters, learning rate): the denoiser's trainable parameters at ``lr``, with ``lr_guidance`` the
-        guidance scales, and a condition table / encoder at ``lr_condition``."""
+        """(parameters, learning rate): the denoiser's trainable parameters at ``lr``, the guidance scales at
+        ``lr_guidance``, and a condition table / encoder at ``lr_condition`` (each None: a multiple of ``lr``)."""
         cfg = self.config
         lr_condition = cfg.lr_condition if cfg.lr_condition is not None else CONDITION_LR_FACTOR * cfg.lr
-        groups = [(self.trainable, cfg.lr), (self.guidance, cfg.lr_guidance), (self.condition, lr_condition)]
+        lr_guidance = cfg.lr_guidance if cfg.lr_guidance is not None else GUIDANCE_LR_FACTOR * cfg.lr
+        groups = [(self.trainable, cfg.lr), (self.guidance, lr_guidance), (self.condition, lr_condition)]
         return [(params, rate) for params, rate in groups if params]
 
     def log_variance_rows(self) -> list[Tensor]:
@@ -297,7 +301,7 @@ class DiffusionPosteriorModel:
         """Backpropagate weight * mean(-log q(tau)) over given target paths (trained steps only: the
         frozen ones do not depend on the weights); returns the term (detached)."""
         posterior = self.posterior
-        log_q = posterior.prior.log_prob_steps(states.to(self.dtype), model=posterior.model,
+        log_q = posterior.prior.log_prob_steps(states.to(self.dtype), model=posterior.model_for(self.path),
                                                steps=posterior.trained_steps,
                                                checkpoint_steps=posterior.checkpoint_steps)
         term = -weight * log_q.sum(0).mean()
