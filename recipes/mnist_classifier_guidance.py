@@ -192,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 0):
             p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.class_guidance and args.class_objective == "pis":
+        p.error("--class-guidance must be 0 with --class-objective pis (the pathwise KL takes no guided mean)")
     if args.rtb_ema >= 1:
         p.error(f"--rtb-ema must be a decay in [0, 1), got {args.rtb_ema}")
     if not 0 < args.rtb_step_fraction <= 1:

@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-condition", type=float, default=None,
                    help="learning rate of the condition table / encoder (default 300 x --lr; TrainConfig.lr_condition)")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="G",
+                   help="start the posterior from the likelihood-guided sampler: learned per-step scales of "
+                        "var_k grad log r(x0_prior, y) from G x alpha_bar (SamplerConfig.guidance; 0: off)")
+    p.add_argument("--lr-guidance", type=float, default=None,
+                   help="learning rate of the guidance scales (default 100 x --lr; TrainConfig.lr_guidance)")
     p.add_argument("--train-digits", type=int, default=2000)
     p.add_argument("--eval-digits", type=int, default=20)
     p.add_argument("--num-samples", type=int, default=64, help="samples per held-out y (posterior means)")
@@ -77,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("lr", "dps_scale"):
         if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
             p.error(f"--{flag.replace('_', '-')} must be a finite number > 0, got {getattr(args, flag)}")
+    if not (math.isfinite(args.guidance) and args.guidance >= 0):
+        p.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.lr_guidance is not None and not (math.isfinite(args.lr_guidance) and args.lr_guidance > 0):
+        p.error(f"--lr-guidance must be a finite number > 0, got {args.lr_guidance}")
+    if args.guidance and args.objective == "pis":
+        p.error("--guidance must be 0 with --objective pis (the pathwise KL takes no guided mean)")
     if args.objective == "vargrad" and args.samples_per_condition < 2:
         p.error("--samples-per-condition must be >= 2 with --objective vargrad (a variance per measurement)")
     return args
@@ -122,10 +133,11 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     config = posterior.TrainConfig(iterations=args.iters, batch_size=args.batch,
                                    samples_per_condition=args.samples_per_condition, lr=args.lr,
-                                   lr_condition=args.lr_condition, seed=args.seed,
+                                   lr_condition=args.lr_condition, lr_guidance=args.lr_guidance, seed=args.seed,
                                    checkpoint_every=args.checkpoint_every)
     start = time.perf_counter()
     model = posterior.fit(prior, likelihood, train_y, space="data", objective=args.objective, config=config,
+                          sampler=posterior.SamplerConfig(guidance=args.guidance),
                           checkpoint_dir=out, resume=args.resume, progress=not args.no_progress and
                           accelerator.is_main_process, process_index=accelerator.process_index,
                           gradient_sync=bucketed_gradient_sync(accelerator), log=accelerator.log if trackers else None)
@@ -172,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                "nfe_per_sample": {"amortized": prior.num_steps, "dps": dps_nfe, "sir-matched": prior.num_steps,
                                   "sir": prior.num_steps * args.sir_pool},
                "processes": accelerator.num_processes, "threads": args.threads, "steps": args.steps,
-               "objective": args.objective, "train_digits": args.train_digits, "eval_digits": args.eval_digits,
+               "objective": args.objective, "guidance": args.guidance, "train_digits": args.train_digits,
+               "eval_digits": args.eval_digits,
                "data_source": source, "seed": args.seed,
                "trajectories_per_iter": args.batch * args.samples_per_condition * accelerator.num_processes}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
