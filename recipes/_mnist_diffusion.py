@@ -16,6 +16,7 @@ from posterior.evaluation.sample_quality import frechet_distance, mean_pairwise_
 from _paths import data_dir as shared_data_dir
 
 TRAIN_SHARE = 0.9  # as recipes/mnist_prior.py: the first 90% of the digits trained the shipped prior and classifier
+INPAINTING_NOISE_STD = 0.1  # the inpainting measurement: the top half of a digit plus Gaussian noise of this std
 
 
 def add_prior_flags(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,16 @@ def load_prior_and_classifier(args: argparse.Namespace, device: torch.device):
              else mnist_prior(args.steps))
     classifier = load_classifier(args.classifier_dir) if args.classifier_dir else mnist_classifier()
     return prior.to(device), classifier.to(device)
+
+
+def inpainting_likelihood(prior):
+    """(likelihood, mask): y = the top half of x plus N(0, INPAINTING_NOISE_STD^2) noise, the mask (C, H, W) True on
+    the observed rows."""
+    from posterior.constraints.likelihoods import GaussianObservation, Mask
+
+    mask = torch.zeros(prior.event_shape, dtype=torch.bool)
+    mask[:, : prior.event_shape[-2] // 2] = True
+    return GaussianObservation(Mask(mask), INPAINTING_NOISE_STD), mask
 
 
 def labeled_digits(data_dir: str | None, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:

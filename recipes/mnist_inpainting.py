@@ -36,12 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import posterior  # noqa: E402
 from posterior.baselines.guidance import guided_sample  # noqa: E402
-from posterior.constraints.likelihoods import GaussianObservation, Mask  # noqa: E402
 from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
 from posterior.training.distributed import bucketed_gradient_sync  # noqa: E402
-from _mnist_diffusion import add_prior_flags, load_prior_and_classifier, sir_reference, split_digits  # noqa: E402
+from _mnist_diffusion import (add_prior_flags, inpainting_likelihood, load_prior_and_classifier,  # noqa: E402
+                              sir_reference, split_digits)
 
-NOISE_STD = 0.1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,9 +118,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         out.mkdir(parents=True, exist_ok=True)
     prior, _ = load_prior_and_classifier(args, device)
     side = prior.event_shape[-1]
-    mask = torch.zeros(prior.event_shape, dtype=torch.bool)
-    mask[:, : side // 2] = True
-    likelihood = GaussianObservation(Mask(mask), NOISE_STD).to(device)
+    likelihood, mask = inpainting_likelihood(prior)
+    likelihood = likelihood.to(device)
     digits, source = split_digits(args.data_dir, side)
     if args.train_digits > len(digits["train_x"]) or args.eval_digits > len(digits["test_x"]):
         raise SystemExit(f"--train-digits / --eval-digits: {source} has {len(digits['train_x'])} training and "

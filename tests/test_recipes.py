@@ -569,12 +569,26 @@ def test_mnist_guidance_over_classes_and_inpainting_recipes_run_on_the_shipped_p
     out = tmp_path / "inpainting"
     _run(["recipes/mnist_inpainting.py", "--out", str(out), "--iters", "2", "--batch", "2", "--samples-per-condition",
           "2", "--train-digits", "8", "--eval-digits", "2", "--num-samples", "4", "--eval-k", "4", "--sir-pool", "32",
-          "--steps", "3", "--no-progress"], tmp_path)
+          "--steps", "3", "--guidance", "0.3", "--no-progress"], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["per_measurement"]) == 2 and metrics["iterations"] == 2
+    assert len(metrics["per_measurement"]) == 2 and metrics["iterations"] == 2 and metrics["guidance"] == 0.3
     for key in ("elbo_gap", "psnr_amortized", "psnr_dps", "psnr_sir", "psnr_sir-matched"):
         assert math.isfinite(metrics["summary"][key])
     assert (out / "inpainting.png").stat().st_size > 0
+
+
+def test_guided_start_recipe_is_the_prior_at_zero_guidance(tmp_path):
+    """Unguided, the untrained posterior is the prior: every log-weight is log r, so the ELBO equals the mean log r
+    (exactly, on the same trajectories); guided rows are finite."""
+    pytest.importorskip("diffusers")
+    for problem in ("classes", "inpainting"):
+        out = tmp_path / f"{problem}.json"
+        _run(["recipes/guided_start.py", "--problem", problem, "--guidance", "0,1", "--conditions", "2",
+              "--trajectories", "2", "--steps", "3", "--json", str(out)], tmp_path)
+        rows = json.loads(out.read_text())["rows"]
+        assert [row["guidance"] for row in rows] == [0.0, 1.0]
+        assert rows[0]["elbo"] == pytest.approx(rows[0]["mean_log_r"], rel=1e-6, abs=1e-4)
+        assert all(math.isfinite(row[key]) for row in rows for key in ("elbo", "elbo_sd", "mean_log_r"))
 
 
 def test_data_space_training_on_two_processes_takes_the_same_steps(tmp_path):

@@ -81,7 +81,7 @@ class GuidedDenoiser(nn.Module):
         return cls(model, prior, log_reward, init_scale=scale * prior.alpha_t.float(), **kwargs)
 
     def guidance_parameters(self) -> list[nn.Parameter]:
-        """The per-step scales w (trained with their own learning rate by :class:`RTBTrainer`)."""
+        """The per-step scales w (trained at ``TrainConfig.lr_guidance`` by :class:`posterior.training.engine.Trainer`)."""
         return [self.scale]
 
     @property

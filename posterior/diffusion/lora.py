@@ -8,9 +8,9 @@ and the optimizer keeps state only for the adapters. This is how the RTB paper f
 text-to-image priors (rank 32, lr 1e-5).
 
     model = lora_denoiser(prior.denoiser, rank=8)
-    posterior = DiffusionPosterior(prior, model)   # RTBTrainer trains only requires_grad params
+    posterior = DiffusionPosterior(prior, model)   # the Trainer trains only requires_grad params
 
-Checkpoints of :class:`posterior.training.rtb_training.RTBTrainer` store the adapted model's whole state
+Checkpoints of :class:`posterior.training.engine.Trainer` store the adapted model's whole state
 (frozen copy and adapters); to resume, rebuild the model with the same arguments first.
 """
 
