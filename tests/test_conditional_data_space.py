@@ -329,3 +329,23 @@ def test_a_guided_amortized_posterior_starts_near_every_labels_posterior_and_rea
     again = Posterior.from_pretrained(tmp_path, prior=prior, reward=post.reward)
     torch.testing.assert_close(again.network.model.scale, post.network.model.scale)
     torch.testing.assert_close(again.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0)), x)
+
+
+def test_a_guided_denoiser_keeps_its_own_reward_and_refuses_one_when_amortized():
+    """A GuidedDenoiser given its own log_reward is guided by it on any path (not silently by the path's); around
+    a model amortized over conditions it must take each sample's reward from the path."""
+    from posterior.diffusion.diffusion_posterior import DiffusionPosterior, DiffusionPriorPath
+    from posterior.diffusion.guided_denoiser import GuidedDenoiser
+
+    prior, _ = _gaussian_prior()
+
+    def own(x):
+        return -(x - 2.0).square().sum(-1)
+
+    guided = GuidedDenoiser(prior.posterior_copy(), prior, own, init_scale=0.7)
+    path = DiffusionPriorPath(prior, lambda x: -(x + 3.0).square().sum(-1))
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    model = DiffusionPosterior(prior, guided).model_for(path)
+    torch.testing.assert_close(prior.step_mean(x, 2, model), prior.step_mean(x, 2, guided))
+    with pytest.raises(ValueError, match="pass log_reward=None"):
+        GuidedDenoiser(ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=3), prior, own)

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from posterior.diffusion.conditional_denoiser import ConditionalDenoiser, bind
 from posterior.priors.diffusion import denoise
 
 from posterior.core.checks import check_no_nan, check_shape
@@ -62,6 +63,9 @@ class GuidedDenoiser(nn.Module):
         super().__init__()
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+        if log_reward is not None and isinstance(model, ConditionalDenoiser):
+            raise ValueError("a GuidedDenoiser around a model amortized over conditions is guided by each sample's "
+                             "own reward log r(x, y) from the path: pass log_reward=None")
         self.model = model
         self._prior = (prior,)
         self._log_reward = (log_reward,)
@@ -99,11 +103,11 @@ class GuidedDenoiser(nn.Module):
         return self.model.condition_parameters()
 
     def for_path(self, path) -> nn.Module:
-        """``model(x, t)`` guided by ``path.log_reward`` (beta log r at the path's bound conditions), the trainable
-        model bound to those conditions; what :class:`DiffusionPosterior` samples and scores with."""
-        from posterior.diffusion.conditional_denoiser import bind
-
-        return _PathGuided(self, bind(self.model, path.conditions), path.log_reward)
+        """``model(x, t)`` for ``path``: the trainable model bound to the path's conditions, guided by this
+        wrapper's own ``log_reward`` if it has one, else by ``path.log_reward`` (beta log r at the bound
+        conditions); what :class:`DiffusionPosterior` samples and scores with."""
+        own = self._log_reward[0]
+        return _PathGuided(self, bind(self.model, path.conditions), own if own is not None else path.log_reward)
 
     def guidance(self, x: Tensor, k: int, log_reward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """var_k * grad_x log r(x0_prior(x, k)), (B, *event_shape), without a graph (``log_reward``: instead of
