@@ -232,7 +232,9 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
         if condition["num_classes"] is not None:
             condition["num_classes"] = _num_classes(conditions, reward)
     spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None,
-                    "condition": condition, "lora_rank": sampler.lora_rank, "guidance": float(sampler.guidance)}
+                    "condition": condition, "lora_rank": sampler.lora_rank}
+    if sampler.guidance:  # recorded only when on, so that runs from before the setting existed still resume
+        spec_network["guidance"] = float(sampler.guidance)
     with seeded_initialization(config.seed):  # the user's global RNG is left as it was
         network, path = diffusion_posterior(prior, reward, spec_network)
         if condition is not None:
