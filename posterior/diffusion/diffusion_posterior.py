@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from posterior.core.checks import check_no_nan, check_shape
 from posterior.core.trajectories import Trajectories
-from posterior.diffusion.conditional_denoiser import bind, condition_context
+from posterior.diffusion.conditional_denoiser import bind, condition_context, conditional_of
 
 if TYPE_CHECKING:
     from posterior.objectives.base import Objective
@@ -132,7 +132,8 @@ class DiffusionPosterior(nn.Module):
         """(B, features) of the bound conditions for a learned log Z(y) (None without conditions)."""
         if path.conditions is None:
             return None
-        return condition_context(path.conditions, getattr(self.model, "num_classes", None))
+        conditional = conditional_of(self.model)
+        return condition_context(path.conditions, None if conditional is None else conditional.num_classes)
 
     def step_model(self, k: int) -> nn.Module:
         """The denoiser of step k: the trainable model, or the prior's for a frozen final step."""

@@ -92,16 +92,6 @@ class GuidedDenoiser(nn.Module):
     def prior(self):
         return self._prior[0]
 
-    @property
-    def num_classes(self) -> int | None:
-        """K of a model amortized over integer labels (None otherwise)."""
-        return getattr(self.model, "num_classes", None)
-
-    def condition_parameters(self) -> list[nn.Parameter]:
-        """The amortized model's condition table / encoder (see
-        :meth:`~posterior.diffusion.conditional_denoiser.ConditionalDenoiser.condition_parameters`)."""
-        return self.model.condition_parameters()
-
     def for_path(self, path) -> nn.Module:
         """``model(x, t)`` for ``path``: the trainable model bound to the path's conditions, guided by this
         wrapper's own ``log_reward`` if it has one, else by ``path.log_reward`` (beta log r at the bound
