@@ -67,8 +67,10 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
             32 conditions of 10 trajectories), :data:`DATA_DEFAULTS` (5000 iterations of 32 trajectories) or, in
             data space with conditions, :data:`DATA_CONDITIONAL_DEFAULTS` (8 conditions of 4 trajectories).
         sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``
-            (unconditional), ``encoder`` (of float conditions), ``lora_rank`` and ``guidance`` (start from the
-            reward-guided sampler; for amortized posteriors the strongest start, see :class:`SamplerConfig`).
+            (unconditional), ``encoder`` (of float conditions), ``lora_rank``, ``guidance`` (start from the
+            reward-guided sampler; for amortized posteriors the strongest start, see :class:`SamplerConfig`) and
+            ``class_norms`` (per-class GroupNorm offsets for a posterior amortized over labels), ``freeze_denoiser``
+            (train only what reads y and the guidance scales).
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
         proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
             ``vae.proposal()``, the VAE's encoder; :class:`posterior.proposals.FixedGaussian` without
@@ -132,6 +134,12 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if sampler.guidance:
         raise ValueError(f"SamplerConfig.guidance={sampler.guidance} guides a diffusion prior's posterior denoiser: it "
                          "is for space='data' (in noise space use SamplerConfig.langevin)")
+    if sampler.freeze_denoiser:
+        raise ValueError("SamplerConfig.freeze_denoiser keeps a diffusion prior's denoiser frozen: it is for "
+                         "space='data'")
+    if sampler.class_norms:
+        raise ValueError("SamplerConfig.class_norms conditions a diffusion prior's UNet on class labels: it is for "
+                         "space='data' (in noise space labels go through SamplerConfig.encoder='embedding')")
     if objective == "pis" and config.explore:
         raise ValueError(f"TrainConfig.explore={config.explore}: objective 'pis' trains on the sampler's own "
                          "reparameterized paths and takes no exploration noise")
@@ -202,7 +210,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
                          "use space='noise' for decoders and generators")
     refused = {"replay": replay is not None, "latent_dim": latent_dim is not None}
     changed = {f"sampler.{k}" for k, v in vars(sampler).items()
-               if k not in ("learn_variance", "encoder", "lora_rank", "guidance") and v != getattr(SamplerConfig(), k)}
+               if k not in ("learn_variance", "encoder", "lora_rank", "guidance", "class_norms", "freeze_denoiser") and v != getattr(SamplerConfig(), k)}
     refused_names = sorted([k for k, v in refused.items() if v] + list(changed))
     if refused_names:
         raise ValueError(f"space='data' fine-tunes the diffusion prior's own denoiser and does not take "
@@ -231,10 +239,17 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
         condition = {**condition_spec(conditions), "encoder": sampler.encoder}
         if condition["num_classes"] is not None:
             condition["num_classes"] = _num_classes(conditions, reward)
+        if sampler.class_norms:  # recorded only when on (runs from before the setting still resume)
+            condition["class_norms"] = True
+    if sampler.class_norms and (conditions is None or condition["num_classes"] is None):
+        raise ValueError("SamplerConfig.class_norms is for a data-space posterior amortized over integer class "
+                         "labels (conditions (N,) integers)")
     spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None,
                     "condition": condition, "lora_rank": sampler.lora_rank}
     if sampler.guidance:  # recorded only when on, so that runs from before the setting existed still resume
         spec_network["guidance"] = float(sampler.guidance)
+    if sampler.freeze_denoiser:
+        spec_network["freeze_denoiser"] = True
     with seeded_initialization(config.seed):  # the user's global RNG is left as it was
         network, path = diffusion_posterior(prior, reward, spec_network)
         if condition is not None:

@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-guidance", type=float, default=0.0, metavar="G",
                    help="with --classes: start every trained posterior (amortized and per class) from the reward-guided "
                         "sampler, learned per-step scales from G x alpha_bar (SamplerConfig.guidance; 0: off)")
+    p.add_argument("--class-norms", action="store_true",
+                   help="with --classes: the amortized posterior also gets a per-class scale and shift on every "
+                        "GroupNorm of its UNet (SamplerConfig.class_norms)")
+    p.add_argument("--freeze-denoiser", action="store_true",
+                   help="with --classes: the amortized posterior trains only its class table (and --class-norms, guidance "
+                        "scales); the UNet's weights stay the prior's (SamplerConfig.freeze_denoiser)")
     p.add_argument("--lr-condition", type=float, default=None,
                    help="learning rate of the condition table / encoder (default 300 x --lr; TrainConfig.lr_condition)")
     p.add_argument("--prior", choices=("shipped", "train"), default="shipped",
@@ -296,7 +302,9 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
     if "amortized" in methods:
         start = time.perf_counter()
         model = posterior.fit(prior, likelihood, labels, space="data", objective=args.class_objective, config=config,
-                              sampler=sampler, checkpoint_dir=out / "amortized", resume=args.resume,
+                              sampler=replace(sampler, class_norms=args.class_norms,
+                                              freeze_denoiser=args.freeze_denoiser),
+                              checkpoint_dir=out / "amortized", resume=args.resume,
                               progress=not args.no_progress,
                               process_index=accelerator.process_index,
                               gradient_sync=bucketed_gradient_sync(accelerator))

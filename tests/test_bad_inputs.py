@@ -228,6 +228,23 @@ case("fit-data-space-guidance-learn-variance", lambda: _fit(prior=_diffusion_pri
                                                             reward=lambda x: -(x ** 2).sum(-1), conditions=None,
                                                             sampler=SamplerConfig(guidance=1.0, learn_variance=True)),
      ValueError, r"SamplerConfig.guidance does not combine with learn_variance")
+case("fit-data-space-class-norms-unconditional", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
+                                                             reward=lambda x: -(x ** 2).sum(-1), conditions=None,
+                                                             sampler=SamplerConfig(class_norms=True)),
+     ValueError, r"SamplerConfig.class_norms is for a data-space posterior amortized over integer class labels")
+case("fit-data-space-class-norms-without-unet", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
+                                                            reward=lambda x, y: -(x ** 2).sum(-1),
+                                                            conditions=torch.tensor([0, 1]),
+                                                            sampler=SamplerConfig(class_norms=True)),
+     ValueError, r"class_norms needs integer class labels \(num_classes\) and a diffusers UNet denoiser")
+case("fit-data-space-freeze-nothing-to-train", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
+                                                           reward=lambda x: -(x ** 2).sum(-1), conditions=None,
+                                                           sampler=SamplerConfig(freeze_denoiser=True)),
+     ValueError, r"SamplerConfig.freeze_denoiser leaves nothing to train")
+case("fit-noise-space-freeze-denoiser", lambda: _fit(sampler=SamplerConfig(hidden=8, freeze_denoiser=True)), ValueError,
+     r"SamplerConfig.freeze_denoiser keeps a diffusion prior's denoiser frozen: it is for space='data'")
+case("fit-noise-space-class-norms", lambda: _fit(sampler=SamplerConfig(hidden=8, class_norms=True)), ValueError,
+     r"SamplerConfig.class_norms conditions a diffusion prior's UNet on class labels: it is for space='data'")
 case("fit-config-dict", lambda: _fit(config={"iterations": 1}), TypeError, r"config must be a TrainConfig, got dict")
 case("fit-config-sampler-config", lambda: _fit(config=SamplerConfig()), TypeError, r"config must be a TrainConfig, got SamplerConfig")
 case("fit-sampler-train-config", lambda: _fit(sampler=TrainConfig()), TypeError, r"sampler must be a SamplerConfig, got TrainConfig")
@@ -304,6 +321,7 @@ for field, value, regex in [
     ("lora_rank", -1, r"integer >= 0 \(0: no LoRA\), got -1"),
     ("guidance", -1.0, r"finite number >= 0 \(0: off\), got -1.0"), ("guidance", NAN, r"finite number >= 0.*got nan"),
     ("guidance", True, r"finite number >= 0.*got True"),
+    ("class_norms", 1, r"True or False, got 1"), ("freeze_denoiser", "yes", r"True or False, got 'yes'"),
 ]:
     case(f"SamplerConfig-{field}-{value!r}", sampler(**{field: value}), ValueError, rf"SamplerConfig\.{field} .*{regex}")
 case("SamplerConfig-shared-scale-without-langevin", sampler(langevin_scale="shared"), ValueError,

@@ -7,7 +7,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from posterior import Posterior, fit  # noqa: E402
+from posterior import Posterior, SamplerConfig, fit  # noqa: E402
 from posterior.diffusion.conditional_denoiser import ConditionalDenoiser, bind  # noqa: E402
 from posterior.priors.diffusion import DiffusionPrior  # noqa: E402
 from posterior.priors.gaussian_mixture import MixtureDenoiser, ring_mixture  # noqa: E402
@@ -52,7 +52,7 @@ def _trajectories(prior, n=6, seed=3):
     return prior.sample(n, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("condition", ["labels", "images", "labels-residual"])
+@pytest.mark.parametrize("condition", ["labels", "labels-class-norms", "images", "labels-residual"])
 def test_the_untrained_amortized_posterior_is_exactly_the_prior(condition):
     """The condition enters through a zero-initialized embedding or encoder: before training every step's
     log-density equals the prior's, whatever y."""
@@ -60,9 +60,10 @@ def test_the_untrained_amortized_posterior_is_exactly_the_prior(condition):
         prior, _ = _gaussian_prior()
         model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=3)
         y = torch.tensor([0, 1, 2, 2, 1, 0])
-    elif condition == "labels":
+    elif condition.startswith("labels"):
         prior = _unet_prior()
-        model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=10)
+        model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=10,
+                                    class_norms=condition == "labels-class-norms")
         y = torch.tensor([0, 3, 9, 9, 1, 5])
         assert model.model.config.num_class_embeds == 10 and prior.denoiser.config.num_class_embeds is None
     else:
@@ -157,6 +158,85 @@ def test_amortized_posteriors_sample_save_and_reload(tmp_path):
         image.sample(torch.zeros(2, 1, 8, 8), 2)
 
 
+def test_class_norms_give_each_label_its_own_groupnorm_affine(tmp_path):
+    """SamplerConfig(class_norms=True): every GroupNorm of the posterior's UNet becomes a ClassGroupNorm, exactly
+    GroupNorm(x_i; weight + scale[y_i], bias + shift[y_i]) per sample; the offsets train with the class table, only
+    for the labels seen; save / load and the LoRA adapter restore them; no diffusers folder is written (none would
+    hold them)."""
+    from safetensors.torch import load_file
+
+    from posterior.diffusion.conditional_denoiser import ClassGroupNorm
+
+    prior = _unet_prior()
+    model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=4, class_norms=True)
+    norms = [m for m in model.modules() if isinstance(m, ClassGroupNorm)]
+    assert len(norms) == len(model.class_norms) == sum(isinstance(m, torch.nn.GroupNorm) for m in prior.denoiser.modules())
+    layer = norms[0]
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        layer.class_scale.copy_(torch.randn(layer.class_scale.shape, generator=g))
+        layer.class_shift.copy_(torch.randn(layer.class_shift.shape, generator=g))
+    x, y = torch.randn(3, layer.norm.num_channels, 5, 5, generator=g), torch.tensor([2, 0, 2])
+    model._labels.value = y
+    got = layer(x)
+    model._labels.value = None
+    for i in range(3):
+        want = torch.nn.functional.group_norm(x[i:i + 1], layer.norm.num_groups,
+                                              layer.norm.weight + layer.class_scale[y[i]],
+                                              layer.norm.bias + layer.class_shift[y[i]], layer.norm.eps)
+        torch.testing.assert_close(got[i:i + 1], want)
+    with pytest.raises(RuntimeError, match="needs class labels"):
+        layer(x)
+
+    reward = lambda x, y: -((x.mean((1, 2, 3)) - y.float() / 3) ** 2) / 0.1  # noqa: E731
+    config = TrainConfig(iterations=3, batch_size=2, samples_per_condition=2, lr=1e-3, seed=1)
+    post = fit(prior, reward, torch.tensor([0, 2]), space="data", objective="rtb", config=config, progress=False,
+               sampler=SamplerConfig(class_norms=True))
+    trained = post.network.model.class_norms
+    moved = torch.stack([layer.class_shift.detach().abs().amax(1) for layer in trained]).amax(0)
+    assert bool((moved[[0, 2]] > 0).all()) and float(moved[1]) == 0.0, moved  # label 1 was never drawn
+    x = post.sample(torch.tensor([0, 2]), 2, generator=torch.Generator().manual_seed(0))
+    post.save_pretrained(tmp_path / "full")
+    assert not (tmp_path / "full" / "denoiser").exists()
+    again = Posterior.from_pretrained(tmp_path / "full", prior=prior, reward=post.reward)
+    torch.testing.assert_close(again.sample(torch.tensor([0, 2]), 2, generator=torch.Generator().manual_seed(0)), x)
+
+    lora = fit(prior, reward, torch.tensor([0, 2]), space="data", objective="rtb", config=config, progress=False,
+               sampler=SamplerConfig(class_norms=True, lora_rank=2))
+    lora.save_pretrained(tmp_path / "lora")
+    adapter = load_file(str(tmp_path / "lora" / "adapter.safetensors"))
+    assert sum("class_shift" in k for k in adapter) == len(trained)
+    x = lora.sample(torch.tensor([2]), 2, generator=torch.Generator().manual_seed(0))
+    again = Posterior.from_pretrained(tmp_path / "lora", prior=prior, reward=lora.reward)
+    torch.testing.assert_close(again.sample(torch.tensor([2]), 2, generator=torch.Generator().manual_seed(0)), x)
+
+
+def test_a_frozen_denoiser_trains_only_what_reads_the_label(tmp_path):
+    """SamplerConfig(freeze_denoiser=True): the UNet copy keeps the prior's weights; the class table and class norms
+    train; reloading keeps them frozen (same samples)."""
+    from posterior.diffusion.conditional_denoiser import conditional_of
+
+    prior = _unet_prior()
+    reward = lambda x, y: -((x.mean((1, 2, 3)) - y.float() / 3) ** 2) / 0.1  # noqa: E731
+    post = fit(prior, reward, torch.tensor([0, 1, 2]), space="data", objective="vargrad", progress=False,
+               config=TrainConfig(iterations=3, batch_size=2, samples_per_condition=2, lr=1e-2),
+               sampler=SamplerConfig(class_norms=True, freeze_denoiser=True))
+    conditional = conditional_of(post.network.model)
+    reads_y = {id(p) for p in conditional.condition_parameters()}
+    assert {id(p) for p in post.network.model.parameters() if p.requires_grad} == reads_y
+    prior_weights = prior.denoiser.state_dict()
+    for name, p in conditional.model.state_dict().items():
+        if "class_" not in name:
+            assert torch.equal(p, prior_weights[name.replace(".norm.", ".")]), name
+    assert all(float(p.detach().abs().max()) > 0 for p in conditional.condition_parameters())
+    x = post.sample(torch.tensor([1]), 2, generator=torch.Generator().manual_seed(0))
+    post.save_pretrained(tmp_path)
+    again = Posterior.from_pretrained(tmp_path, prior=prior, reward=post.reward)
+    assert not any(p.requires_grad and id(p) not in {id(q) for q in conditional_of(again.network.model)
+                                                     .condition_parameters()} for p in again.network.model.parameters())
+    torch.testing.assert_close(again.sample(torch.tensor([1]), 2, generator=torch.Generator().manual_seed(0)), x)
+
+
 def test_amortized_data_space_run_resumes_bit_for_bit_and_refuses_other_conditions(tmp_path):
     prior, _ = _gaussian_prior()
     kwargs = dict(space="data", objective="rtb", progress=False)
@@ -183,6 +263,10 @@ def test_amortized_data_space_run_resumes_bit_for_bit_and_refuses_other_conditio
     (dict(conditions=torch.zeros(3, 2, dtype=torch.long)), ValueError, r"or integer class labels of shape \(N,\)"),
     (dict(objective="vargrad", config=TrainConfig(iterations=1, samples_per_condition=1)), ValueError,
      r"samples_per_condition=1: VarGrad"),
+    (dict(conditions=torch.zeros(2, 1, 4, 8), sampler=SamplerConfig(class_norms=True)), ValueError,
+     r"class_norms is for a data-space posterior amortized over integer class labels"),
+    (dict(sampler=SamplerConfig(freeze_denoiser=True, lora_rank=2)), ValueError,
+     r"freeze_denoiser keeps the denoiser's weights frozen; lora_rank trains adapters"),
 ])
 def test_bad_conditional_data_space_inputs_are_refused_before_training(kwargs, error, match):
     prior = _unet_prior()

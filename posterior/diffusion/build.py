@@ -16,9 +16,9 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     ``frozen_final_steps`` (None: the prior's near-deterministic final steps stay the prior's), ``lora_rank``
     (train LoRA adapters of that rank on a frozen copy; 0: all weights), ``guidance`` (g > 0: learned per-step
     reward guidance starting at g * alpha_bar_k, :class:`~posterior.diffusion.guided_denoiser.GuidedDenoiser`;
-    0: none) and ``condition``
+    0: none), ``freeze_denoiser`` (train only what reads y and the guidance scales) and ``condition``
     (None: one unconditional posterior; else ``{"num_classes": K}`` for integer labels or ``{"cond_shape": [...],
-    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions: one posterior amortized over them, the reward then
+    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions (labels may add ``"class_norms": True``): one posterior amortized over them, the reward then
     ``log_likelihood(x, y)`` or a callable (x, y) -> (B,)). A denoiser without parameters (an analytic one) gets
     a trainable residual correction.
     """
@@ -59,7 +59,8 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
         cond_shape = condition.get("cond_shape")
         model = ConditionalDenoiser(model, tuple(prior.event_shape), num_classes=condition.get("num_classes"),
                                     cond_shape=None if cond_shape is None else tuple(cond_shape),
-                                    encoder=condition.get("encoder", "auto"))
+                                    encoder=condition.get("encoder", "auto"),
+                                    class_norms=bool(condition.get("class_norms", False)))
     guidance = float(spec.get("guidance", 0.0) or 0.0)
     if guidance:
         if spec.get("learn_variance", False):
@@ -68,7 +69,29 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
         from posterior.diffusion.guided_denoiser import GuidedDenoiser
 
         model = GuidedDenoiser.signal_weighted(model, prior, None, guidance)
+    if spec.get("freeze_denoiser", False):
+        _freeze_denoiser(model, lora_rank)
     frozen = spec.get("frozen_final_steps")
     frozen = prior.final_steps_below(NEAR_DETERMINISTIC_VARIANCE) if frozen is None else int(frozen)
     posterior = DiffusionPosterior(prior, model, frozen_final_steps=frozen)
     return posterior, DiffusionPriorPath(prior, log_r, beta=spec.get("beta", 1.0), conditional=condition is not None)
+
+
+def _freeze_denoiser(model: Any, lora_rank: int) -> None:
+    """Leave only the parameters that read y (class table, class norms, condition encoder) and the guidance
+    scales trainable: the fine-tuned copy of the prior's denoiser stays the prior's."""
+    from posterior.diffusion.conditional_denoiser import conditional_of
+
+    if lora_rank:
+        raise ValueError("SamplerConfig.freeze_denoiser keeps the denoiser's weights frozen; lora_rank trains adapters "
+                         "on them: set one of the two")
+    conditional = conditional_of(model)
+    guidance = getattr(model, "guidance_parameters", None)
+    keep = list(conditional.condition_parameters() if conditional is not None else [])
+    keep += list(guidance() if guidance is not None else [])
+    if not keep:
+        raise ValueError("SamplerConfig.freeze_denoiser leaves nothing to train: it needs conditions (a posterior "
+                         "amortized over them) or guidance > 0")
+    kept = {id(p) for p in keep}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in kept)

@@ -15,7 +15,8 @@ NOISINGS = ("auto", "brownian", "vp")
 class SamplerConfig:
     """Settings of the Euler-Maruyama sampler that `fit` trains in latent / noise space (or on a
     Boltzmann density). A posterior fine-tuned from a diffusion prior (``space="data"``) is the prior's
-    own denoiser and uses only ``learn_variance``, ``encoder`` (of float conditions), ``lora_rank`` and ``guidance``.
+    own denoiser and uses only ``learn_variance``, ``encoder`` (of float conditions), ``lora_rank``, ``guidance``
+    ``class_norms`` and ``freeze_denoiser``.
 
     Attributes:
         sigma2: variance per unit time of the reference (Brownian) process.
@@ -36,6 +37,14 @@ class SamplerConfig:
             sampler instead of the prior, and amortized over conditions every y is guided from the first
             iteration. Each step then also differentiates the prior's denoiser and the reward (sampling too);
             the reward must be differentiable in x. 0: off.
+        class_norms: data space, amortized over integer labels with a diffusers UNet prior: every GroupNorm of
+            the posterior's UNet gets a per-class scale and shift (started at zero, trained at
+            ``TrainConfig.lr_condition`` with the class table), so each label steers every block directly
+            (:class:`posterior.diffusion.conditional_denoiser.ClassGroupNorm`).
+        freeze_denoiser: data space: keep the posterior's copy of the prior's denoiser frozen and train only the
+            parameters that read y (class table, ``class_norms``, condition encoder) and the guidance scales.
+            Amortized over many labels this is the faster start: updates of the shared weights from a batch of
+            mixed labels first undo what the prior knows (BENCHMARKS.md, ten classes).
     """
 
     sigma2: float = 1.0
@@ -47,12 +56,14 @@ class SamplerConfig:
     noising: str = "auto"
     lora_rank: int = 0
     guidance: float = 0.0
+    class_norms: bool = False
+    freeze_denoiser: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma2, bool) or not isinstance(self.sigma2, (int, float)) \
                 or not (math.isfinite(self.sigma2) and self.sigma2 > 0):
             raise ValueError(f"SamplerConfig.sigma2 must be a finite number > 0, got {self.sigma2!r}")
-        for name in ("langevin", "learn_variance"):
+        for name in ("langevin", "learn_variance", "class_norms", "freeze_denoiser"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SamplerConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.langevin_scale not in LANGEVIN_SCALES:
