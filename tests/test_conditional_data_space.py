@@ -415,6 +415,39 @@ def test_a_guided_amortized_posterior_starts_near_every_labels_posterior_and_rea
     torch.testing.assert_close(again.sample(torch.tensor([0, 2]), 3, generator=torch.Generator().manual_seed(0)), x)
 
 
+def test_a_guided_training_step_computes_each_steps_guidance_once():
+    """Sampling a batch computes each step's guidance term; rebuilding the steps' log-densities for per-step
+    gradients reuses it (no second reward call), and the gradients equal those computed from scratch."""
+    from posterior.diffusion.build import diffusion_posterior
+    from posterior.diffusion.diffusion_posterior import accumulate_gradients_per_step
+    from posterior.objectives.vargrad import VarGrad
+
+    prior = _unet_prior(steps=5)
+    calls = []
+
+    def reward(x, y):
+        calls.append(x.shape[0])
+        return -((x.mean((1, 2, 3)) - y.float() / 3) ** 2) / 0.1
+
+    post, path = diffusion_posterior(prior, reward, {"condition": {"num_classes": 3}, "guidance": 1.0,
+                                                     "frozen_final_steps": 0})
+    bound = path.bind(torch.tensor([0, 0, 2, 2]))
+    traj = post.trajectories(4, bound, generator=torch.Generator().manual_seed(0), track_gradients=False)
+    assert len(calls) == prior.num_steps + 1  # one per guided step, one for the terminal reward
+    objective = VarGrad(group_size=2)
+    accumulate_gradients_per_step(post, traj, objective)
+    assert len(calls) == prior.num_steps + 1
+    cached = [p.grad.clone() for p in post.model.parameters() if p.grad is not None]
+    post.model.zero_grad()
+    fresh = path.bind(torch.tensor([0, 0, 2, 2]))  # another path object: nothing cached
+    accumulate_gradients_per_step(post, traj.__class__(**{**traj.__dict__, "path": fresh}), objective)
+    assert len(calls) == 2 * prior.num_steps + 1
+    again = [p.grad for p in post.model.parameters() if p.grad is not None]
+    assert len(cached) == len(again) > 0
+    for a, b in zip(cached, again):
+        torch.testing.assert_close(a, b)
+
+
 def test_a_guided_denoiser_keeps_its_own_reward_and_refuses_one_when_amortized():
     """A GuidedDenoiser given its own log_reward is guided by it on any path (not silently by the path's); around
     a model amortized over conditions it must take each sample's reward from the path."""

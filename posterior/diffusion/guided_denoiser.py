@@ -76,6 +76,7 @@ class GuidedDenoiser(nn.Module):
         check_shape(scale, (prior.num_steps,), "init_scale")
         check_no_nan(scale, "init_scale")
         self.scale = nn.Parameter(scale.clone())
+        self._bound: tuple[object, "_PathGuided"] | None = None  # the last path's bound model (its guidance cache)
 
     @classmethod
     def signal_weighted(cls, model: nn.Module, prior, log_reward: Callable[[Tensor], Tensor] | None = None,
@@ -95,9 +96,15 @@ class GuidedDenoiser(nn.Module):
     def for_path(self, path) -> nn.Module:
         """``model(x, t)`` for ``path``: the trainable model bound to the path's conditions, guided by this
         wrapper's own ``log_reward`` if it has one, else by ``path.log_reward`` (beta log r at the bound
-        conditions); what :class:`DiffusionPosterior` samples and scores with."""
+        conditions); what :class:`DiffusionPosterior` samples and scores with. The same path object gets the
+        same bound model back, so a training iteration computes each step's guidance once (while sampling; the
+        per-step gradients reuse it, see :class:`_PathGuided`)."""
+        if self._bound is not None and self._bound[0] is path:
+            return self._bound[1]
         own = self._log_reward[0]
-        return _PathGuided(self, bind(self.model, path.conditions), own if own is not None else path.log_reward)
+        bound = _PathGuided(self, bind(self.model, path.conditions), own if own is not None else path.log_reward)
+        self._bound = (path, bound)
+        return bound
 
     def guidance(self, x: Tensor, k: int, log_reward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """var_k * grad_x log r(x0_prior(x, k)), (B, *event_shape), without a graph (``log_reward``: instead of
@@ -123,15 +130,27 @@ class GuidedDenoiser(nn.Module):
 
 
 class _PathGuided(nn.Module):
-    """A :class:`GuidedDenoiser` bound to one path: its (bound) model's output, its scales, the path's reward."""
+    """A :class:`GuidedDenoiser` bound to one path: its (bound) model's output, its scales, the path's reward.
+
+    The guidance term var_k grad log r(x0_prior(x_k)) depends on the state, the step and the path's reward only
+    (the prior is frozen), so it is kept per step for the last states seen: rebuilding a sampled trajectory's
+    step log-densities with a graph (per-step gradients) then costs no second pass through the prior and the
+    reward. A state that differs in any entry is recomputed."""
 
     def __init__(self, guided: GuidedDenoiser, model: nn.Module, log_reward: Callable[[Tensor], Tensor]) -> None:
         super().__init__()
         self.guided, self.model = guided, model
         self._log_reward = (log_reward,)
+        self._cache: dict[int, tuple[Tensor, Tensor]] = {}  # step -> (state, guidance)
 
     def step_mean_shift(self, x: Tensor, k: int) -> Tensor:
-        return self.guided.step_mean_shift(x, k, self._log_reward[0])
+        hit = self._cache.get(k)
+        if hit is not None and hit[0].shape == x.shape and hit[0].dtype == x.dtype and torch.equal(hit[0], x):
+            guidance = hit[1]
+        else:
+            guidance = self.guided.guidance(x, k, self._log_reward[0])
+            self._cache[k] = (x.detach().clone(), guidance)
+        return self.guided.scale[k].to(x) * guidance
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return denoise(self.model, x, t)
