@@ -69,7 +69,8 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
         sampler: the sampler's architecture (:class:`SamplerConfig`); in data space only ``learn_variance``
             (unconditional), ``encoder`` (of float conditions), ``lora_rank``, ``guidance`` (start from the
             reward-guided sampler; for amortized posteriors the strongest start, see :class:`SamplerConfig`) and
-            ``class_norms`` (per-class GroupNorm offsets for a posterior amortized over labels), ``freeze_denoiser``
+            ``class_norms`` / ``class_rank`` (per-class GroupNorm offsets / adapters for a posterior amortized over
+            labels), ``freeze_denoiser``
             (train only what reads y and the guidance scales).
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
         proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
@@ -137,9 +138,9 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
     if sampler.freeze_denoiser:
         raise ValueError("SamplerConfig.freeze_denoiser keeps a diffusion prior's denoiser frozen: it is for "
                          "space='data'")
-    if sampler.class_norms:
-        raise ValueError("SamplerConfig.class_norms conditions a diffusion prior's UNet on class labels: it is for "
-                         "space='data' (in noise space labels go through SamplerConfig.encoder='embedding')")
+    if sampler.class_norms or sampler.class_rank:
+        raise ValueError("SamplerConfig.class_norms / class_rank condition a diffusion prior's UNet on class labels: "
+                         "they are for space='data' (in noise space labels go through SamplerConfig.encoder='embedding')")
     if objective == "pis" and config.explore:
         raise ValueError(f"TrainConfig.explore={config.explore}: objective 'pis' trains on the sampler's own "
                          "reparameterized paths and takes no exploration noise")
@@ -210,7 +211,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
                          "use space='noise' for decoders and generators")
     refused = {"replay": replay is not None, "latent_dim": latent_dim is not None}
     changed = {f"sampler.{k}" for k, v in vars(sampler).items()
-               if k not in ("learn_variance", "encoder", "lora_rank", "guidance", "class_norms", "freeze_denoiser") and v != getattr(SamplerConfig(), k)}
+               if k not in ("learn_variance", "encoder", "lora_rank", "guidance", "class_norms", "class_rank", "freeze_denoiser") and v != getattr(SamplerConfig(), k)}
     refused_names = sorted([k for k, v in refused.items() if v] + list(changed))
     if refused_names:
         raise ValueError(f"space='data' fine-tunes the diffusion prior's own denoiser and does not take "
@@ -239,11 +240,13 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
         condition = {**condition_spec(conditions), "encoder": sampler.encoder}
         if condition["num_classes"] is not None:
             condition["num_classes"] = _num_classes(conditions, reward)
-        if sampler.class_norms:  # recorded only when on (runs from before the setting still resume)
+        if sampler.class_norms:  # recorded only when on (runs from before the settings still resume)
             condition["class_norms"] = True
-    if sampler.class_norms and (conditions is None or condition["num_classes"] is None):
-        raise ValueError("SamplerConfig.class_norms is for a data-space posterior amortized over integer class "
-                         "labels (conditions (N,) integers)")
+        if sampler.class_rank:
+            condition["class_rank"] = sampler.class_rank
+    if (sampler.class_norms or sampler.class_rank) and (conditions is None or condition["num_classes"] is None):
+        raise ValueError("SamplerConfig.class_norms / class_rank are for a data-space posterior amortized over "
+                         "integer class labels (conditions (N,) integers)")
     spec_network = {"learn_variance": sampler.learn_variance, "beta": 1.0, "frozen_final_steps": None,
                     "condition": condition, "lora_rank": sampler.lora_rank}
     if sampler.guidance:  # recorded only when on, so that runs from before the setting existed still resume

@@ -208,7 +208,7 @@ class Posterior(nn.Module):
         denoiser is a ``diffusers`` model also writes it to ``folder/denoiser`` (``UNet2DModel.from_pretrained``
         loads it; amortized over class labels it is a class-conditional UNet, ``num_class_embeds``; over float
         measurements it takes the encoded measurement, ``class_embed_type="identity"``, and the encoder's weights
-        are the ``encoder.*`` tensors of ``model.safetensors``; with ``SamplerConfig.class_norms`` there is no
+        are the ``encoder.*`` tensors of ``model.safetensors``; with ``SamplerConfig.class_norms`` or ``class_rank`` there is no
         diffusers equivalent and only ``model.safetensors`` holds it). With LoRA (``SamplerConfig.lora_rank``) it writes
         ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone. A guided
         posterior (``SamplerConfig.guidance``) is that denoiser plus its per-step guidance scales (the ``scale``
@@ -230,9 +230,9 @@ class Posterior(nn.Module):
         unet = find_unet(self.network.model) if self.kind == "diffusion" else None
         if unet is not None and self.spec["network"].get("lora_rank"):  # the adapters (and a class table) alone
             trained = {k: v for k, v in state.items()
-                       if "lora_" in k or "class_embedding" in k or "class_scale" in k or "class_shift" in k or k.startswith(("encoder.", "model.encoder.")) or k == "scale"}
+                       if "lora_" in k or "class_embedding" in k or ".class_" in k or k.startswith(("encoder.", "model.encoder.")) or k == "scale"}
             save_file(trained, str(folder / "adapter.safetensors"))
-        elif unet is not None and not (self.spec["network"].get("condition") or {}).get("class_norms"):
+        elif unet is not None and not _has_class_layers(self.spec["network"]):
             unet.save_pretrained(str(folder / "denoiser"))
 
     @classmethod
@@ -277,6 +277,11 @@ class Posterior(nn.Module):
         network, path = diffusion_posterior(prior, reward, spec["network"])
         network.model.load_state_dict(state)
         return cls(network, prior=prior, reward=reward, spec=spec, path=path)
+
+
+def _has_class_layers(network: dict) -> bool:
+    condition = network.get("condition") or {}
+    return bool(condition.get("class_norms") or condition.get("class_rank"))
 
 
 def _check_count(num_samples: int) -> None:

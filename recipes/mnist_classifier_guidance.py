@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-norms", action="store_true",
                    help="with --classes: the amortized posterior also gets a per-class scale and shift on every "
                         "GroupNorm of its UNet (SamplerConfig.class_norms)")
+    p.add_argument("--class-rank", type=int, default=0, metavar="R",
+                   help="with --classes: the amortized posterior also gets a rank-R adapter per class on every Conv2d / "
+                        "Linear of its UNet (SamplerConfig.class_rank; 0: none)")
     p.add_argument("--freeze-denoiser", action="store_true",
                    help="with --classes: the amortized posterior trains only its class table (and --class-norms, guidance "
                         "scales); the UNet's weights stay the prior's (SamplerConfig.freeze_denoiser)")
@@ -302,7 +305,7 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
     if "amortized" in methods:
         start = time.perf_counter()
         model = posterior.fit(prior, likelihood, labels, space="data", objective=args.class_objective, config=config,
-                              sampler=replace(sampler, class_norms=args.class_norms,
+                              sampler=replace(sampler, class_norms=args.class_norms, class_rank=args.class_rank,
                                               freeze_denoiser=args.freeze_denoiser),
                               checkpoint_dir=out / "amortized", resume=args.resume,
                               progress=not args.no_progress,

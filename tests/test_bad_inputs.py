@@ -231,12 +231,12 @@ case("fit-data-space-guidance-learn-variance", lambda: _fit(prior=_diffusion_pri
 case("fit-data-space-class-norms-unconditional", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
                                                              reward=lambda x: -(x ** 2).sum(-1), conditions=None,
                                                              sampler=SamplerConfig(class_norms=True)),
-     ValueError, r"SamplerConfig.class_norms is for a data-space posterior amortized over integer class labels")
+     ValueError, r"SamplerConfig.class_norms / class_rank are for a data-space posterior amortized over integer class labels")
 case("fit-data-space-class-norms-without-unet", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
                                                             reward=lambda x, y: -(x ** 2).sum(-1),
                                                             conditions=torch.tensor([0, 1]),
                                                             sampler=SamplerConfig(class_norms=True)),
-     ValueError, r"class_norms needs integer class labels \(num_classes\) and a diffusers UNet denoiser")
+     ValueError, r"class_norms / class_rank need integer class labels \(num_classes\) and a diffusers UNet denoiser")
 case("fit-data-space-freeze-nothing-to-train", lambda: _fit(prior=_diffusion_prior(), space="data", objective="rtb",
                                                            reward=lambda x: -(x ** 2).sum(-1), conditions=None,
                                                            sampler=SamplerConfig(freeze_denoiser=True)),
@@ -244,7 +244,9 @@ case("fit-data-space-freeze-nothing-to-train", lambda: _fit(prior=_diffusion_pri
 case("fit-noise-space-freeze-denoiser", lambda: _fit(sampler=SamplerConfig(hidden=8, freeze_denoiser=True)), ValueError,
      r"SamplerConfig.freeze_denoiser keeps a diffusion prior's denoiser frozen: it is for space='data'")
 case("fit-noise-space-class-norms", lambda: _fit(sampler=SamplerConfig(hidden=8, class_norms=True)), ValueError,
-     r"SamplerConfig.class_norms conditions a diffusion prior's UNet on class labels: it is for space='data'")
+     r"SamplerConfig.class_norms / class_rank condition a diffusion prior's UNet on class labels: they are for space='data'")
+case("fit-noise-space-class-rank", lambda: _fit(sampler=SamplerConfig(hidden=8, class_rank=2)), ValueError,
+     r"SamplerConfig.class_norms / class_rank condition a diffusion prior's UNet on class labels")
 case("fit-config-dict", lambda: _fit(config={"iterations": 1}), TypeError, r"config must be a TrainConfig, got dict")
 case("fit-config-sampler-config", lambda: _fit(config=SamplerConfig()), TypeError, r"config must be a TrainConfig, got SamplerConfig")
 case("fit-sampler-train-config", lambda: _fit(sampler=TrainConfig()), TypeError, r"sampler must be a SamplerConfig, got TrainConfig")
@@ -322,6 +324,7 @@ for field, value, regex in [
     ("guidance", -1.0, r"finite number >= 0 \(0: off\), got -1.0"), ("guidance", NAN, r"finite number >= 0.*got nan"),
     ("guidance", True, r"finite number >= 0.*got True"),
     ("class_norms", 1, r"True or False, got 1"), ("freeze_denoiser", "yes", r"True or False, got 'yes'"),
+    ("class_rank", -1, r"integer >= 0 \(0: none\), got -1"), ("class_rank", 1.5, r"integer >= 0 \(0: none\), got 1.5"),
 ]:
     case(f"SamplerConfig-{field}-{value!r}", sampler(**{field: value}), ValueError, rf"SamplerConfig\.{field} .*{regex}")
 case("SamplerConfig-shared-scale-without-langevin", sampler(langevin_scale="shared"), ValueError,

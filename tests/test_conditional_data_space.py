@@ -52,7 +52,7 @@ def _trajectories(prior, n=6, seed=3):
     return prior.sample(n, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("condition", ["labels", "labels-class-norms", "images", "labels-residual"])
+@pytest.mark.parametrize("condition", ["labels", "labels-class-layers", "images", "labels-residual"])
 def test_the_untrained_amortized_posterior_is_exactly_the_prior(condition):
     """The condition enters through a zero-initialized embedding or encoder: before training every step's
     log-density equals the prior's, whatever y."""
@@ -63,7 +63,8 @@ def test_the_untrained_amortized_posterior_is_exactly_the_prior(condition):
     elif condition.startswith("labels"):
         prior = _unet_prior()
         model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=10,
-                                    class_norms=condition == "labels-class-norms")
+                                    class_norms=condition == "labels-class-layers",
+                                    class_rank=2 if condition == "labels-class-layers" else 0)
         y = torch.tensor([0, 3, 9, 9, 1, 5])
         assert model.model.config.num_class_embeds == 10 and prior.denoiser.config.num_class_embeds is None
     else:
@@ -165,12 +166,12 @@ def test_class_norms_give_each_label_its_own_groupnorm_affine(tmp_path):
     hold them)."""
     from safetensors.torch import load_file
 
-    from posterior.diffusion.conditional_denoiser import ClassGroupNorm
+    from posterior.diffusion.class_layers import ClassGroupNorm
 
     prior = _unet_prior()
     model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=4, class_norms=True)
     norms = [m for m in model.modules() if isinstance(m, ClassGroupNorm)]
-    assert len(norms) == len(model.class_norms) == sum(isinstance(m, torch.nn.GroupNorm) for m in prior.denoiser.modules())
+    assert len(norms) == len(model.class_layers) == sum(isinstance(m, torch.nn.GroupNorm) for m in prior.denoiser.modules())
     layer = norms[0]
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -192,7 +193,7 @@ def test_class_norms_give_each_label_its_own_groupnorm_affine(tmp_path):
     config = TrainConfig(iterations=3, batch_size=2, samples_per_condition=2, lr=1e-3, seed=1)
     post = fit(prior, reward, torch.tensor([0, 2]), space="data", objective="rtb", config=config, progress=False,
                sampler=SamplerConfig(class_norms=True))
-    trained = post.network.model.class_norms
+    trained = post.network.model.class_layers
     moved = torch.stack([layer.class_shift.detach().abs().amax(1) for layer in trained]).amax(0)
     assert bool((moved[[0, 2]] > 0).all()) and float(moved[1]) == 0.0, moved  # label 1 was never drawn
     x = post.sample(torch.tensor([0, 2]), 2, generator=torch.Generator().manual_seed(0))
@@ -209,6 +210,50 @@ def test_class_norms_give_each_label_its_own_groupnorm_affine(tmp_path):
     x = lora.sample(torch.tensor([2]), 2, generator=torch.Generator().manual_seed(0))
     again = Posterior.from_pretrained(tmp_path / "lora", prior=prior, reward=lora.reward)
     torch.testing.assert_close(again.sample(torch.tensor([2]), 2, generator=torch.Generator().manual_seed(0)), x)
+
+
+def test_class_adapters_are_one_low_rank_update_per_label(tmp_path):
+    """SamplerConfig(class_rank=r): every Conv2d / Linear of the UNet becomes a ClassLoRA, exactly the layer with
+    weight W + up[y_i] @ down[y_i] for sample i (convolutions through a grouped convolution over the batch);
+    the untrained adapters leave the prior; a fit with them saves and reloads."""
+    from posterior.diffusion.class_layers import ClassLoRA
+
+    prior = _unet_prior()
+    model = ConditionalDenoiser(prior.posterior_copy(), prior.event_shape, num_classes=3, class_rank=2)
+    layers = [m for m in model.modules() if isinstance(m, ClassLoRA)]
+    count = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in prior.denoiser.modules())
+    assert len(layers) == len(model.class_layers) == count
+    g = torch.Generator().manual_seed(6)
+    y = torch.tensor([1, 0, 2])
+    model._labels.value = y
+    for layer in (next(m for m in layers if isinstance(m.base, torch.nn.Conv2d) and m.base.stride == (2, 2)),
+                  next(m for m in layers if isinstance(m.base, torch.nn.Linear))):
+        with torch.no_grad():
+            layer.class_up.copy_(torch.randn(layer.class_up.shape, generator=g))
+        base = layer.base
+        if isinstance(base, torch.nn.Conv2d):
+            x = torch.randn(3, base.in_channels, 6, 6, generator=g)
+        else:
+            x = torch.randn(3, 4, base.in_features, generator=g)
+        got = layer(x)
+        for i in range(3):
+            delta = (layer.class_up[y[i]] @ layer.class_down[y[i]].flatten(1)).view(base.weight.shape)
+            if isinstance(base, torch.nn.Conv2d):
+                want = torch.nn.functional.conv2d(x[i:i + 1], base.weight + delta, base.bias, base.stride, base.padding)
+            else:
+                want = torch.nn.functional.linear(x[i:i + 1], base.weight + delta, base.bias)
+            torch.testing.assert_close(got[i:i + 1], want, rtol=1e-5, atol=1e-5)
+    model._labels.value = None
+
+    reward = lambda x, y: -((x.mean((1, 2, 3)) - y.float() / 3) ** 2) / 0.1  # noqa: E731
+    post = fit(prior, reward, torch.tensor([0, 1, 2]), space="data", objective="vargrad", progress=False,
+               config=TrainConfig(iterations=2, batch_size=2, samples_per_condition=2, lr=1e-3),
+               sampler=SamplerConfig(class_rank=2, freeze_denoiser=True))
+    assert any(float(layer.class_up.detach().abs().max()) > 0 for layer in post.network.model.class_layers)
+    x = post.sample(torch.tensor([2, 0]), 2, generator=torch.Generator().manual_seed(0))
+    post.save_pretrained(tmp_path)
+    again = Posterior.from_pretrained(tmp_path, prior=prior, reward=post.reward)
+    torch.testing.assert_close(again.sample(torch.tensor([2, 0]), 2, generator=torch.Generator().manual_seed(0)), x)
 
 
 def test_a_frozen_denoiser_trains_only_what_reads_the_label(tmp_path):
@@ -264,7 +309,7 @@ def test_amortized_data_space_run_resumes_bit_for_bit_and_refuses_other_conditio
     (dict(objective="vargrad", config=TrainConfig(iterations=1, samples_per_condition=1)), ValueError,
      r"samples_per_condition=1: VarGrad"),
     (dict(conditions=torch.zeros(2, 1, 4, 8), sampler=SamplerConfig(class_norms=True)), ValueError,
-     r"class_norms is for a data-space posterior amortized over integer class labels"),
+     r"class_norms / class_rank are for a data-space posterior amortized over integer class labels"),
     (dict(sampler=SamplerConfig(freeze_denoiser=True, lora_rank=2)), ValueError,
      r"freeze_denoiser keeps the denoiser's weights frozen; lora_rank trains adapters"),
 ])

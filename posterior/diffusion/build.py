@@ -18,7 +18,7 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     reward guidance starting at g * alpha_bar_k, :class:`~posterior.diffusion.guided_denoiser.GuidedDenoiser`;
     0: none), ``freeze_denoiser`` (train only what reads y and the guidance scales) and ``condition``
     (None: one unconditional posterior; else ``{"num_classes": K}`` for integer labels or ``{"cond_shape": [...],
-    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions (labels may add ``"class_norms": True``): one posterior amortized over them, the reward then
+    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions (labels may add ``"class_norms": True`` and ``"class_rank": r``): one posterior amortized over them, the reward then
     ``log_likelihood(x, y)`` or a callable (x, y) -> (B,)). A denoiser without parameters (an analytic one) gets
     a trainable residual correction.
     """
@@ -60,7 +60,8 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
         model = ConditionalDenoiser(model, tuple(prior.event_shape), num_classes=condition.get("num_classes"),
                                     cond_shape=None if cond_shape is None else tuple(cond_shape),
                                     encoder=condition.get("encoder", "auto"),
-                                    class_norms=bool(condition.get("class_norms", False)))
+                                    class_norms=bool(condition.get("class_norms", False)),
+                                    class_rank=int(condition.get("class_rank", 0)))
     guidance = float(spec.get("guidance", 0.0) or 0.0)
     if guidance:
         if spec.get("learn_variance", False):

@@ -5,9 +5,9 @@ every y, with y added so that the untrained posterior is exactly the prior.
   ``nn.Embedding(num_classes, time_embed_dim)`` whose output is added to the timestep embedding (the UNet's
   config then says ``num_class_embeds``, so ``save_pretrained`` writes a class-conditional ``UNet2DModel`` that
   diffusers loads as it is). The table starts at zero.
-  With ``class_norms`` every ``GroupNorm`` of the UNet also gets a per-class affine correction
-  (:class:`ClassGroupNorm`, "conditional normalization"): K x C scale and shift offsets, started at zero, so
-  each label steers every block directly rather than only through the timestep embedding.
+  With ``class_norms`` / ``class_rank`` the UNet's layers also get per-class corrections started at zero
+  (:mod:`posterior.diffusion.class_layers`: GroupNorm offsets, low-rank adapters per label), so each label
+  steers every block directly rather than only through the timestep embedding.
 - Float measurements (B, *cond_shape) (e.g. a masked image): an encoder (a small CNN for images, an MLP
   otherwise) maps y to the same embedding width and is passed to the UNet as ``class_labels`` with
   ``class_embed_type="identity"``; its last layer starts at zero.
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posterior.diffusion.class_layers import ClassLabels, add_class_layers
 from posterior.priors.diffusion import denoise
 from posterior.samplers.condition_encoders import auto_encoder_kind, make_condition_encoder
 
@@ -35,51 +36,6 @@ def _zero_last_linear(module: nn.Module) -> None:
     last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
-
-
-class _Labels:
-    """The labels of the batch a :class:`ConditionalDenoiser` is evaluating, shared with its :class:`ClassGroupNorm`
-    layers (set for the duration of one forward call)."""
-
-    value: Tensor | None = None
-
-
-class ClassGroupNorm(nn.Module):
-    """A ``GroupNorm`` whose affine depends on the sample's class label:
-    ``norm(x) + n(x) * scale[y] + shift[y]`` with n(x) the normalized x (no affine) and ``scale``, ``shift``
-    (K, C) starting at zero (the wrapped norm unchanged). x: (B, C, *); the labels (B,) come from the
-    :class:`ConditionalDenoiser` that owns the layer."""
-
-    def __init__(self, norm: nn.GroupNorm, num_classes: int, labels: _Labels) -> None:
-        super().__init__()
-        self.norm = norm
-        self.class_scale = nn.Parameter(torch.zeros(num_classes, norm.num_channels))
-        self.class_shift = nn.Parameter(torch.zeros(num_classes, norm.num_channels))
-        self.labels = labels
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.labels.value
-        if y is None:
-            raise RuntimeError("ClassGroupNorm needs class labels: call it through its ConditionalDenoiser")
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"{x.shape[0]} states but {y.shape[0]} labels")
-        n = nn.functional.group_norm(x, self.norm.num_groups, None, None, self.norm.eps)
-        view = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
-        return self.norm(x) + n * self.class_scale[y].view(view) + self.class_shift[y].view(view)
-
-
-def _add_class_norms(unet: nn.Module, num_classes: int, labels: _Labels) -> list[ClassGroupNorm]:
-    """Replace every ``GroupNorm`` inside ``unet`` by a :class:`ClassGroupNorm` around it."""
-    added = []
-    for name, module in list(unet.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.GroupNorm):
-                wrapped = ClassGroupNorm(child, num_classes, labels)
-                setattr(module, child_name, wrapped)
-                added.append(wrapped)
-    if not added:
-        raise ValueError("class_norms: the prior's UNet has no GroupNorm layers to condition")
-    return added
 
 
 def find_unet(model: nn.Module | None) -> nn.Module | None:
@@ -104,22 +60,25 @@ class ConditionalDenoiser(nn.Module):
         cond_shape: shape of one float condition (ignored with ``num_classes``).
         encoder: "auto" (a CNN for images (C, H, W) or square flat ones, else an MLP), "cnn" or "mlp".
         class_norms: with ``num_classes`` and a diffusers UNet, a per-class affine on every GroupNorm
-            (:class:`ClassGroupNorm`) besides the class embedding.
+            (:class:`~posterior.diffusion.class_layers.ClassGroupNorm`) besides the class embedding.
+        class_rank: likewise, r > 0: a per-class rank-r adapter on every Conv2d / Linear
+            (:class:`~posterior.diffusion.class_layers.ClassLoRA`); 0: none.
     """
 
     def __init__(self, model: nn.Module, event_shape: tuple[int, ...], *, num_classes: int | None = None,
                  cond_shape: tuple[int, ...] | None = None, encoder: str = "auto",
-                 class_norms: bool = False) -> None:
+                 class_norms: bool = False, class_rank: int = 0) -> None:
         super().__init__()
         if (num_classes is None) == (cond_shape is None):
             raise ValueError("pass num_classes (integer labels) or cond_shape (float conditions), not both")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.cond_shape = None if cond_shape is None else tuple(int(s) for s in cond_shape)
         unet = find_unet(model)
-        if class_norms and (self.num_classes is None or unet is None):
-            raise ValueError("class_norms needs integer class labels (num_classes) and a diffusers UNet denoiser")
-        self._labels = _Labels()
-        self.class_norms: list[ClassGroupNorm] = []
+        if (class_norms or class_rank) and (self.num_classes is None or unet is None):
+            raise ValueError("class_norms / class_rank need integer class labels (num_classes) and a diffusers UNet "
+                             "denoiser")
+        self._labels = ClassLabels()
+        self.class_layers: list[nn.Module] = []
         self.encoder: nn.Module | None = None
         if unet is not None:
             if unet.class_embedding is not None:
@@ -131,8 +90,8 @@ class ConditionalDenoiser(nn.Module):
                 unet.class_embedding = nn.Embedding(self.num_classes, width)
                 nn.init.zeros_(unet.class_embedding.weight)
                 unet.register_to_config(num_class_embeds=self.num_classes)
-                if class_norms:
-                    self.class_norms = _add_class_norms(unet, self.num_classes, self._labels)
+                self.class_layers = add_class_layers(unet, self.num_classes, self._labels, norms=class_norms,
+                                                     rank=class_rank)
             else:
                 unet.class_embedding = nn.Identity()
                 unet.register_to_config(class_embed_type="identity")
@@ -153,12 +112,12 @@ class ConditionalDenoiser(nn.Module):
             self.model, self.residual = residual, True
 
     def condition_parameters(self) -> list[nn.Parameter]:
-        """The parameters that read y: the class table (in the UNet) and class norms, or the encoder (trained at
-        ``lr_condition``)."""
+        """The parameters that read y: the class table (in the UNet) and per-class layers, or the encoder (trained
+        at ``lr_condition``)."""
         if self.encoder is not None:
             return list(self.encoder.parameters())
-        norms = [p for layer in self.class_norms for p in (layer.class_scale, layer.class_shift)]
-        return list(find_unet(self.model).class_embedding.parameters()) + norms
+        per_class = [p for layer in self.class_layers for p in layer.class_parameters()]
+        return list(find_unet(self.model).class_embedding.parameters()) + per_class
 
     def embed(self, y: Tensor) -> Tensor:
         """What the UNet receives as ``class_labels`` (labels (B,) long, or the encoded y (B, width))."""
@@ -174,7 +133,7 @@ class ConditionalDenoiser(nn.Module):
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         if self.residual:
             return self.model(x, t, context=self.embed(y))
-        if not self.class_norms:
+        if not self.class_layers:
             return denoise(self.model, x, t, class_labels=self.embed(y))
         self._labels.value = y.long()
         try:

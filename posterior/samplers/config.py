@@ -16,7 +16,7 @@ class SamplerConfig:
     """Settings of the Euler-Maruyama sampler that `fit` trains in latent / noise space (or on a
     Boltzmann density). A posterior fine-tuned from a diffusion prior (``space="data"``) is the prior's
     own denoiser and uses only ``learn_variance``, ``encoder`` (of float conditions), ``lora_rank``, ``guidance``
-    ``class_norms`` and ``freeze_denoiser``.
+    ``class_norms``, ``class_rank`` and ``freeze_denoiser``.
 
     Attributes:
         sigma2: variance per unit time of the reference (Brownian) process.
@@ -40,7 +40,10 @@ class SamplerConfig:
         class_norms: data space, amortized over integer labels with a diffusers UNet prior: every GroupNorm of
             the posterior's UNet gets a per-class scale and shift (started at zero, trained at
             ``TrainConfig.lr_condition`` with the class table), so each label steers every block directly
-            (:class:`posterior.diffusion.conditional_denoiser.ClassGroupNorm`).
+            (:class:`posterior.diffusion.class_layers.ClassGroupNorm`).
+        class_rank: likewise, r > 0: every Conv2d and Linear of the UNet gets a rank-r adapter per class (one low-rank
+            update per label, started at zero, trained at ``lr_condition``;
+            :class:`posterior.diffusion.class_layers.ClassLoRA`); 0: none.
         freeze_denoiser: data space: keep the posterior's copy of the prior's denoiser frozen and train only the
             parameters that read y (class table, ``class_norms``, condition encoder) and the guidance scales.
             Amortized over many labels this is the faster start: updates of the shared weights from a batch of
@@ -57,6 +60,7 @@ class SamplerConfig:
     lora_rank: int = 0
     guidance: float = 0.0
     class_norms: bool = False
+    class_rank: int = 0
     freeze_denoiser: bool = False
 
     def __post_init__(self) -> None:
@@ -73,6 +77,8 @@ class SamplerConfig:
                              "parametrization: set langevin=True")
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
             raise ValueError(f"SamplerConfig.hidden must be an integer >= 1, got {self.hidden!r}")
+        if isinstance(self.class_rank, bool) or not isinstance(self.class_rank, int) or self.class_rank < 0:
+            raise ValueError(f"SamplerConfig.class_rank must be an integer >= 0 (0: none), got {self.class_rank!r}")
         if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"SamplerConfig.lora_rank must be an integer >= 0 (0: no LoRA), got {self.lora_rank!r}")
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \

@@ -34,7 +34,7 @@ class TrainConfig:
             grow to the scale of the UNet's timestep embedding while the fine-tuned weights move at ``lr``;
             None: ``CONDITION_LR_FACTOR`` (300) times ``lr`` (3e-2 at lr 1e-4; 1e-2 learned a two-class table
             3x slower, 1e-1 faster, in 60-100 iterations on the shipped MNIST prior); with
-            ``SamplerConfig.class_norms`` (which train in this group too) ``CLASS_NORMS_LR_FACTOR`` (10) times
+            ``SamplerConfig.class_norms`` / ``class_rank`` (which train in this group too) ``CLASS_LAYERS_LR_FACTOR`` (10) times
             ``lr``: per-class norm offsets at 3e-2 throw the UNet off (batch ELBO −30 against the prior's −13).
         lr_decay_horizon, lr_decay_final: cosine decay of the sampler's learning rates (``lr``, ``lr_guidance``
             and ``lr_condition``, not ``lr_flow``) to ``lr_decay_final`` times their value over the first
@@ -149,8 +149,8 @@ GRID_SETTINGS = ("steps", "train_grid", "grid_low", "grid_high", "grid_power", "
 DIFFUSION_GRADIENT_SETTINGS = ("per_step", "step_fraction", "lr_guidance", "lr_condition")
 # lr_condition = CONDITION_LR_FACTOR * lr and lr_guidance = GUIDANCE_LR_FACTOR * lr unless set
 CONDITION_LR_FACTOR = 300.0
-# with SamplerConfig.class_norms (per-class GroupNorm offsets, which 3e-2 throws off): lr_condition = 10 * lr
-CLASS_NORMS_LR_FACTOR = 10.0
+# with SamplerConfig.class_norms / class_rank (per-class layers, which 3e-2 throws off): lr_condition = 10 * lr
+CLASS_LAYERS_LR_FACTOR = 10.0
 GUIDANCE_LR_FACTOR = 100.0
 
 

@@ -32,7 +32,7 @@ from posterior.objectives.base import Objective
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.conditional_sampler import ConditionalSampler
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.config import (CLASS_NORMS_LR_FACTOR, CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS,
+from posterior.training.config import (CLASS_LAYERS_LR_FACTOR, CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS,
                                        GUIDANCE_LR_FACTOR, TrainConfig)
 from posterior.training.replay import ReplayConfig, ReplayTraining
 
@@ -206,7 +206,7 @@ class DiffusionPosteriorModel:
         guidance = getattr(posterior.model, "guidance_parameters", None)
         self.guidance = list(guidance()) if guidance is not None else []
         self.condition = list(conditional.condition_parameters()) if amortized else []
-        self.class_norms = amortized and bool(conditional.class_norms)
+        self.class_layers = amortized and bool(conditional.class_layers)
         separate = {id(p) for p in self.guidance + self.condition}
         self.trainable = [p for p in posterior.model.parameters() if p.requires_grad and id(p) not in separate]
         if not (self.trainable or self.guidance or self.condition):
@@ -214,9 +214,9 @@ class DiffusionPosteriorModel:
 
     def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         """(parameters, learning rate): the denoiser's trainable parameters at ``lr``, the guidance scales at
-        ``lr_guidance``, and a condition table / encoder (and class norms) at ``lr_condition`` (each None: a multiple of ``lr``)."""
+        ``lr_guidance``, and a condition table / encoder (and per-class layers) at ``lr_condition`` (each None: a multiple of ``lr``)."""
         cfg = self.config
-        factor = CLASS_NORMS_LR_FACTOR if self.class_norms else CONDITION_LR_FACTOR
+        factor = CLASS_LAYERS_LR_FACTOR if self.class_layers else CONDITION_LR_FACTOR
         lr_condition = cfg.lr_condition if cfg.lr_condition is not None else factor * cfg.lr
         lr_guidance = cfg.lr_guidance if cfg.lr_guidance is not None else GUIDANCE_LR_FACTOR * cfg.lr
         groups = [(self.trainable, cfg.lr), (self.guidance, lr_guidance), (self.condition, lr_condition)]
