@@ -18,7 +18,8 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
     reward guidance starting at g * alpha_bar_k, :class:`~posterior.diffusion.guided_denoiser.GuidedDenoiser`;
     0: none), ``freeze_denoiser`` (train only what reads y and the guidance scales) and ``condition``
     (None: one unconditional posterior; else ``{"num_classes": K}`` for integer labels or ``{"cond_shape": [...],
-    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions (labels may add ``"class_norms": True`` and ``"class_rank": r``): one posterior amortized over them, the reward then
+    "encoder": "auto" | "cnn" | "mlp"}`` for float conditions (labels may add ``"class_norms": True`` and
+    ``"class_rank": r``): one posterior amortized over them, the reward then
     ``log_likelihood(x, y)`` or a callable (x, y) -> (B,)). A denoiser without parameters (an analytic one) gets
     a trainable residual correction.
     """

@@ -32,8 +32,8 @@ from posterior.objectives.base import Objective
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.conditional_sampler import ConditionalSampler
 from posterior.samplers.sampler import DiffusionSampler
-from posterior.training.config import (CLASS_LAYERS_LR_FACTOR, CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS, GRID_SETTINGS,
-                                       GUIDANCE_LR_FACTOR, TrainConfig)
+from posterior.training.config import (CLASS_LAYERS_LR_FACTOR, CONDITION_LR_FACTOR, DIFFUSION_GRADIENT_SETTINGS,
+                                       GRID_SETTINGS, GUIDANCE_LR_FACTOR, TrainConfig)
 from posterior.training.replay import ReplayConfig, ReplayTraining
 
 
@@ -214,7 +214,8 @@ class DiffusionPosteriorModel:
 
     def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         """(parameters, learning rate): the denoiser's trainable parameters at ``lr``, the guidance scales at
-        ``lr_guidance``, and a condition table / encoder (and per-class layers) at ``lr_condition`` (each None: a multiple of ``lr``)."""
+        ``lr_guidance``, and a condition table / encoder (and per-class layers) at ``lr_condition`` (each None: a
+        multiple of ``lr``)."""
         cfg = self.config
         factor = CLASS_LAYERS_LR_FACTOR if self.class_layers else CONDITION_LR_FACTOR
         lr_condition = cfg.lr_condition if cfg.lr_condition is not None else factor * cfg.lr
