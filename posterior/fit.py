@@ -20,7 +20,7 @@ from posterior.objectives.log_partition import ConditionalLogZ
 from posterior.paths.path_target import BoltzmannPath
 from posterior.samplers.condition_encoders import auto_encoder_kind
 from posterior.samplers.conditional_sampler import ConditionalSampler, build_conditional_sampler
-from posterior.samplers.config import SamplerConfig
+from posterior.samplers.config import DATA_SPACE_SETTINGS, SamplerConfig
 from posterior.proposals import WhitenedTarget
 from posterior.targets import describe, sampler_target
 from posterior.training.config import TrainConfig
@@ -70,8 +70,7 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
             (unconditional), ``encoder`` (of float conditions), ``lora_rank``, ``guidance`` (start from the
             reward-guided sampler; for amortized posteriors the strongest start, see :class:`SamplerConfig`) and
             ``class_norms`` / ``class_rank`` (per-class GroupNorm offsets / adapters for a posterior amortized over
-            labels), ``freeze_denoiser``
-            (train only what reads y and the guidance scales).
+            labels) and ``freeze_denoiser`` (train only what reads y and the guidance scales).
         replay: a replay buffer (and local search) for backward updates on odd iterations (noise space).
         proposal: an amortized Gaussian the user already has, y -> (mean, log_std) of q(z | y) (e.g.
             ``vae.proposal()``, the VAE's encoder; :class:`posterior.proposals.FixedGaussian` without
@@ -140,7 +139,8 @@ def fit(prior: Any = None, reward: Any = None, conditions: Tensor | np.ndarray |
                          "space='data'")
     if sampler.class_norms or sampler.class_rank:
         raise ValueError("SamplerConfig.class_norms / class_rank condition a diffusion prior's UNet on class labels: "
-                         "they are for space='data' (in noise space labels go through SamplerConfig.encoder='embedding')")
+                         "they are for space='data' (in noise space labels go through "
+                         "SamplerConfig.encoder='embedding')")
     if objective == "pis" and config.explore:
         raise ValueError(f"TrainConfig.explore={config.explore}: objective 'pis' trains on the sampler's own "
                          "reparameterized paths and takes no exploration noise")
@@ -211,7 +211,7 @@ def _fit_data_space(prior: Any, reward: Any, conditions: Tensor | None, objectiv
                          "use space='noise' for decoders and generators")
     refused = {"replay": replay is not None, "latent_dim": latent_dim is not None}
     changed = {f"sampler.{k}" for k, v in vars(sampler).items()
-               if k not in ("learn_variance", "encoder", "lora_rank", "guidance", "class_norms", "class_rank", "freeze_denoiser") and v != getattr(SamplerConfig(), k)}
+               if k not in DATA_SPACE_SETTINGS and v != getattr(SamplerConfig(), k)}
     refused_names = sorted([k for k, v in refused.items() if v] + list(changed))
     if refused_names:
         raise ValueError(f"space='data' fine-tunes the diffusion prior's own denoiser and does not take "

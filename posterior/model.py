@@ -208,9 +208,9 @@ class Posterior(nn.Module):
         denoiser is a ``diffusers`` model also writes it to ``folder/denoiser`` (``UNet2DModel.from_pretrained``
         loads it; amortized over class labels it is a class-conditional UNet, ``num_class_embeds``; over float
         measurements it takes the encoded measurement, ``class_embed_type="identity"``, and the encoder's weights
-        are the ``encoder.*`` tensors of ``model.safetensors``; with ``SamplerConfig.class_norms`` or ``class_rank`` there is no
-        diffusers equivalent and only ``model.safetensors`` holds it). With LoRA (``SamplerConfig.lora_rank``) it writes
-        ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone. A guided
+        are the ``encoder.*`` tensors of ``model.safetensors``; with ``SamplerConfig.class_norms`` or
+        ``class_rank`` there is no diffusers equivalent and only ``model.safetensors`` holds it). With LoRA
+        (``SamplerConfig.lora_rank``) it writes ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone. A guided
         posterior (``SamplerConfig.guidance``) is that denoiser plus its per-step guidance scales (the ``scale``
         tensor) and the reward's gradient: it samples through :meth:`sample`, not through diffusers alone."""
         from posterior import __version__
@@ -225,14 +225,15 @@ class Posterior(nn.Module):
         config = {"class": "Posterior", "library": "posterior", "version": __version__, **self.spec,
                   "prior": describe(self.prior), "reward": describe(self.reward), "proposal": describe(self._user[3])}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        from posterior.diffusion.conditional_denoiser import find_unet
+        from posterior.diffusion.conditional_denoiser import conditional_of, find_unet
 
         unet = find_unet(self.network.model) if self.kind == "diffusion" else None
         if unet is not None and self.spec["network"].get("lora_rank"):  # the adapters (and a class table) alone
             trained = {k: v for k, v in state.items()
-                       if "lora_" in k or "class_embedding" in k or ".class_" in k or k.startswith(("encoder.", "model.encoder.")) or k == "scale"}
+                       if "lora_" in k or "class_embedding" in k or ".class_" in k
+                       or k.startswith(("encoder.", "model.encoder.")) or k == "scale"}
             save_file(trained, str(folder / "adapter.safetensors"))
-        elif unet is not None and not _has_class_layers(self.spec["network"]):
+        elif unet is not None and not getattr(conditional_of(self.network.model), "class_layers", None):
             unet.save_pretrained(str(folder / "denoiser"))
 
     @classmethod
@@ -277,11 +278,6 @@ class Posterior(nn.Module):
         network, path = diffusion_posterior(prior, reward, spec["network"])
         network.model.load_state_dict(state)
         return cls(network, prior=prior, reward=reward, spec=spec, path=path)
-
-
-def _has_class_layers(network: dict) -> bool:
-    condition = network.get("condition") or {}
-    return bool(condition.get("class_norms") or condition.get("class_rank"))
 
 
 def _check_count(num_samples: int) -> None:

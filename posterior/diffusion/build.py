@@ -82,15 +82,13 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
 def _freeze_denoiser(model: Any, lora_rank: int) -> None:
     """Leave only the parameters that read y (class table, class norms, condition encoder) and the guidance
     scales trainable: the fine-tuned copy of the prior's denoiser stays the prior's."""
-    from posterior.diffusion.conditional_denoiser import conditional_of
+    from posterior.diffusion.conditional_denoiser import separate_parameters
 
     if lora_rank:
         raise ValueError("SamplerConfig.freeze_denoiser keeps the denoiser's weights frozen; lora_rank trains adapters "
                          "on them: set one of the two")
-    conditional = conditional_of(model)
-    guidance = getattr(model, "guidance_parameters", None)
-    keep = list(conditional.condition_parameters() if conditional is not None else [])
-    keep += list(guidance() if guidance is not None else [])
+    guidance, condition = separate_parameters(model)
+    keep = guidance + condition
     if not keep:
         raise ValueError("SamplerConfig.freeze_denoiser leaves nothing to train: it needs conditions (a posterior "
                          "amortized over them) or guidance > 0")

@@ -13,6 +13,8 @@ The labels of the batch being evaluated reach the layers through a shared :class
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -67,9 +69,7 @@ class ClassLoRA(nn.Module):
             out = base.out_channels
         else:
             shape, out = (base.in_features,), base.out_features
-        fan_in = 1
-        for s in shape:
-            fan_in *= s
+        fan_in = math.prod(shape)
         self.base, self.rank, self.labels = base, int(rank), labels
         self.class_down = nn.Parameter(torch.randn((num_classes, rank) + shape) / fan_in ** 0.5)
         self.class_up = nn.Parameter(torch.zeros(num_classes, out, rank))

@@ -165,6 +165,15 @@ def conditional_of(model: nn.Module) -> "ConditionalDenoiser | None":
     return None
 
 
+def separate_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(guidance scales, parameters that read y) of a posterior's model: the two groups trained at their own
+    rates (``lr_guidance``, ``lr_condition``), and all that trains with ``SamplerConfig.freeze_denoiser``."""
+    guidance = getattr(model, "guidance_parameters", None)
+    conditional = conditional_of(model)
+    return (list(guidance()) if guidance is not None else [],
+            list(conditional.condition_parameters()) if conditional is not None else [])
+
+
 def bind(model: nn.Module, y: Tensor | None) -> nn.Module:
     """``model`` itself without conditions; a :class:`BoundDenoiser` with them."""
     if y is None:

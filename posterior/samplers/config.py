@@ -9,6 +9,9 @@ from posterior.samplers.factory import LANGEVIN_SCALES
 
 ENCODERS = ("auto", "mlp", "cnn", "embedding")
 NOISINGS = ("auto", "brownian", "vp")
+# the settings a data-space posterior (fine-tuned from a diffusion prior) takes; the others are refused there
+DATA_SPACE_SETTINGS = ("learn_variance", "encoder", "lora_rank", "guidance", "class_norms", "class_rank",
+                       "freeze_denoiser")
 
 
 @dataclass

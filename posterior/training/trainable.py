@@ -189,7 +189,7 @@ class DiffusionPosteriorModel:
         if changed:
             raise ValueError(f"TrainConfig.{', '.join(changed)}: a posterior fine-tuned from a diffusion prior runs on "
                              f"the prior's own schedule and has no such setting")
-        from posterior.diffusion.conditional_denoiser import conditional_of
+        from posterior.diffusion.conditional_denoiser import conditional_of, separate_parameters
 
         conditional = conditional_of(posterior.model)
         amortized = conditional is not None
@@ -203,9 +203,7 @@ class DiffusionPosteriorModel:
         self.device = posterior.prior.alpha_t.device
         self.event_shape = tuple(posterior.prior.event_shape)
         self.batch_conditions = None
-        guidance = getattr(posterior.model, "guidance_parameters", None)
-        self.guidance = list(guidance()) if guidance is not None else []
-        self.condition = list(conditional.condition_parameters()) if amortized else []
+        self.guidance, self.condition = separate_parameters(posterior.model)
         self.class_layers = amortized and bool(conditional.class_layers)
         separate = {id(p) for p in self.guidance + self.condition}
         self.trainable = [p for p in posterior.model.parameters() if p.requires_grad and id(p) not in separate]
