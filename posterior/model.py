@@ -210,7 +210,8 @@ class Posterior(nn.Module):
         measurements it takes the encoded measurement, ``class_embed_type="identity"``, and the encoder's weights
         are the ``encoder.*`` tensors of ``model.safetensors``; with ``SamplerConfig.class_norms`` or
         ``class_rank`` there is no diffusers equivalent and only ``model.safetensors`` holds it). With LoRA
-        (``SamplerConfig.lora_rank``) it writes ``adapter.safetensors`` instead: the trained adapters (and condition table / encoder) alone. A guided
+        (``SamplerConfig.lora_rank``) it writes ``adapter.safetensors`` instead: the trained adapters (and
+        condition table / encoder) alone. A guided
         posterior (``SamplerConfig.guidance``) is that denoiser plus its per-step guidance scales (the ``scale``
         tensor) and the reward's gradient: it samples through :meth:`sample`, not through diffusers alone."""
         from posterior import __version__

@@ -35,7 +35,8 @@ class TrainConfig:
             None: ``CONDITION_LR_FACTOR`` (300) times ``lr`` (3e-2 at lr 1e-4; 1e-2 learned a two-class table
             3x slower, 1e-1 faster, in 60-100 iterations on the shipped MNIST prior); with
             ``SamplerConfig.class_norms`` / ``class_rank`` (which train in this group too)
-            ``CLASS_LAYERS_LR_FACTOR`` (10) times ``lr``: per-class norm offsets at 3e-2 throw the UNet off (batch ELBO −30 against the prior's −13).
+            ``CLASS_LAYERS_LR_FACTOR`` (10) times ``lr``: per-class norm offsets at 3e-2 throw the UNet off
+            (batch ELBO −30 against the prior's −13).
         lr_decay_horizon, lr_decay_final: cosine decay of the sampler's learning rates (``lr``, ``lr_guidance``
             and ``lr_condition``, not ``lr_flow``) to ``lr_decay_final`` times their value over the first
             ``lr_decay_horizon`` iterations, constant after (0: no decay).
