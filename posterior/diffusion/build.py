@@ -80,8 +80,9 @@ def diffusion_posterior(prior: Any, reward: Any, spec: dict[str, Any]) -> tuple[
 
 
 def _freeze_denoiser(model: Any, lora_rank: int) -> None:
-    """Leave only the parameters that read y (class table, class norms, condition encoder) and the guidance
-    scales trainable: the fine-tuned copy of the prior's denoiser stays the prior's."""
+    """Leave only the parameters that read y (class table, per-class norms and adapters, condition encoder) and
+    the guidance scales trainable (``separate_parameters``): the fine-tuned copy of the prior's denoiser stays
+    the prior's."""
     from posterior.diffusion.conditional_denoiser import separate_parameters
 
     if lora_rank:
