@@ -119,17 +119,23 @@ class Posterior(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample_latent(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
+    def sample_latent(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100, proposals: int = 1,
                       generator: torch.Generator | None = None, max_trajectories: int = 50_000) -> Tensor:
         """Samples of the sampler's own state z: (len(y), num_samples, d), or (num_samples, d) without y.
-        For a posterior without a latent space (no decoder prior, or data space) this is :meth:`sample`."""
+        For a posterior without a latent space (no decoder prior, or data space) this is :meth:`sample`;
+        ``proposals`` as there."""
         _check_count(num_samples)
         _check_integer("steps", steps)
+        _check_integer("proposals", proposals)
         _check_integer("max_trajectories", max_trajectories)
         if self.kind == "diffusion":
-            return self.sample(y, num_samples, generator=generator)
+            return self.sample(y, num_samples, proposals=proposals, generator=generator)
         y = self._check_y(y)
-        u = self.network.sample(y, num_samples, steps=steps, generator=generator, max_trajectories=max_trajectories)
+        if proposals == 1:
+            u = self.network.sample(y, num_samples, steps=steps, generator=generator,
+                                    max_trajectories=max_trajectories)
+        else:
+            u = self._resampled(y, num_samples, proposals, steps, generator, max_trajectories)
         target = self.network.reward
         if not hasattr(target, "to_z"):
             return u
@@ -139,18 +145,31 @@ class Posterior(nn.Module):
         return target.to_z(flat, rows).reshape(u.shape)
 
     @torch.no_grad()
-    def sample(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100,
+    def sample(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100, proposals: int = 1,
                generator: torch.Generator | None = None) -> Tensor:
         """Posterior samples in the user's space: decoded x = f(z) for a latent / noise-space posterior.
+
+        Args:
+            steps: time steps of a sampler's grid (a diffusion posterior runs on its prior's schedule).
+            proposals: K >= 1 trajectories drawn for every returned sample, of which one is kept with probability
+                proportional to its importance weight p(tau) r(x, y) / q(tau) (sampling-importance-resampling with
+                this posterior as the proposal). K = 1 gives the posterior's own samples; as K grows the samples
+                approach the exact posterior, at K times the cost. Every returned sample has its own K proposals,
+                so none is a copy of another. A proposal with reward -inf is never kept; a sample whose K proposals
+                all have reward -inf raises.
 
         Returns:
             (len(y), num_samples, *event_shape), or (num_samples, *event_shape) without y.
         """
         _check_count(num_samples)
         _check_integer("steps", steps)
+        _check_integer("proposals", proposals)
         if self.kind == "diffusion":
-            return self._sample_diffusion(self._check_y(y), num_samples, generator)
-        z = self.sample_latent(y, num_samples, steps=steps, generator=generator)
+            y = self._check_y(y)
+            if proposals == 1:
+                return self._sample_diffusion(y, num_samples, generator)
+            return self._resampled(y, num_samples, proposals, steps, generator, 50_000)
+        z = self.sample_latent(y, num_samples, steps=steps, proposals=proposals, generator=generator)
         decoder = self._decoder[0]
         if decoder is None:
             return z
@@ -190,6 +209,41 @@ class Posterior(nn.Module):
         result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
                   "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
         return {k: v[0] for k, v in result.items()} if y is None else result
+
+    def _trajectories(self, y: Tensor | None, per_condition: int, steps: int,
+                      generator: torch.Generator | None) -> Any:
+        """``per_condition`` trajectories for each row of checked conditions y (condition-major), or
+        ``per_condition`` unconditional ones, scored against the target; no gradients."""
+        if self.kind == "sampler":
+            from posterior.core.grids import uniform_grid
+
+            return self.network.trajectories(y, per_condition, uniform_grid(steps), generator=generator,
+                                             track_gradients=False)
+        path = self._user[2]
+        if y is None:
+            return self.network.trajectories(per_condition, path, generator=generator, track_gradients=False)
+        bound = path.bind(y.to(self._device()).repeat_interleave(per_condition, 0))
+        return self.network.trajectories(bound.conditions.shape[0], bound, generator=generator, track_gradients=False)
+
+    def _resampled(self, y: Tensor | None, num_samples: int, proposals: int, steps: int,
+                   generator: torch.Generator | None, max_trajectories: int) -> Tensor:
+        """Terminal states of the network (z for a sampler, x for a diffusion posterior), one kept of ``proposals``
+        per returned sample by its importance weight: (len(y), num_samples, *state) or (num_samples, *state)."""
+        from posterior.core.resampling import pick_by_weight
+
+        def kept(rows: Tensor | None, count: int) -> Tensor:  # (R, count, *state), R = len(rows) or 1
+            traj = self._trajectories(rows, count * proposals, steps, generator)
+            x = traj.samples.reshape((-1, count, proposals) + traj.samples.shape[1:])
+            index = pick_by_weight(traj.log_weight.reshape(x.shape[:3]), generator)
+            return x[torch.arange(x.shape[0], device=x.device)[:, None], torch.arange(count, device=x.device),
+                     index.to(x.device)]
+
+        if y is None:
+            per_chunk = max(1, max_trajectories // proposals)
+            return torch.cat([kept(None, min(per_chunk, num_samples - start))[0]
+                              for start in range(0, num_samples, per_chunk)])
+        chunks = torch.split(y, max(1, max_trajectories // (num_samples * proposals)))
+        return torch.cat([kept(chunk, num_samples) for chunk in chunks])
 
     def _sample_diffusion(self, y: Tensor | None, num_samples: int, generator: torch.Generator | None) -> Tensor:
         """(num_samples, *event_shape), or (len(y), num_samples, *event_shape) from one batch of all of them."""

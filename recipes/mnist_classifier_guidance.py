@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-objective", choices=("rtb", "vargrad", "pis"), default="vargrad",
                    help="with --classes: rtb (learned log Z(y)), vargrad (grouped per class), pis (pathwise KL)")
     p.add_argument("--eval-k", type=int, default=256, help="with --classes: trajectories per class for the ELBO")
+    p.add_argument("--class-resample", type=parse_counts, default=[], metavar="K[,K...]",
+                   help="with --classes: also score every trained posterior resampled from K proposals per sample "
+                        "(Posterior.sample(proposals=K)), one entry METHOD_resampledK per K (e.g. 4,8)")
     p.add_argument("--class-guidance", type=float, default=0.0, metavar="G",
                    help="with --classes: start every trained posterior (amortized and per class) from the reward-guided "
                         "sampler, learned per-step scales from G x alpha_bar (SamplerConfig.guidance; 0: off)")
@@ -274,6 +277,17 @@ def parse_classes(text: str) -> list[int]:
     return sorted(classes)
 
 
+def parse_counts(text: str) -> list[int]:
+    """"4,8" -> [4, 8]: distinct integers >= 1."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1 like 4,8, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1 like 4,8, got {text!r}")
+    return counts
+
+
 def amortized_main(args: argparse.Namespace) -> dict | None:
     """One posterior for every class of --classes (fit(space="data", conditions=labels)) beside one posterior per
     class at the same total number of iterations and SIR with one prior pool; per-class metrics."""
@@ -281,7 +295,7 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
     from accelerate import Accelerator
 
     from _mnist_diffusion import class_scores, load_prior_and_classifier, sir_reference, sir_resample, split_digits
-    from posterior.training.distributed import bucketed_gradient_sync
+    from posterior.training.distributed import bucketed_gradient_sync, end_run
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
@@ -315,6 +329,7 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
         trained["amortized"] = (model, time.perf_counter() - start, history)
         if accelerator.is_main_process:
             model.save_pretrained(out / "amortized" / "posterior")
+    end_run(accelerator)  # the last collective: per-class training and evaluation run on the main process alone
     if "per-class" in methods and accelerator.is_main_process:
         per_class = replace(config, iterations=max(1, args.class_iters // len(classes)), samples_per_condition=1,
                             batch_size=args.class_batch * args.samples_per_condition, lr_condition=None)
@@ -330,7 +345,9 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
     g = torch.Generator(device=device).manual_seed(args.seed + 17)
     reference = sir_reference(prior, args.sir_pool, lambda x: likelihood.log_probs(x)[:, classes], generator=g)
     real = {c: classifier.features(digits["test_x"][digits["test_y"] == c].to(device)).detach() for c in classes}
-    rows: dict = {m: [] for m in methods}
+    resampled = [(f"{m}_resampled{k}", m, k) for m in methods if m != "sir" for k in args.class_resample]
+    g_resample = torch.Generator(device=device).manual_seed(args.seed + 29)  # leaves g's stream as without them
+    rows: dict = {m: [] for m in methods + [name for name, _, _ in resampled]}
     n = args.num_samples
     for i, c in enumerate(classes):
         sir_log_z = float(reference["log_z"][i])
@@ -349,16 +366,25 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
             rows[method].append(row)
             if i == 0 or method != "sir":
                 save_image((samples[:64].clamp(-1, 1) + 1) / 2, out / f"{method}_class{c}.png", nrow=8)
-    for method in methods:
+        for name, method, k in resampled:  # the same posterior, K proposals per sample (exact as K grows)
+            model = trained["amortized" if method == "amortized" else f"class{c}"][0]
+            y = labels[i:i + 1] if method == "amortized" else None
+            samples = model.sample(y, n, proposals=k, generator=g_resample).reshape(n, *prior.event_shape)
+            rows[name].append({"class": c, **class_scores(samples, classifier, c, real[c]), "proposals": k,
+                               "nfe_per_sample": k * args.steps})
+            save_image((samples[:64].clamp(-1, 1) + 1) / 2, out / f"{name}_class{c}.png", nrow=8)
+    for method in rows:
         table = rows[method]
         summary = {key: sum(r[key] for r in table) / len(table) for key in ("mean_log_r", "class_share", "diversity",
                                                                             "frechet")}
-        if method != "sir":
+        if method in ("amortized", "per-class"):
             summary["elbo_gap"] = sum(r["elbo_gap"] for r in table) / len(table)
             histories = ([trained["amortized"][2]] if method == "amortized"
                          else [trained[f"class{c}"][2] for c in classes])
             summary["seconds_train"] = sum(sum(h.seconds) for h in histories)
             summary["iterations"] = sum(len(h.loss) for h in histories)
+        elif method != "sir":
+            summary["nfe_per_sample"] = table[0]["nfe_per_sample"]
         results[method] = {"summary": summary, "per_class": table}
         print(method, json.dumps({k: round(v, 4) for k, v in summary.items()}))
     if "amortized" in trained:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posterior  # noqa: E402
 from posterior.baselines.guidance import guided_sample  # noqa: E402
 from posterior.training.cpu_allocator import retain_freed_memory  # noqa: E402
-from posterior.training.distributed import bucketed_gradient_sync  # noqa: E402
+from posterior.training.distributed import bucketed_gradient_sync, end_run  # noqa: E402
 from _mnist_diffusion import (add_prior_flags, inpainting_likelihood, load_prior_and_classifier,  # noqa: E402
                               sir_reference, split_digits)
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                           accelerator.is_main_process, process_index=accelerator.process_index,
                           gradient_sync=bucketed_gradient_sync(accelerator), log=accelerator.log if trackers else None)
     train_seconds = time.perf_counter() - start
-    accelerator.end_training()
+    end_run(accelerator)
     if not accelerator.is_main_process:
         return None
     model.save_pretrained(out / "posterior")

@@ -40,7 +40,7 @@ from posterior.constraints.likelihoods import BernoulliImageLikelihood  # noqa: 
 from posterior.data import load_evaluation_subset, mnist_training_images, offline_evaluation_split  # noqa: E402
 from posterior.baselines.vae_baselines import encoder_elbo, encoder_iwae  # noqa: E402
 from posterior.priors.vae import MLPVAE, VAEDecoderPrior, train_vae  # noqa: E402
-from posterior.training.distributed import bucketed_gradient_sync  # noqa: E402
+from posterior.training.distributed import bucketed_gradient_sync, end_run  # noqa: E402
 from _paths import data_dir, torchvision_roots  # noqa: E402
 
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows = evaluate(model, vae, likelihood, images[mine], mine, args, device,
                     progress=accelerator.is_main_process and not args.no_progress)
     rows = sorted(gather_object(rows), key=lambda r: r["image"])
-    accelerator.end_training()
+    end_run(accelerator)
     if not accelerator.is_main_process:
         return None
     keys = ["sampler_log_z_elbo", "sampler_log_z_rw", "encoder_elbo", "encoder_iwae", "reference_log_px"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from posterior.training.distributed import bucketed_gradient_sync
+from posterior.training.distributed import bucketed_gradient_sync, end_run
 
 
 class FakeAccelerator:
@@ -45,3 +45,17 @@ def test_gradients_are_reduced_in_buckets_and_copied_back_in_place():
     small = FakeAccelerator()
     bucketed_gradient_sync(small, bucket_mb=400 * 4 / 2 ** 20)(params)  # a bucket closes once it holds >= 400
     assert small.calls == [300 + 600, 5]
+
+
+def test_a_run_ends_with_every_process_at_a_barrier_before_its_process_group_goes():
+    calls = []
+
+    class Ending:
+        def wait_for_everyone(self):
+            calls.append("barrier")
+
+        def end_training(self):
+            calls.append("end")
+
+    end_run(Ending())
+    assert calls == ["barrier", "end"]

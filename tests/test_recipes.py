@@ -556,9 +556,12 @@ def test_mnist_guidance_over_classes_and_inpainting_recipes_run_on_the_shipped_p
     out = tmp_path / "classes"
     _run(["recipes/mnist_classifier_guidance.py", "--out", str(out), "--classes", "0-2", "--class-iters", "3",
           "--class-batch", "2", "--samples-per-condition", "2", "--num-samples", "8", "--eval-k", "4",
-          "--sir-pool", "64", "--steps", "3", "--no-progress"], tmp_path)
+          "--sir-pool", "64", "--steps", "3", "--class-resample", "2", "--no-progress"], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == [0, 1, 2] and metrics["steps"] == 3
+    for method in ("amortized_resampled2", "per-class_resampled2"):  # K = 2 proposals per sample
+        assert [row["proposals"] for row in metrics[method]["per_class"]] == [2, 2, 2]
+        assert metrics[method]["summary"]["nfe_per_sample"] == 6 and 0 <= metrics[method]["summary"]["class_share"] <= 1
     for method in ("amortized", "per-class", "sir"):
         assert [row["class"] for row in metrics[method]["per_class"]] == [0, 1, 2]
         for key in ("mean_log_r", "class_share", "diversity", "frechet"):

@@ -56,3 +56,12 @@ def _reduce(accelerator: Any, bucket: list[nn.Parameter]) -> None:
         n = p.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n
+
+
+def end_run(accelerator: Any) -> None:
+    """End a multi-process run cleanly: wait until every process gets here, then close ``accelerator``'s trackers
+    and destroy its process group (``Accelerator.end_training``). Without the barrier a process that finishes first
+    tears down its gloo connections while another is still using them, which can abort it at exit ("terminate
+    called without an active exception"). Call it once on every process, after the last collective."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
