@@ -5,8 +5,10 @@
 - A sampler of a density without a prior (a Boltzmann target, conditional or not): samples x.
 - A posterior fine-tuned from a diffusion prior in data space: samples x on the prior's schedule.
 
-``log_z(y, num_samples)`` gives per-condition estimates of log Z(y) (ELBO, importance-weighted, its
-standard error, ESS); ``save_pretrained(folder)`` writes ``config.json`` (class, library version, kind,
+``sample(y, n, proposals=K)`` keeps each sample from K of the posterior's own trajectories by importance
+weight (sampling-importance-resampling with the trained posterior as the proposal: closer to the exact
+posterior, at K times the cost). ``log_z(y, num_samples)`` gives per-condition estimates of log Z(y) (ELBO,
+importance-weighted, its standard error, ESS); ``save_pretrained(folder)`` writes ``config.json`` (class, library version, kind,
 architecture, what the prior and reward were) and ``model.safetensors``; ``from_pretrained(folder,
 prior=..., reward=...)`` rebuilds it in a fresh process from the same prior and reward that went to
 `fit`, and refuses others, saying what to pass.
@@ -27,6 +29,7 @@ from posterior.core import metrics
 from posterior.targets import decoder_prior, describe, sampler_target
 
 KINDS = ("sampler", "diffusion")
+MAX_TRAJECTORIES = 50_000  # default bound on the trajectories simulated at once
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
@@ -120,7 +123,7 @@ class Posterior(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample_latent(self, y: Tensor | None = None, num_samples: int = 1, *, steps: int = 100, proposals: int = 1,
-                      generator: torch.Generator | None = None, max_trajectories: int = 50_000) -> Tensor:
+                      generator: torch.Generator | None = None, max_trajectories: int = MAX_TRAJECTORIES) -> Tensor:
         """Samples of the sampler's own state z: (len(y), num_samples, d), or (num_samples, d) without y.
         For a posterior without a latent space (no decoder prior, or data space) this is :meth:`sample`;
         ``proposals`` as there."""
@@ -168,7 +171,7 @@ class Posterior(nn.Module):
             y = self._check_y(y)
             if proposals == 1:
                 return self._sample_diffusion(y, num_samples, generator)
-            return self._resampled(y, num_samples, proposals, steps, generator, 50_000)
+            return self._resampled(y, num_samples, proposals, steps, generator, MAX_TRAJECTORIES)
         z = self.sample_latent(y, num_samples, steps=steps, proposals=proposals, generator=generator)
         decoder = self._decoder[0]
         if decoder is None:
@@ -178,7 +181,7 @@ class Posterior(nn.Module):
 
     @torch.no_grad()
     def log_z(self, y: Tensor | None = None, num_samples: int = 2000, *, steps: int = 100,
-              generator: torch.Generator | None = None, max_trajectories: int = 50_000) -> dict[str, Tensor]:
+              generator: torch.Generator | None = None, max_trajectories: int = MAX_TRAJECTORIES) -> dict[str, Tensor]:
         """Per-condition estimates of log Z(y) = log ∫ p(x) r(x, y) dx from ``num_samples`` trajectories each.
 
         Returns:
@@ -238,12 +241,11 @@ class Posterior(nn.Module):
             return x[torch.arange(x.shape[0], device=x.device)[:, None], torch.arange(count, device=x.device),
                      index.to(x.device)]
 
-        if y is None:
-            per_chunk = max(1, max_trajectories // proposals)
-            return torch.cat([kept(None, min(per_chunk, num_samples - start))[0]
-                              for start in range(0, num_samples, per_chunk)])
-        chunks = torch.split(y, max(1, max_trajectories // (num_samples * proposals)))
-        return torch.cat([kept(chunk, num_samples) for chunk in chunks])
+        per_chunk = max(1, max_trajectories // proposals)  # returned samples per simulation, over all its rows
+        groups = [None] if y is None else torch.split(y, max(1, per_chunk // num_samples))
+        x = torch.cat([torch.cat([kept(rows, min(per_chunk, num_samples - start))
+                                  for start in range(0, num_samples, per_chunk)], 1) for rows in groups])
+        return x[0] if y is None else x
 
     def _sample_diffusion(self, y: Tensor | None, num_samples: int, generator: torch.Generator | None) -> Tensor:
         """(num_samples, *event_shape), or (len(y), num_samples, *event_shape) from one batch of all of them."""

@@ -159,6 +159,8 @@ def test_proposals_resample_a_boltzmann_sampler_to_its_target():
     assert resampled.shape == (2000, 2)
     torch.testing.assert_close(resampled.mean(0), target.mean, atol=0.07, rtol=0)
     torch.testing.assert_close(resampled.std(0), torch.tensor([0.5, 1.0]), atol=0.05, rtol=0)
+    chunked = untrained.sample_latent(None, 10, steps=8, proposals=4, max_trajectories=8)  # 2 samples at a time
+    assert chunked.shape == (10, 2) and torch.unique(chunked, dim=0).shape[0] == 10
 
 
 def test_proposals_never_keep_a_zero_density_and_name_bad_input():
