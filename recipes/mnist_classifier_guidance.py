@@ -14,7 +14,8 @@ seconds_per_sample, nfe_per_sample (denoiser evaluations per sample, training ex
 DIR/<method>.png grids. RTB also records its batch log Z estimates (an ELBO, every 100 iterations)
 and keeps DIR/rtb_checkpoint.pt, so ``--resume`` continues a run (``--rtb-iters`` may grow).
 ``--rtb-resample K`` adds an ``rtb_resampled`` entry: K trained-posterior trajectories per sample,
-resampled by their importance weights (SIR with the sampler as proposal; exact as K grows).
+resampled by their importance weights (SIR with the sampler as proposal; exact as K grows); with ``--classes``,
+``--class-resample K`` scores every trained posterior sampled with ``proposals=K`` (its own K per sample).
 """
 
 from __future__ import annotations
