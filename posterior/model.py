@@ -7,7 +7,7 @@
 
 ``sample(y, n, proposals=K)`` keeps each sample from K of the posterior's own trajectories by importance
 weight (sampling-importance-resampling with the trained posterior as the proposal: closer to the exact
-posterior, at K times the cost). ``log_z(y, num_samples)`` gives per-condition estimates of log Z(y) (ELBO,
+posterior, at K trajectories and their weights per sample). ``log_z(y, num_samples)`` gives per-condition estimates of log Z(y) (ELBO,
 importance-weighted, its standard error, ESS); ``save_pretrained(folder)`` writes ``config.json`` (class, library version, kind,
 architecture, what the prior and reward were) and ``model.safetensors``; ``from_pretrained(folder,
 prior=..., reward=...)`` rebuilds it in a fresh process from the same prior and reward that went to
@@ -157,7 +157,9 @@ class Posterior(nn.Module):
             proposals: K >= 1 trajectories drawn for every returned sample, of which one is kept with probability
                 proportional to its importance weight p(tau) r(x, y) / q(tau) (sampling-importance-resampling with
                 this posterior as the proposal). K = 1 gives the posterior's own samples; as K grows the samples
-                approach the exact posterior, at K times the cost. Every returned sample has its own K proposals,
+                approach the exact posterior. Each proposal costs a trajectory plus its weight: the reward and the
+                prior's density along the path (for a diffusion posterior one more denoiser call per step, so about
+                2K times the cost of a plain sample). Every returned sample has its own K proposals,
                 so none is a copy of another. A proposal with reward -inf is never kept; a sample whose K proposals
                 all have reward -inf raises.
 

@@ -371,8 +371,9 @@ def amortized_main(args: argparse.Namespace) -> dict | None:
             model = trained["amortized" if method == "amortized" else f"class{c}"][0]
             y = labels[i:i + 1] if method == "amortized" else None
             samples = model.sample(y, n, proposals=k, generator=g_resample).reshape(n, *prior.event_shape)
+            # each proposal: its own steps plus the prior's density along its path (one prior call per step)
             rows[name].append({"class": c, **class_scores(samples, classifier, c, real[c]), "proposals": k,
-                               "nfe_per_sample": k * args.steps})
+                               "nfe_per_sample": 2 * k * args.steps})
             save_image((samples[:64].clamp(-1, 1) + 1) / 2, out / f"{name}_class{c}.png", nrow=8)
     for method in rows:
         table = rows[method]

@@ -561,7 +561,7 @@ def test_mnist_guidance_over_classes_and_inpainting_recipes_run_on_the_shipped_p
     assert metrics["classes"] == [0, 1, 2] and metrics["steps"] == 3
     for method in ("amortized_resampled2", "per-class_resampled2"):  # K = 2 proposals per sample
         assert [row["proposals"] for row in metrics[method]["per_class"]] == [2, 2, 2]
-        assert metrics[method]["summary"]["nfe_per_sample"] == 6 and 0 <= metrics[method]["summary"]["class_share"] <= 1
+        assert metrics[method]["summary"]["nfe_per_sample"] == 12 and 0 <= metrics[method]["summary"]["class_share"] <= 1
     for method in ("amortized", "per-class", "sir"):
         assert [row["class"] for row in metrics[method]["per_class"]] == [0, 1, 2]
         for key in ("mean_log_r", "class_share", "diversity", "frechet"):
