@@ -148,6 +148,32 @@ def test_frozen_final_steps_run_the_prior_and_cancel_in_the_log_ratio():
         DiffusionPosterior(prior, frozen_final_steps=10)
 
 
+@pytest.mark.parametrize("track_gradients", [False, True])
+def test_trajectories_reuse_the_sampling_loops_frozen_rows_instead_of_a_second_prior_pass(track_gradients):
+    """The frozen final steps ran the prior's denoiser while sampling: their rows are the prior's, so scoring the
+    trajectories calls the prior on the trained steps only, with the same log-densities as a full prior pass."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    prior = DiffusionPrior(TinyDenoiser(), scheduler, 10, (3,)).double()
+    posterior = DiffusionPosterior(prior, frozen_final_steps=3).double()
+    with torch.no_grad():
+        for p in posterior.model.parameters():
+            p.add_(0.1)
+    path = DiffusionPriorPath(prior, lambda x: -(x - 1).square().sum(-1))
+    calls = []
+    forward = prior.denoiser.forward
+    prior.denoiser.forward = lambda *a, **k: calls.append(a[0].shape[0]) or forward(*a, **k)
+    traj = posterior.trajectories(16, path, generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                                  track_gradients=track_gradients)
+    assert len(calls) == 3 + 7  # the frozen steps while sampling, then the trained steps' prior densities
+    del prior.denoiser.forward
+    full = posterior.score(traj.states, path, track_gradients=track_gradients)
+    torch.testing.assert_close(traj.log_q_steps, full.log_q_steps, rtol=0, atol=1e-12)
+    torch.testing.assert_close(traj.log_pf_steps, full.log_pf_steps, rtol=0, atol=1e-12)
+    assert traj.log_pf_steps.requires_grad == track_gradients
+    with pytest.raises(ValueError, match="frozen_rows"):
+        posterior.score(traj.states, path, frozen_rows=full.log_q_steps[6:])
+
+
 def test_exploration_widens_only_the_trained_steps():
     """explore adds its variance to the trained steps' kernels; the frozen final steps keep the prior's,
     so the samples that the reward scores are not blurred by steps that cannot learn."""

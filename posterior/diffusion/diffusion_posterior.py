@@ -79,9 +79,10 @@ class DiffusionPriorPath:
         return self.beta * check_no_nan(value, "log_reward")
 
     @torch.no_grad()
-    def log_q_steps(self, states: Tensor, times: Tensor | None = None) -> Tensor:
-        """(N, B) prior transition log-densities (row 0 includes the start density)."""
-        return self.prior.log_prob_steps(states)
+    def log_q_steps(self, states: Tensor, times: Tensor | None = None, *, steps: int | None = None) -> Tensor:
+        """(N, B) prior transition log-densities (row 0 includes the start density), or the first ``steps``
+        rows only."""
+        return self.prior.log_prob_steps(states, steps=steps)
 
 
 class DiffusionPosterior(nn.Module):
@@ -157,9 +158,11 @@ class DiffusionPosterior(nn.Module):
                                            model_steps=self.trained_steps, explore=explore,
                                            explore_steps=self.trained_steps, device=device,
                                            dtype=dtype, return_log_probs=True)
-        # with gradients a second pass builds the graph; without, the loop's log-probs are exact
+        # with gradients a second pass builds the graph; without, the loop's log-probs are exact. The loop ran the
+        # frozen final steps with the prior's denoiser: their rows are the prior's and need no second prior pass
         return self.score(states, path, track_gradients=track_gradients,
-                          log_pf=None if track_gradients else log_pf)
+                          log_pf=None if track_gradients else log_pf,
+                          frozen_rows=log_pf[self.trained_steps:] if self.frozen_final_steps else None)
 
     def backward_trajectories(self, samples: Tensor, path: DiffusionPriorPath, *,
                               generator: torch.Generator | None = None, track_gradients: bool = True) -> Trajectories:
@@ -169,10 +172,15 @@ class DiffusionPosterior(nn.Module):
         return self.score(states, path, track_gradients=track_gradients)
 
     def score(self, states: Tensor, path: DiffusionPriorPath, *, track_gradients: bool = True,
-              log_pf: Tensor | None = None) -> Trajectories:
+              log_pf: Tensor | None = None, frozen_rows: Tensor | None = None) -> Trajectories:
         """Per-step posterior and prior log-densities and the terminal log-reward of given states
-        (``log_pf``: the posterior's (N, B) log-densities if already known)."""
-        log_q = path.log_q_steps(states)
+        (``log_pf``: the posterior's (N, B) log-densities if already known; ``frozen_rows``: the prior's
+        (frozen_final_steps, B) log-densities of the frozen final steps if already known, saving those prior calls)."""
+        if frozen_rows is None or not self.frozen_final_steps:
+            log_q = path.log_q_steps(states)
+        else:
+            check_shape(frozen_rows, (self.frozen_final_steps, states.shape[1]), "frozen_rows")
+            log_q = torch.cat([path.log_q_steps(states, steps=self.trained_steps), frozen_rows.detach()])
         if log_pf is None:
             with torch.set_grad_enabled(track_gradients):
                 log_pf = self.prior.log_prob_steps(states, model=self.model_for(path), steps=self.trained_steps,
