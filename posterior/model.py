@@ -7,9 +7,10 @@
 
 ``sample(y, n, proposals=K)`` keeps each sample from K of the posterior's own trajectories by importance
 weight (sampling-importance-resampling with the trained posterior as the proposal: closer to the exact
-posterior, at K trajectories and their weights per sample). ``log_z(y, num_samples)`` gives per-condition estimates of log Z(y) (ELBO,
-importance-weighted, its standard error, ESS); ``save_pretrained(folder)`` writes ``config.json`` (class, library version, kind,
-architecture, what the prior and reward were) and ``model.safetensors``; ``from_pretrained(folder,
+posterior, at K trajectories and their weights per sample). ``log_z(y, num_samples)`` gives per-condition
+estimates of log Z(y) (ELBO, importance-weighted, its standard error, ESS) from the same weights;
+``save_pretrained(folder)`` writes ``config.json`` (class, library version, kind, architecture, what the
+prior and reward were) and ``model.safetensors``; ``from_pretrained(folder,
 prior=..., reward=...)`` rebuilds it in a fresh process from the same prior and reward that went to
 `fit`, and refuses others, saying what to pass.
 """
@@ -195,22 +196,10 @@ class Posterior(nn.Module):
             raise ValueError(f"num_samples must be an integer >= 2 (a spread of weights needs two), got {num_samples!r}")
         _check_integer("steps", steps)
         _check_integer("max_trajectories", max_trajectories)
-        if self.kind == "sampler":
-            return self.network.log_z(self._check_y(y), num_samples, steps=steps, generator=generator,
-                                      max_trajectories=max_trajectories)
         y = self._check_y(y)
-        path = self._user[2]
-        if y is None:
-            log_w = self.network.trajectories(num_samples, path, generator=generator,
-                                              track_gradients=False).log_weight.reshape(1, -1)
-        else:
-            rows = []
-            for chunk in torch.split(y.to(self._device()), max(1, max_trajectories // num_samples)):
-                bound = path.bind(chunk.repeat_interleave(num_samples, 0))
-                traj = self.network.trajectories(bound.conditions.shape[0], bound, generator=generator,
-                                                 track_gradients=False)
-                rows.append(traj.log_weight.reshape(len(chunk), num_samples))
-            log_w = torch.cat(rows)
+        groups = [None] if y is None else torch.split(y, max(1, max_trajectories // num_samples))
+        log_w = torch.cat([self._trajectories(rows, num_samples, steps, generator).log_weight.reshape(-1, num_samples)
+                           for rows in groups])  # (len(y) or 1, num_samples)
         result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
                   "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
         return {k: v[0] for k, v in result.items()} if y is None else result
@@ -218,7 +207,8 @@ class Posterior(nn.Module):
     def _trajectories(self, y: Tensor | None, per_condition: int, steps: int,
                       generator: torch.Generator | None) -> Any:
         """``per_condition`` trajectories for each row of checked conditions y (condition-major), or
-        ``per_condition`` unconditional ones, scored against the target; no gradients."""
+        ``per_condition`` unconditional ones, scored against the target; no gradients. A sampler's run on a
+        uniform grid of ``steps``, a diffusion posterior's on its prior's schedule."""
         if self.kind == "sampler":
             from posterior.core.grids import uniform_grid
 
@@ -240,8 +230,7 @@ class Posterior(nn.Module):
             traj = self._trajectories(rows, count * proposals, steps, generator)
             x = traj.samples.reshape((-1, count, proposals) + traj.samples.shape[1:])
             index = pick_by_weight(traj.log_weight.reshape(x.shape[:3]), generator)
-            return x[torch.arange(x.shape[0], device=x.device)[:, None], torch.arange(count, device=x.device),
-                     index.to(x.device)]
+            return x[torch.arange(x.shape[0], device=x.device)[:, None], torch.arange(count, device=x.device), index]
 
         per_chunk = max(1, max_trajectories // proposals)  # returned samples per simulation, over all its rows
         groups = [None] if y is None else torch.split(y, max(1, per_chunk // num_samples))

@@ -162,7 +162,7 @@ class DiffusionPosterior(nn.Module):
         # frozen final steps with the prior's denoiser: their rows are the prior's and need no second prior pass
         return self.score(states, path, track_gradients=track_gradients,
                           log_pf=None if track_gradients else log_pf,
-                          frozen_rows=log_pf[self.trained_steps:] if self.frozen_final_steps else None)
+                          frozen_rows=log_pf[self.trained_steps:])
 
     def backward_trajectories(self, samples: Tensor, path: DiffusionPriorPath, *,
                               generator: torch.Generator | None = None, track_gradients: bool = True) -> Trajectories:
@@ -176,7 +176,7 @@ class DiffusionPosterior(nn.Module):
         """Per-step posterior and prior log-densities and the terminal log-reward of given states
         (``log_pf``: the posterior's (N, B) log-densities if already known; ``frozen_rows``: the prior's
         (frozen_final_steps, B) log-densities of the frozen final steps if already known, saving those prior calls)."""
-        if frozen_rows is None or not self.frozen_final_steps:
+        if frozen_rows is None:
             log_q = path.log_q_steps(states)
         else:
             check_shape(frozen_rows, (self.frozen_final_steps, states.shape[1]), "frozen_rows")

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from posterior.core.metrics import effective_sample_size, log_z_importance
+from posterior.core.resampling import pick_by_weight
 
 
 @dataclass
@@ -75,11 +76,6 @@ def resample_posterior(posterior, path, num_samples: int, *, proposals: int, chu
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     x, step_log_ratio, log_r = sampled_paths(posterior, path, proposals, chunk=chunk, generator=generator)
     log_w = log_r - step_log_ratio.sum(0)
-    if bool(torch.isnan(log_w).any()):
-        raise ValueError(f"{int(torch.isnan(log_w).sum())} of {proposals} importance weights are NaN "
-                         "(from the reward or the posterior's log-densities)")
-    if not bool(torch.isfinite(log_w).any()):
-        raise ValueError(f"every one of the {proposals} proposals has zero weight (reward -inf); raise proposals")
-    idx = torch.multinomial(torch.softmax(log_w, 0), num_samples, replacement=True, generator=generator)
+    idx = pick_by_weight(log_w, generator, draws=num_samples)
     return ResampledPosterior(samples=x[idx], proposals=proposals, ess_share=float(effective_sample_size(log_w)),
                               log_z=float(log_z_importance(log_w)), distinct=int(idx.unique().numel()))

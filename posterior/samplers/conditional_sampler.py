@@ -8,7 +8,6 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from posterior.core import metrics
 from posterior.samplers.condition_encoders import make_condition_encoder
 from posterior.paths.conditional_path import ConditionalReward, bind_conditions
 from posterior.samplers.factory import langevin_per_dimension, make_sampler
@@ -130,27 +129,6 @@ class ConditionalSampler(nn.Module):
             traj = self.trajectories(chunk, num_samples, times, generator=generator, track_gradients=False)
             out.append(rearrange(traj.samples, "(b k) d -> b k d", k=num_samples))  # condition-major
         return torch.cat(out)
-
-    @torch.no_grad()
-    def log_z(self, y: Tensor | None, num_samples: int = 2000, *, steps: int = 100,
-              generator: torch.Generator | None = None, max_trajectories: int = 50_000) -> dict[str, Tensor]:
-        """Per-condition estimates of log Z(y) = log ∫ R(x, y) dx from ``num_samples`` trajectories each.
-
-        Returns:
-            dict of (len(y),) tensors (or scalars when y is None): ``elbo`` (log Ẑ), ``rw``
-            (importance-weighted log Ẑ_RW), ``rw_stderr`` (its delta-method standard error) and ``ess``
-            (normalized effective sample size).
-        """
-        times = uniform_grid(steps)
-        chunks = [None] if y is None else _chunks(y, num_samples, max_trajectories)
-        parts: list[Tensor] = []
-        for chunk in chunks:
-            traj = self.trajectories(chunk, num_samples, times, generator=generator, track_gradients=False)
-            parts.append(rearrange(traj.log_weight, "(b k) -> b k", k=num_samples))
-        log_w = torch.cat(parts)
-        result = {"elbo": metrics.log_z_elbo(log_w), "rw": metrics.log_z_importance(log_w),
-                  "rw_stderr": metrics.log_z_importance_stderr(log_w), "ess": metrics.effective_sample_size(log_w)}
-        return {k: v[0] if y is None else v for k, v in result.items()}
 
 
 def build_conditional_sampler(*, dim: int, reward: Any, sigma2: float = 1.0, cond_shape: tuple[int, ...] | None = None,
